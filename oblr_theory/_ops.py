@@ -1,0 +1,84 @@
+"""The few array operations that the registry and the SNR rules need, for numpy and torch alike.
+
+One source serves both array types: each function dispatches on the argument's type, and torch
+is never imported here (a torch tensor is recognised by its module name), so the core package
+stays torch-free.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def is_torch(x) -> bool:
+    """True for a ``torch.Tensor`` (checked without importing torch)."""
+    return type(x).__module__.startswith("torch")
+
+
+def sum_keep(x):
+    """``Σ`` over the last axis, keeping it: ``(..., G) -> (..., 1)``."""
+    return x.sum(-1, keepdim=True) if is_torch(x) else x.sum(-1, keepdims=True)
+
+
+def loo_sum(x):
+    """``Σ_{k≠j} x_k`` for every j over the last axis, ``(..., G) -> (..., G)``.
+
+    Summed directly (``x @ (1 − I)``), not as ``Σ_k x_k − x_j``, which cancels catastrophically
+    when ``x_j`` dominates the total.
+    """
+    G = x.shape[-1]
+    if is_torch(x):
+        import torch  # only reached when the caller already uses torch
+
+        return x @ (1 - torch.eye(G, dtype=x.dtype, device=x.device))
+    return x @ (1.0 - np.eye(G, dtype=x.dtype))
+
+
+def mean(x, axis=None):
+    """Mean over ``axis`` (all axes when None)."""
+    if is_torch(x):
+        return x.mean() if axis is None else x.mean(dim=axis)
+    return x.mean(axis=axis)
+
+
+def sqrt(x):
+    return x.sqrt() if is_torch(x) else np.sqrt(x)
+
+
+def where(cond, a, b):
+    if is_torch(cond):
+        import torch  # only reached when the caller already uses torch
+
+        return torch.where(cond, a, b)
+    return np.where(cond, a, b)
+
+
+def ones_like(x):
+    if is_torch(x):
+        return x.new_ones(x.shape)
+    return np.ones_like(x)
+
+
+def any_(x) -> bool:
+    return bool(x.any())
+
+
+def check_array(name: str, x, like=None, nonneg: bool = False):
+    """Validate an input array: float dtype, finite, shape of ``like`` (if given), ``>= 0`` if asked.
+
+    Raises ``ValueError`` naming the argument. Plain Python lists become float64 numpy arrays.
+    """
+    if not is_torch(x):
+        x = np.asarray(x, dtype=np.float64) if not isinstance(x, np.ndarray) or x.dtype.kind != "f" else x
+    elif not x.is_floating_point():
+        x = x.double()
+    if like is not None and tuple(x.shape) != tuple(like.shape):
+        raise ValueError(f"{name} must have the rewards' shape {tuple(like.shape)}, got {tuple(x.shape)}")
+    if like is not None and is_torch(x) != is_torch(like):
+        raise ValueError(f"{name} must be the same array type as rewards (numpy or torch)")
+    finite = x.isfinite() if is_torch(x) else np.isfinite(x)
+    if not bool(finite.all()):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    if nonneg and bool((x < 0).any()):
+        raise ValueError(f"{name} must be >= 0, got a minimum of {float(x.min())}")
+    return x

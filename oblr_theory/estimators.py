@@ -1,0 +1,294 @@
+"""The estimator registry (THEORY.md section 2): name -> advantage map ``A = f(r, S, ℓ)``.
+
+Every estimator of this project has the form (one convention everywhere)::
+
+    ĝ_x = (1/G) Σ_j A_j s_j        (one group of G responses to prompt x)
+    ĝ   = (1/B) Σ_b ĝ_{x_b}        (a batch of B prompts, one group each)
+
+and is fully described by its advantage map. ``advantages(rewards, sq_norms=None, lengths=None)``
+maps arrays of shape ``(..., G)`` to advantages of shape ``(..., G)``; the same source runs on
+numpy arrays and torch tensors (see ``_ops``), so the exact engine, the Monte Carlo sampler
+and the torch bridge all use these functions.
+
+Zero-denominator rules (one per case, each keeps the estimator's expectation as documented):
+
+* ``grpo``: when ``std(r) + eps == 0`` (all rewards equal and ``eps = 0``) the numerator
+  ``r_j − r̄`` is exactly zero, and ``A_j = 0``.
+* ``opo`` / ``optimal`` (inclusive): when ``Σ_k w_k = 0`` (all weights zero) the baseline falls
+  back to the plain group mean ``r̄``.
+* ``opo_loo`` / ``optimal_loo``: when ``Σ_{k≠j} w_k = 0`` the baseline falls back to the
+  leave-one-out mean ``r̄_{−j}``. The fallback depends only on the other responses, so the
+  estimator stays unbiased (T1).
+
+Token aggregation (THEORY.md section 6) is a parameter of every estimator,
+``aggregation=...``; it multiplies ``A_j`` by a length-dependent weight, so it is the same form:
+
+* ``"seq-mean-token-sum"`` (default): ``A_j`` unchanged, the true REINFORCE form;
+* ``"seq-mean-token-mean"`` (original GRPO): ``A_j / ℓ_j``;
+* ``"token-mean"`` (DAPO, TRL default): ``A_j · G / Σ_k ℓ_k`` (so that ``ĝ = Σ_j A_j s_j / Σ_k ℓ_k``);
+* ``"constant"`` (Dr.GRPO): ``A_j / max_length`` (``ĝ = Σ_j A_j s_j / (G·C)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from . import _ops
+
+__all__ = ["Estimator", "get", "names", "register", "AGGREGATIONS", "spec"]
+
+AGGREGATIONS = ("seq-mean-token-sum", "seq-mean-token-mean", "token-mean", "constant")
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What the registry knows about one estimator (its advantage map and its metadata)."""
+
+    name: str
+    fn: Callable[..., Any]
+    needs: tuple[str, ...]  # subset of ("sq_norms", "lengths")
+    defaults: dict[str, Any]
+    unbiased: bool
+    min_group: int
+    summary: str
+
+
+_REGISTRY: dict[str, _Spec] = {}
+
+
+def register(name, *, needs=(), defaults=None, unbiased, min_group=1):
+    """Decorator adding an advantage map ``fn(r, S, ℓ, **params) -> A`` to the registry."""
+
+    def wrap(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"estimator {name!r} is already registered")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _REGISTRY[name] = _Spec(name, fn, tuple(needs), dict(defaults or {}), unbiased,
+                                min_group, doc[0] if doc else "")
+        return fn
+
+    return wrap
+
+
+def names() -> list[str]:
+    """The registered estimator names, in registry order."""
+    return list(_REGISTRY)
+
+
+def spec(name: str) -> _Spec:
+    """The registry entry of ``name`` (clear error for unknown names)."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown estimator name={name!r}; registered: {', '.join(names())}") from None
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A registered advantage map with bound parameters. Build it with :func:`get`."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    aggregation: str = "seq-mean-token-sum"
+    max_length: float | None = None
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        extra = () if self.aggregation in ("seq-mean-token-sum", "constant") else ("lengths",)
+        return tuple(dict.fromkeys(spec(self.name).needs + extra))
+
+    @property
+    def unbiased(self) -> bool:
+        """True when T1 guarantees ``E ĝ = ∇J`` (token-sum aggregation only)."""
+        return spec(self.name).unbiased and self.aggregation == "seq-mean-token-sum"
+
+    @property
+    def min_group(self) -> int:
+        return spec(self.name).min_group
+
+    def advantages(self, rewards, sq_norms=None, lengths=None):
+        """Advantages ``A`` of shape ``(..., G)`` for rewards of shape ``(..., G)``.
+
+        ``sq_norms`` (``S_j = ||s_j||²``) and ``lengths`` (``ℓ_j``) have the rewards' shape and
+        are required only by the estimators (or aggregations) that use them.
+        """
+        s = spec(self.name)
+        r = _ops.check_array("rewards", rewards)
+        if r.ndim < 1:
+            raise ValueError(f"rewards must have shape (..., G), got a scalar")
+        group = r.shape[-1]
+        if group < s.min_group:
+            raise ValueError(f"estimator {self.name!r} needs group size G >= {s.min_group}, "
+                             f"got rewards with G = {group}")
+        S = _ops.check_array("sq_norms", sq_norms, like=r, nonneg=True) if sq_norms is not None else None
+        ell = _ops.check_array("lengths", lengths, like=r, nonneg=True) if lengths is not None else None
+        for arg, val in (("sq_norms", S), ("lengths", ell)):
+            if arg in self.needs and val is None:
+                why = f"estimator {self.name!r}" if arg in s.needs else f"aggregation {self.aggregation!r}"
+                raise ValueError(f"{why} needs {arg}= (an array shaped like rewards), got None")
+        adv = s.fn(r, S, ell, **self.params)
+        return _aggregate(adv, ell, self.aggregation, self.max_length)
+
+
+def get(name: str, *, aggregation: str = "seq-mean-token-sum", max_length=None, **params) -> Estimator:
+    """The estimator ``name`` with parameters ``params`` (unknown parameters are an error).
+
+    ``aggregation`` picks the token-level loss mode of THEORY.md section 6; ``max_length`` is the
+    constant ``C`` of the ``"constant"`` mode (Dr.GRPO).
+    """
+    s = spec(name)
+    unknown = set(params) - set(s.defaults)
+    if unknown:
+        allowed = ", ".join(sorted(s.defaults)) or "none"
+        raise ValueError(f"estimator {name!r} got unknown parameter(s) {sorted(unknown)}; allowed: {allowed}")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation={aggregation!r} is not one of {AGGREGATIONS}")
+    if aggregation == "constant":
+        if max_length is None or not np.isfinite(max_length) or max_length <= 0:
+            raise ValueError(f"aggregation='constant' needs max_length > 0, got {max_length!r}")
+    merged = {**s.defaults, **params}
+    missing = [k for k, v in merged.items() if v is _REQUIRED]
+    if missing:
+        raise ValueError(f"estimator {name!r} needs parameter(s) {missing}")
+    return Estimator(name, merged, aggregation, max_length)
+
+
+_REQUIRED = object()
+
+
+def _aggregate(adv, lengths, aggregation, max_length):
+    """Token aggregation as an advantage weight (THEORY.md section 6); see the module docstring."""
+    if aggregation == "seq-mean-token-sum":
+        return adv
+    if aggregation == "constant":
+        return adv / max_length
+    if aggregation == "seq-mean-token-mean":
+        if _ops.any_(lengths <= 0):
+            raise ValueError("aggregation 'seq-mean-token-mean' needs lengths > 0")
+        return adv / lengths
+    total = _ops.sum_keep(lengths)  # token-mean: ĝ = Σ_j A_j s_j / Σ_k ℓ_k
+    if _ops.any_(total <= 0):
+        raise ValueError("aggregation 'token-mean' needs Σ_k lengths_k > 0 in every group")
+    return adv * (lengths.shape[-1] / total)
+
+
+# ---------------------------------------------------------------------------------------------
+# The advantage maps. Each: formula, theorem label, unbiasedness, "valid only if".
+# ---------------------------------------------------------------------------------------------
+
+
+def _loo_mean(r):
+    """``r̄_{−j} = Σ_{k≠j} r_k / (G − 1)``, the mean of the other responses."""
+    return _ops.loo_sum(r) / (r.shape[-1] - 1)
+
+
+def _weighted_baseline(r, w, leave_one_out: bool):
+    """``Σ_k w_k r_k / Σ_k w_k`` (inclusive) or over ``k ≠ j`` (leave-one-out), with the
+    documented fallback to the (leave-one-out) plain mean where the weights sum to zero."""
+    if leave_one_out:
+        num, den, fallback = _ops.loo_sum(w * r), _ops.loo_sum(w), _loo_mean(r)
+    else:
+        num, den, fallback = _ops.sum_keep(w * r), _ops.sum_keep(w), _ops.sum_keep(r) / r.shape[-1]
+    ok = den > 0
+    safe_den = _ops.where(ok, den, _ops.ones_like(den))
+    return _ops.where(ok, num / safe_den, fallback + 0 * num)
+
+
+@register("reinforce", unbiased=True)
+def _reinforce(r, S, ell):
+    """``A_j = r_j`` (plain REINFORCE). T1: unbiased, ``E ĝ = ∇J``. Valid for any G ≥ 1."""
+    return r + 0
+
+
+@register("constant", defaults={"b": 0.0}, unbiased=True)
+def _constant(r, S, ell, b):
+    """``A_j = r_j − b`` with a fixed baseline ``b``. T1: unbiased; T2: ``V = (E[(r−b)²S] − ||g||²)/G``.
+
+    Valid only if ``b`` does not depend on the group's responses (a number, or an array
+    broadcastable to ``(..., 1)`` fixed per prompt).
+    """
+    return r - b
+
+
+@register("dr_grpo", unbiased=False, min_group=2)
+def _dr_grpo(r, S, ell):
+    """``A_j = r_j − r̄`` (mean-centred, no std; Dr.GRPO). T1: biased by a pure scale,
+    ``E ĝ = ((G−1)/G) ∇J``; T2: ``V = ((G−1)/G)² V_rloo``. Its ``G/(G−1)`` correction is ``rloo``.
+    Valid for G ≥ 2.
+    """
+    return r - _ops.sum_keep(r) / r.shape[-1]
+
+
+@register("grpo", defaults={"eps": 1e-6, "ddof": 1}, unbiased=False, min_group=2)
+def _grpo(r, S, ell, eps, ddof):
+    """``A_j = (r_j − r̄) / (std(r) + eps)`` (GRPO). T1: biased (the std is a function of the group).
+
+    ``ddof=1`` (default) is the Bessel-corrected sample std, as ``torch.std`` in TRL, verl and
+    OpenRLHF; ``ddof=0`` is the population std. ``eps`` defaults to 1e-6 (verl; TRL uses 1e-4).
+    Zero rule: if ``std + eps == 0`` then ``r_j − r̄ = 0`` and ``A_j = 0``. Valid for G ≥ 2.
+    """
+    if ddof not in (0, 1):
+        raise ValueError(f"grpo parameter ddof must be 0 or 1, got {ddof!r}")
+    if not eps >= 0:
+        raise ValueError(f"grpo parameter eps must be >= 0, got {eps!r}")
+    G = r.shape[-1]
+    centred = r - _ops.sum_keep(r) / G
+    std = _ops.sqrt(_ops.sum_keep(centred * centred) / (G - ddof))
+    den = std + eps
+    ok = den > 0
+    return _ops.where(ok, centred / _ops.where(ok, den, _ops.ones_like(den)), 0 * centred)
+
+
+@register("rloo", unbiased=True, min_group=2)
+def _rloo(r, S, ell):
+    """``A_j = r_j − r̄_{−j}`` (leave-one-out mean). T1: unbiased; T2:
+    ``V = (1/G)(E[(r−μ)²S] + σ² m_S/(G−1)) − (G−2)/(G(G−1)) ||g||²``. Valid for G ≥ 2.
+    """
+    return r - _loo_mean(r)
+
+
+@register("opo", needs=("lengths",), unbiased=False, min_group=1)
+def _opo(r, S, ell):
+    """``A_j = r_j − Σ_k ℓ_k r_k / Σ_k ℓ_k`` (OPO, length-weighted, inclusive). T1: biased, O(1/G)
+    (the baseline depends on ``y_j``). Fallback when ``Σ ℓ = 0``: ``r̄``. Valid for ``ℓ ≥ 0``.
+    """
+    return r - _weighted_baseline(r, ell, leave_one_out=False)
+
+
+@register("opo_loo", needs=("lengths",), unbiased=True, min_group=2)
+def _opo_loo(r, S, ell):
+    """``A_j = r_j − Σ_{k≠j} ℓ_k r_k / Σ_{k≠j} ℓ_k`` (OPO, leave-one-out). T1: unbiased.
+    Fallback when ``Σ_{k≠j} ℓ_k = 0``: ``r̄_{−j}``. Valid for G ≥ 2, ``ℓ ≥ 0``.
+    """
+    return r - _weighted_baseline(r, ell, leave_one_out=True)
+
+
+@register("optimal", needs=("sq_norms",), unbiased=False, min_group=1)
+def _optimal(r, S, ell):
+    """``A_j = r_j − Σ_k S_k r_k / Σ_k S_k`` (gradient-weighted plug-in of T3's
+    ``b* = E[rS]/E[S]``, inclusive). T1: biased, O(1/G). Fallback when ``Σ S = 0``: ``r̄``.
+    Valid for ``S ≥ 0``.
+    """
+    return r - _weighted_baseline(r, S, leave_one_out=False)
+
+
+@register("optimal_loo", needs=("sq_norms",), unbiased=True, min_group=2)
+def _optimal_loo(r, S, ell):
+    """``A_j = r_j − Σ_{k≠j} S_k r_k / Σ_{k≠j} S_k`` (gradient-weighted, leave-one-out; the
+    OBLR-PO default). T1: unbiased (the baseline is independent of ``y_j``); T3: it estimates
+    ``b* = m_rS / m_S``. Fallback when ``Σ_{k≠j} S_k = 0``: ``r̄_{−j}``. Valid for G ≥ 2, ``S ≥ 0``.
+    """
+    return r - _weighted_baseline(r, S, leave_one_out=True)
+
+
+@register("oracle_optimal", defaults={"b_star": _REQUIRED}, unbiased=True)
+def _oracle_optimal(r, S, ell, b_star):
+    """``A_j = r_j − b*(x)`` with the exact ``b* = m_rS / m_S`` (T3; toy problems only).
+    T1: unbiased; T2/T3: the least variance of any fixed baseline, ``V(b*)``.
+    Valid only if ``b_star`` is the prompt's exact value (a number or an array broadcastable to
+    ``(..., 1)``); ``exact.estimator_moments`` supplies it per prompt.
+    """
+    return r - b_star

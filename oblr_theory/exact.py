@@ -1,0 +1,244 @@
+"""Exact oracles by enumeration: ``J``, ``∇J``, per-prompt moments, ``b*``, and the exact mean and
+variance of any registered estimator (THEORY.md section 4).
+
+The estimator moments need no closed form. A group of ``G`` i.i.d. responses over ``n`` outcomes
+is, up to order, one of ``C(n+G−1, G)`` multisets ``c`` with multinomial probability
+``G!/Π_i c_i! · Π_i p_i^{c_i}``; every registered advantage map is symmetric under permuting
+the group, so ``ĝ`` is a function of the multiset and
+
+    E ĝ_x = Σ_c w_c ĝ(c),      V_x = Σ_c w_c ||ĝ(c) − E ĝ_x||²,
+
+with ``ĝ(c) = (1/G) Σ_j A_j s_{o_j}``. ``||ĝ(c) − m||²`` is evaluated through the Gram matrix
+``K = s sᵀ`` of the outcomes, so the cost is ``O(M G²)`` for ``M`` multisets, whatever ``d``.
+A batch of ``B`` i.i.d. prompts (one group each) has the same mean and, by the law of total
+variance (T2), ``V_batch = (1/B) Σ_x p_x (V_x + ||E ĝ_x − E ĝ||²)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import comb
+
+import numpy as np
+from scipy.special import gammaln
+
+from . import estimators
+from .problems.base import Outcomes
+
+#: Largest number of multisets of one prompt's group that ``estimator_moments`` enumerates.
+MAX_MULTISETS = 20_000_000
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class PromptMoments:
+    """Per-prompt moments (THEORY.md section 1), arrays over the X prompts.
+
+    mu ``E[r]``, var_r ``Var(r)``, m_S ``E[S]``, m_rS ``E[rS]``, m_r2S ``E[r²S]``,
+    grad (X, d) ``g_x = E[r s] = ∇J_x``, grad_sq_norm ``||g_x||²``, b_star ``m_rS / m_S`` (T3),
+    m_len ``E[ℓ]``, prompt_probs ``p_x``.
+    """
+
+    mu: np.ndarray
+    var_r: np.ndarray
+    m_S: np.ndarray
+    m_rS: np.ndarray
+    m_r2S: np.ndarray
+    grad: np.ndarray
+    grad_sq_norm: np.ndarray
+    b_star: np.ndarray
+    m_len: np.ndarray
+    prompt_probs: np.ndarray
+
+
+@dataclass(frozen=True)
+class EstimatorMoments:
+    """Exact moments of an estimator's gradient estimate ``ĝ`` (one batch).
+
+    mean ``E ĝ`` (d,), grad ``∇J`` (d,), trace_var ``V = tr Var(ĝ)``; per prompt:
+    prompt_mean (X, d) ``E ĝ_x``, prompt_trace_var (X,) ``V_x`` (one group).
+    """
+
+    mean: np.ndarray
+    grad: np.ndarray
+    trace_var: float
+    prompt_mean: np.ndarray
+    prompt_trace_var: np.ndarray
+    group_size: int
+    batch_size: int
+
+    @property
+    def bias(self) -> np.ndarray:
+        """``E ĝ − ∇J`` (T1)."""
+        return self.mean - self.grad
+
+    @property
+    def mse(self) -> float:
+        """``E||ĝ − ∇J||² = ||bias||² + V``."""
+        return float(self.bias @ self.bias + self.trace_var)
+
+
+def all_outcomes(problem) -> list[Outcomes]:
+    """``problem.outcomes(x)`` for every prompt x."""
+    return [problem.outcomes(x) for x in range(problem.num_prompts)]
+
+
+def objective(problem) -> float:
+    """``J(θ) = Σ_x p_x Σ_y π(y|x) r(x, y)``."""
+    return float(sum(p * (o.probs @ o.rewards) for p, o in zip(problem.prompt_probs, all_outcomes(problem))))
+
+
+def gradient(problem) -> np.ndarray:
+    """``∇J = Σ_x p_x E[r s | x]`` (the score-function identity)."""
+    m = prompt_moments(problem)
+    return m.prompt_probs @ m.grad
+
+
+def prompt_moments(problem) -> PromptMoments:
+    """Exact per-prompt moments ``μ, σ², m_S, m_rS, m_r2S, g_x, ||g_x||², b*`` (T2, T3)."""
+    cols = {k: [] for k in ("mu", "var_r", "m_S", "m_rS", "m_r2S", "grad", "m_len")}
+    for o in all_outcomes(problem):
+        p, r, S = o.probs, o.rewards, o.sq_norms
+        mu = p @ r
+        for k, v in (("mu", mu), ("var_r", p @ (r - mu) ** 2), ("m_S", p @ S), ("m_rS", p @ (r * S)),
+                     ("m_r2S", p @ (r * r * S)), ("grad", (p * r) @ o.scores), ("m_len", p @ o.lengths)):
+            cols[k].append(v)
+    a = {k: np.array(v) for k, v in cols.items()}
+    b_star = _b_star(a["mu"], a["m_S"], a["m_rS"])
+    return PromptMoments(a["mu"], a["var_r"], a["m_S"], a["m_rS"], a["m_r2S"], a["grad"],
+                         np.einsum("xd,xd->x", a["grad"], a["grad"]), b_star, a["m_len"],
+                         np.asarray(problem.prompt_probs, dtype=np.float64))
+
+
+def _b_star(mu, m_S, m_rS):
+    """T3: ``b* = m_rS / m_S``; where ``m_S = 0`` (a deterministic policy: every ``s = 0`` and
+    every baseline gives ``V = 0``) the rule is ``b* = μ``."""
+    ok = m_S > 0
+    return np.where(ok, m_rS / np.where(ok, m_S, 1.0), mu)
+
+
+def optimal_baseline(problem) -> np.ndarray:
+    """T3's gradient-weighted baseline ``b*(x) = E[rS] / E[S]`` per prompt, shape (X,)."""
+    return prompt_moments(problem).b_star
+
+
+def hessian(problem, step: float = 1e-5) -> np.ndarray:
+    """``∇²J`` (d, d): the problem's exact Hessian when it has one (bandits), else central
+    differences of the exact gradient (error ``O(step²)``), symmetrised."""
+    if hasattr(problem, "hessian"):
+        return problem.hessian()
+    theta, d = problem.theta, problem.dim
+    H = np.empty((d, d))
+    for i in range(d):
+        e = np.zeros(d)
+        e[i] = step
+        H[i] = (gradient(problem.with_theta(theta + e)) - gradient(problem.with_theta(theta - e))) / (2 * step)
+    return (H + H.T) / 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Multisets
+# ---------------------------------------------------------------------------------------------
+
+
+def num_multisets(n: int, G: int) -> int:
+    """``C(n+G−1, G)``: multisets of size G over n outcomes."""
+    return comb(n + G - 1, G)
+
+
+def multisets(n: int, G: int) -> np.ndarray:
+    """All non-decreasing index tuples of length G over ``range(n)``, shape ``(C(n+G−1, G), G)``."""
+    M = num_multisets(n, G)
+    if M > MAX_MULTISETS:
+        raise ValueError(f"group_size={G} over {n} outcomes has {M:,} multisets (limit "
+                         f"{MAX_MULTISETS:,}); use a smaller problem or Monte Carlo")
+    rows = np.arange(n, dtype=np.int32)[:, None]
+    for _ in range(G - 1):
+        last = rows[:, -1]
+        reps = n - last  # each row extends with values >= its last entry
+        parent = np.repeat(np.arange(len(rows)), reps)
+        start = np.repeat(np.cumsum(reps) - reps, reps)
+        nxt = last[parent] + (np.arange(len(parent)) - start)
+        rows = np.concatenate([rows[parent], nxt[:, None].astype(np.int32)], axis=1)
+    return rows
+
+
+def multiset_log_weights(idx_mg: np.ndarray, log_p: np.ndarray) -> np.ndarray:
+    """``log(G!/Π c_i! · Π p_i^{c_i})`` for sorted index rows (M, G)."""
+    G = idx_mg.shape[1]
+    run = np.ones(idx_mg.shape[0])  # position within the current run of equal indices
+    log_fact = np.zeros(idx_mg.shape[0])  # Σ_i log c_i! accumulated as Σ log(run position)
+    for j in range(1, G):
+        run = np.where(idx_mg[:, j] == idx_mg[:, j - 1], run + 1, 1.0)
+        log_fact += np.log(run)
+    return gammaln(G + 1) - log_fact + log_p[idx_mg].sum(axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Estimator moments
+# ---------------------------------------------------------------------------------------------
+
+
+def group_moments(out: Outcomes, estimator, group_size: int):
+    """Exact ``(E ĝ_x, V_x)`` of one group of ``group_size`` responses (multiset enumeration)."""
+    keep = out.probs > 0  # zero-probability outcomes never appear in a group
+    p, r, S, ell = out.probs[keep], out.rewards[keep], out.sq_norms[keep], out.lengths[keep]
+    scores = out.scores[keep]
+    G, n = group_size, len(p)
+    idx = multisets(n, G)
+    with np.errstate(divide="ignore"):
+        w = np.exp(multiset_log_weights(idx, np.log(p)))
+    gram = scores @ scores.T  # (n, n)
+    coef = np.zeros(n)  # Σ_c w_c A_cj / G accumulated per outcome: E ĝ = coef @ scores
+    advs = []
+    for lo in range(0, len(idx), _CHUNK):
+        sl = idx[lo:lo + _CHUNK]
+        A = estimator.advantages(r[sl], sq_norms=S[sl], lengths=ell[sl])  # (m, G)
+        advs.append(A)
+        np.add.at(coef, sl.reshape(-1), (w[lo:lo + _CHUNK, None] * A).reshape(-1) / G)
+    mean = coef @ scores
+    sm = scores @ mean  # (n,) s_i · m
+    mm = mean @ mean
+    var = 0.0
+    for lo, A in zip(range(0, len(idx), _CHUNK), advs):
+        sl = idx[lo:lo + _CHUNK]
+        quad = np.einsum("mj,mjk,mk->m", A, gram[sl[:, :, None], sl[:, None, :]], A) / G**2
+        dev2 = quad - 2.0 * np.einsum("mj,mj->m", A, sm[sl]) / G + mm  # ||ĝ(c) − m||²
+        var += w[lo:lo + _CHUNK] @ np.maximum(dev2, 0.0)
+    return mean, float(var)
+
+
+def estimator_moments(problem, name, group_size, batch_size=1, **params) -> EstimatorMoments:
+    """Exact ``E ĝ``, ``∇J`` and ``V = tr Var(ĝ)`` of estimator ``name`` for a batch of
+    ``batch_size`` i.i.d. prompts with one group of ``group_size`` each (T1, T2 without closed forms).
+
+    ``name`` may also be an :class:`~oblr_theory.estimators.Estimator` (to pass an aggregation
+    mode). For ``oracle_optimal`` the engine supplies each prompt's exact ``b*`` itself.
+    """
+    if int(group_size) != group_size or group_size < 1:
+        raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    group_size, batch_size = int(group_size), int(batch_size)
+    est_name = name.name if isinstance(name, estimators.Estimator) else name
+    estimators.spec(est_name)  # clear error for unknown names
+    outs = all_outcomes(problem)
+    moments = prompt_moments(problem)
+    means, variances = [], []
+    for x, out in enumerate(outs):
+        if isinstance(name, estimators.Estimator):
+            est = name
+        elif est_name == "oracle_optimal":
+            est = estimators.get(est_name, **{**params, "b_star": moments.b_star[x]})
+        else:
+            est = estimators.get(est_name, **params)
+        m, v = group_moments(out, est, group_size)
+        means.append(m)
+        variances.append(v)
+    prompt_mean, prompt_var = np.array(means), np.array(variances)
+    p = moments.prompt_probs
+    mean = p @ prompt_mean
+    between = np.einsum("xd,xd->x", prompt_mean - mean, prompt_mean - mean)
+    trace_var = float(p @ (prompt_var + between)) / batch_size
+    return EstimatorMoments(mean, p @ moments.grad, trace_var, prompt_mean, prompt_var,
+                            group_size, batch_size)

@@ -1,0 +1,8 @@
+"""Exact, enumerable toy problems: softmax bandits and token MDPs (THEORY.md section 4)."""
+
+from . import rewards
+from .bandit import SoftmaxBandit
+from .base import MAX_OUTCOMES, Outcomes
+from .token_mdp import TokenMDP
+
+__all__ = ["SoftmaxBandit", "TokenMDP", "Outcomes", "rewards", "MAX_OUTCOMES"]
