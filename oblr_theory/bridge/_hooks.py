@@ -1,0 +1,362 @@
+"""Module hooks for the ghost Gram: capture per-sample layer factors in one forward/backward.
+
+``GhostRecorder`` registers forward hooks on every module that owns a trainable parameter
+(and on every ``nn.Embedding``, whose outputs are the roots of the backward pass). A forward hook
+keeps what the per-sample gradient needs (linear input ``a``, embedding ids, normalised norm
+input ``x̂``) and puts a tensor hook on the module output, which receives ``b = ∂L/∂y`` during
+the single backward of ``L = Σ_n seq_logp_n``. The backward asks autograd only for the gradients
+of the embedding outputs, so autograd skips every weight-gradient product; the Gram
+contributions are formed in the tensor hooks (see ``_ghost_math``) and the saved factors freed.
+
+Parameters used by more than one module call are handled exactly:
+
+- ``tie``: one ``nn.Embedding`` use and one ``nn.Linear`` use of the same ``(V, d)`` matrix (tied
+  ``embed_tokens`` / ``lm_head``). With ``E_j`` and ``H_j`` the two per-sample gradients,
+  ``⟨E_i + H_i, E_j + H_j⟩ = ⟨H_i, H_j⟩ + ⟨E_i, E_j⟩ + ⟨E_i, H_j⟩ + ⟨H_i, E_j⟩``, where ``E_j`` is
+  zero outside the group's token rows ``U``, so the cross terms need ``H_j[U]`` only.
+- ``shared``: any other reuse; per-sample gradients of every use are summed in an
+  ``(N, *shape)`` buffer (refused with a clear error when that buffer would be too large).
+
+Before the backward, the autograd graph is walked: every trainable parameter the graph uses must
+be used only through hooked module calls, else a ValueError names it. Nothing is ever silently
+left out of the Gram.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import _ghost_math as gm
+
+
+def module_kind(module: nn.Module) -> str | None:
+    """The ghost rule for a module's own parameters, or None when there is none."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
+        return "conv1d"  # GPT-2 style: y = x @ W + c with W of shape (d_in, d_out)
+    if isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm"):
+        return "norm"
+    return None
+
+
+@dataclass(eq=False)
+class _Use:
+    """One call of a hooked module during the forward pass."""
+
+    name: str
+    module: nn.Module
+    kind: str
+    params: dict  # parameter attribute name -> trainable Parameter
+    saved: torch.Tensor | None = None  # a (linear), ids (embedding) or x̂ (norm)
+    node: object = None  # grad_fn of the output, for the reachability check
+    got_grad: bool = False
+
+
+@dataclass
+class _TieState:
+    vocab: list | None = None  # per group: (U, inverse_gt)
+    emb_rows: dict = field(default_factory=dict)  # group -> (G, |U|, d)
+    lin_rows: dict = field(default_factory=dict)  # group -> (G, |U|, d)
+
+
+class GhostRecorder:
+    """Collects the within-group Gram ``(B, G, G)`` of per-sample scores over trainable params."""
+
+    def __init__(self, model: nn.Module, batch: int, group: int, route: str, max_elems: int):
+        self.B, self.G, self.N = batch, group, batch * group
+        self.route, self.max_elems = route, max_elems
+        self.names = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            self.names.setdefault(id(p), []).append(name)
+        self.trainable = {id(p): p for p in model.parameters() if p.requires_grad}
+        self.uses_by_param: dict[int, list[_Use]] = defaultdict(list)
+        self.uses: list[_Use] = []
+        self.roots: list[tuple[_Use, torch.Tensor]] = []
+        self.gram_bgg: torch.Tensor | None = None
+        self.shared: dict[int, torch.Tensor] = {}
+        self.ties: dict[int, _TieState] = {}
+        self._recomputing = False
+        self._handles = []
+        self._targets = []
+        for name, mod in model.named_modules():
+            own = {k: p for k, p in mod.named_parameters(recurse=False) if p.requires_grad}
+            kind = module_kind(mod)
+            if own and kind is None:
+                raise ValueError(
+                    f"score_gram(method='ghost') cannot account for trainable parameter(s) "
+                    f"{sorted(own)} of module '{name}' ({type(mod).__name__}); freeze them with "
+                    f"requires_grad_(False) or use method='loop'"
+                )
+            if kind == "embedding" and own:
+                if mod.max_norm is not None or mod.scale_grad_by_freq or mod.sparse:
+                    raise ValueError(
+                        f"module '{name}' (nn.Embedding) uses max_norm, scale_grad_by_freq or "
+                        "sparse gradients, which the ghost method does not support; "
+                        "use method='loop'"
+                    )
+            if own or kind == "embedding":
+                self._targets.append((name, mod, kind, own))
+
+    # ----------------------------------------------------------------------------- hooks
+    def __enter__(self) -> "GhostRecorder":
+        for name, mod, kind, own in self._targets:
+            hook = self._make_forward_hook(name, kind, own)
+            self._handles.append(mod.register_forward_hook(hook, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _make_forward_hook(self, name, kind, own):
+        def hook(module, args, kwargs, output):
+            if self._recomputing:
+                return None
+            self._on_forward(name, module, kind, own, args, kwargs, output)
+            return None
+
+        return hook
+
+    def _on_forward(self, name, module, kind, own, args, kwargs, output) -> None:
+        x = args[0] if args else next(iter(kwargs.values()))
+        if not isinstance(output, torch.Tensor) or output.shape[:1] != (self.N,) or x.shape[0] != self.N:
+            raise ValueError(
+                f"module '{name}' ({type(module).__name__}) did not see the flattened batch "
+                f"(B*G = {self.N}) as its leading dimension; the ghost method needs every "
+                "per-sample computation to keep samples apart (use method='loop')"
+            )
+        use = _Use(name, module, kind, dict(own))
+        if kind in ("linear", "conv1d") and "weight" in own:
+            use.saved = x.detach()
+        elif kind == "embedding":
+            use.saved = x.detach()
+            if not output.requires_grad:
+                output.requires_grad_()  # a frozen embedding still roots the backward pass
+            self.roots.append((use, output))
+        elif kind == "norm" and "weight" in own:
+            use.saved = self._normalised_input(name, module, args, kwargs, output)
+        if use.params:
+            self.uses.append(use)
+            for p in use.params.values():
+                self.uses_by_param[id(p)].append(use)
+            if kind != "embedding" and output.requires_grad:
+                use.node = output.grad_fn
+                output.register_hook(lambda g, use=use: self._on_grad(use, g))
+
+    def _normalised_input(self, name, module, args, kwargs, output) -> torch.Tensor:
+        """``x̂`` = the module output with weight 1 and bias 0; checks ``y = x̂ ⊙ w + c``."""
+        weight = module.weight
+        bias = getattr(module, "bias", None)
+        overrides = {"weight": torch.ones_like(weight)}
+        if isinstance(bias, torch.Tensor):
+            overrides["bias"] = torch.zeros_like(bias)
+        self._recomputing = True
+        try:
+            with torch.no_grad():
+                xhat = torch.func.functional_call(module, overrides, args, kwargs)
+        finally:
+            self._recomputing = False
+        with torch.no_grad():
+            expect = xhat * weight + (bias if isinstance(bias, torch.Tensor) else 0)
+            eps = torch.finfo(output.dtype).eps
+            scale = output.detach().abs().max().clamp(min=1.0)
+            ok = expect.shape == output.shape and torch.allclose(
+                expect, output.detach(), rtol=64 * eps, atol=64 * eps * float(scale)
+            )
+        if not ok:
+            raise ValueError(
+                f"module '{name}' ({type(module).__name__}) is not elementwise-affine in its weight "
+                "(y = x̂ ⊙ w + c over the last axes); the ghost method cannot account for it, "
+                "use method='loop'"
+            )
+        return xhat.detach()
+
+    # ----------------------------------------------------------------------------- checks
+    def check_graph(self, loss: torch.Tensor) -> None:
+        """Walk the autograd graph: each trainable parameter it uses is used only by hooked calls."""
+        counts: dict[int, int] = defaultdict(int)
+        seen, stack = set(), [loss.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            for nxt, _ in node.next_functions:
+                if nxt is None:
+                    continue
+                var = getattr(nxt, "variable", None)
+                if var is not None:
+                    counts[id(var)] += 1
+                stack.append(nxt)
+        self._reachable = seen
+        for pid, n_edges in counts.items():
+            if pid not in self.trainable:
+                continue
+            n_uses = len(self.uses_by_param.get(pid, []))
+            if n_edges > n_uses:
+                raise ValueError(
+                    f"trainable parameter {self.names.get(pid, ['?'])} is used by "
+                    f"{n_edges - n_uses} operation(s) outside the modules the ghost method hooks "
+                    f"({n_uses} hooked call(s)); the Gram would miss them. Freeze it or use "
+                    "method='loop'"
+                )
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """One backward of ``loss`` to the embedding outputs; hooks do the rest."""
+        if not self.roots:
+            raise ValueError("the model has no nn.Embedding to root the ghost backward pass")
+        outputs = [out for _, out in self.roots]
+        grads = torch.autograd.grad(loss, outputs, allow_unused=True)
+        for (use, _), g in zip(self.roots, grads):
+            if use.params and g is not None:
+                self._on_grad(use, g)
+            elif use.params:
+                use.got_grad = True  # unused by the loss: zero contribution
+        for use in self.uses:
+            if use.kind != "embedding" and not use.got_grad and use.node in self._reachable:
+                raise ValueError(f"no output gradient reached module '{use.name}'")
+
+    # ----------------------------------------------------------------------------- gradients
+    def _add(self, gram_bgg: torch.Tensor) -> None:
+        self.gram_bgg = gram_bgg if self.gram_bgg is None else self.gram_bgg + gram_bgg
+
+    def _plan(self, pid: int) -> str:
+        uses = self.uses_by_param[pid]
+        if len(uses) == 1:
+            return "single"
+        kinds = sorted(u.kind for u in uses)
+        if len(uses) == 2 and kinds == ["embedding", "linear"]:
+            return "tie"
+        return "shared"
+
+    def _on_grad(self, use: _Use, g: torch.Tensor) -> None:
+        g_bg_ = g.reshape(self.B, self.G, *g.shape[1:])
+        for pname, p in use.params.items():
+            plan = self._plan(id(p))
+            if plan == "single":
+                self._add(self._single(use, pname, p, g_bg_))
+            elif plan == "tie":
+                self._add(self._single(use, pname, p, g_bg_))
+                self._tie_cross(use, p, g_bg_)
+            else:
+                self._accumulate_shared(use, pname, p, g_bg_)
+        use.saved = None
+        use.got_grad = True
+
+    def _factors(self, use: _Use, g_bg_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Linear factors reshaped to (B, G, T', d_in) and (B, G, T', d_out)."""
+        a = use.saved.reshape(self.B, self.G, -1, use.saved.shape[-1])
+        return a, g_bg_.reshape(self.B, self.G, -1, g_bg_.shape[-1])
+
+    def _embedding_grad(self, use: _Use, g_bg_: torch.Tensor) -> torch.Tensor:
+        """Output gradient with padding_idx positions zeroed (their row gets no gradient)."""
+        pad = use.module.padding_idx
+        if pad is None:
+            return g_bg_
+        keep = (use.saved.reshape(self.B, self.G, -1) != pad).unsqueeze(-1)
+        return torch.where(keep, g_bg_, torch.zeros_like(g_bg_))
+
+    def _vocab(self, use: _Use, b: int):
+        ids_gt = use.saved.reshape(self.B, self.G, -1)[b]
+        return gm.group_vocab(ids_gt)
+
+    def _single(self, use: _Use, pname: str, p: torch.Tensor, g_bg_: torch.Tensor) -> torch.Tensor:
+        """Gram ``(B, G, G)`` of one use of one parameter."""
+        if use.kind in ("linear", "conv1d"):
+            if pname == "weight":
+                a_bgtd, b_bgto = self._factors(use, g_bg_)
+                return gm.linear_gram(a_bgtd, b_bgto, self.max_elems, self.route)
+            return gm._gram_of_rows(gm.bias_grads(g_bg_.reshape(self.B, self.G, -1, g_bg_.shape[-1])).to(gm._work_dtype(g_bg_.dtype)))
+        if use.kind == "embedding":
+            g_bg_ = self._embedding_grad(use, g_bg_)
+            out = []
+            for b in range(self.B):
+                uniq_u, inv_gt = self._vocab(use, b)
+                rows = gm.embedding_rows(inv_gt, uniq_u.numel(), g_bg_[b])
+                out.append(gm.pair_gram(rows, rows))
+            return torch.stack(out)
+        if pname == "weight":  # norm
+            grads = gm.norm_weight_grads(g_bg_, use.saved.reshape(g_bg_.shape), p.dim())
+        else:
+            grads = gm.norm_bias_grads(g_bg_, p.dim())
+        return gm._gram_of_rows(grads.reshape(self.B, self.G, -1))
+
+    def _tie_cross(self, use: _Use, p: torch.Tensor, g_bg_: torch.Tensor) -> None:
+        """Cross terms ``⟨E_i, H_j⟩ + ⟨H_i, E_j⟩`` of a tied embedding / output matrix."""
+        state = self.ties.setdefault(id(p), _TieState())
+        emb_use = next(u for u in self.uses_by_param[id(p)] if u.kind == "embedding")
+        if state.vocab is None:
+            state.vocab = [self._vocab(emb_use, b) for b in range(self.B)]
+        if use.kind == "embedding":
+            g_bg_ = self._embedding_grad(use, g_bg_)
+        else:
+            a_bgtd, b_bgto = self._factors(use, g_bg_)
+        cross = torch.zeros(self.B, self.G, self.G, dtype=gm.ACC, device=g_bg_.device)
+        for b in range(self.B):
+            uniq_u, inv_gt = state.vocab[b]
+            if use.kind == "embedding":
+                mine = gm.embedding_rows(inv_gt, uniq_u.numel(), g_bg_[b])
+                mine_store, other_store = state.emb_rows, state.lin_rows
+            else:
+                mine = gm.linear_grads_rows(a_bgtd[b], b_bgto[b], uniq_u)
+                mine = mine.to(gm._work_dtype(mine.dtype))
+                mine_store, other_store = state.lin_rows, state.emb_rows
+            if b in other_store:
+                k = gm.pair_gram(mine, other_store.pop(b))
+                cross[b] = k + k.T
+            else:
+                mine_store[b] = mine
+        self._add(cross)
+
+    def _full_grads(self, use: _Use, pname: str, p: torch.Tensor, g_bg_: torch.Tensor) -> torch.Tensor:
+        """Per-sample gradients of one use, materialised: (N, *p.shape)."""
+        N = self.N
+        g_n_ = g_bg_.reshape(N, *g_bg_.shape[2:])
+        if use.kind in ("linear", "conv1d"):
+            g_nto = g_n_.reshape(N, -1, g_n_.shape[-1])
+            if pname != "weight":
+                return g_nto.sum(1)
+            a_ntd = use.saved.reshape(N, -1, use.saved.shape[-1])
+            w = gm.linear_grads_rows(a_ntd, g_nto, slice(None))  # (N, d_out, d_in)
+            return w if use.kind == "linear" else w.transpose(1, 2)
+        if use.kind == "embedding":
+            g_ntd = self._embedding_grad(use, g_bg_).reshape(N, -1, p.shape[-1])
+            V = p.shape[0]
+            idx = (torch.arange(N, device=p.device).unsqueeze(1) * V + use.saved.reshape(N, -1))
+            out = torch.zeros(N * V, p.shape[-1], dtype=g_ntd.dtype, device=p.device)
+            out.index_add_(0, idx.reshape(-1), g_ntd.reshape(-1, p.shape[-1]))
+            return out.reshape(N, *p.shape)
+        if pname == "weight":
+            grads = gm.norm_weight_grads(g_bg_, use.saved.reshape(g_bg_.shape), p.dim())
+        else:
+            grads = gm.norm_bias_grads(g_bg_, p.dim())
+        return grads.reshape(N, *p.shape)
+
+    def _accumulate_shared(self, use: _Use, pname: str, p: torch.Tensor, g_bg_: torch.Tensor) -> None:
+        if self.N * p.numel() > 4 * self.max_elems:
+            names = sorted({u.name for u in self.uses_by_param[id(p)]})
+            raise ValueError(
+                f"parameter {self.names.get(id(p), ['?'])} is shared by modules {names}; the ghost "
+                f"method would need {self.N} x {p.numel()} per-sample entries. Use method='loop'"
+            )
+        full = self._full_grads(use, pname, p, g_bg_)
+        full = full.to(gm._work_dtype(full.dtype))
+        pid = id(p)
+        self.shared[pid] = full if pid not in self.shared else self.shared[pid] + full
+
+    def finalize(self, device, dtype=gm.ACC) -> torch.Tensor:
+        """The total Gram ``(B, G, G)``: hooked contributions plus shared-parameter buffers."""
+        for full in self.shared.values():
+            self._add(gm._gram_of_rows(full.reshape(self.B, self.G, -1)))
+        self.shared.clear()
+        if self.gram_bgg is None:
+            return torch.zeros(self.B, self.G, self.G, dtype=dtype, device=device)
+        return self.gram_bgg

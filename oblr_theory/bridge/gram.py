@@ -1,0 +1,214 @@
+"""Within-group Gram matrices of per-sequence scores on a Hugging Face causal LM.
+
+For inputs of shape ``(B, G, T)`` (``B`` prompts, a group of ``G`` responses each), the score of
+response ``j`` of prompt ``b`` is
+
+    s_bj = ∇_θ Σ_{t ∈ completion} log π_θ(y_t | y_<t)          (THEORY.md section 1)
+
+over every parameter with ``requires_grad``. ``score_gram`` returns ``K[b, i, j] = s_bi · s_bj``;
+the diagonal is ``S_bj = ||s_bj||²``, the weight of the gradient-weighted baseline
+``b* = E[r S] / E[S]`` (T3) and of the estimators ``optimal`` / ``optimal_loo``. The
+off-diagonal terms give ``||ĝ_x||² = (1/G²) Σ_ij A_i A_j K_ij`` for any advantage map (T2, T7).
+
+Methods:
+
+- ``"ghost"``: one forward and one backward for the whole batch (module hooks, see ``_hooks``).
+  Exact up to floating point; valid only if sequences are independent through the model (each
+  flattened row only sees itself: true for causal LMs without batch-coupled layers).
+- ``"loop"``: the reference. Per group, one forward and one backward per sequence
+  (``torch.autograd.grad``); exact for any model, about ``G`` times the cost of training.
+- ``"length"``: forward only; ``diag(ℓ_j)`` (OPO's ``S ∝ length`` proxy, T8).
+- ``"logit"``: forward only; ``diag(Σ_t 1 − 2π_t(y_t) + ||π_t||²)`` (verl's logit proxy, T8).
+
+Proxies put their value on the diagonal and zeros off it: they do not estimate cross terms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ._hooks import GhostRecorder
+from .logprobs import check_inputs, forward_logprobs, logit_proxy_from_logits
+
+__all__ = ["ScoreGram", "score_gram", "METHODS"]
+
+METHODS = ("ghost", "loop", "length", "logit")
+ROUTES = ("auto", "ghost", "materialise")
+
+
+@dataclass
+class ScoreGram:
+    """Result of ``score_gram``.
+
+    gram_bgg:       (B, G, G) float64 ``s_bi · s_bj`` (proxies: diagonal matrix of the proxy).
+    seq_logp_bg:    (B, G) ``Σ_t log π(y_t | y_<t)`` over completion tokens, same forward pass.
+    token_logp_bgt: (B, G, T) per-token completion log-probs (0 outside the completion).
+    lengths_bg:     (B, G) completion lengths ``ℓ``.
+    method:         the method that produced ``gram_bgg``.
+    """
+
+    gram_bgg: torch.Tensor
+    seq_logp_bg: torch.Tensor
+    token_logp_bgt: torch.Tensor
+    lengths_bg: torch.Tensor
+    method: str
+
+    @property
+    def sq_norms_bg(self) -> torch.Tensor:
+        """``S_bj = ||s_bj||²`` (or the proxy): the Gram diagonal, (B, G)."""
+        return torch.diagonal(self.gram_bgg, dim1=-2, dim2=-1)
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters with ``requires_grad``, each once (tied parameters are one parameter)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _flat(x_bgt: torch.Tensor) -> torch.Tensor:
+    B, G, T = x_bgt.shape
+    return x_bgt.reshape(B * G, T)
+
+
+def _check_model(model: nn.Module, method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    checkpointing = getattr(model, "is_activation_checkpointing", None)
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    if method == "ghost" and checkpointing:
+        raise ValueError(
+            "model has gradient checkpointing enabled; its recomputed forward would re-fire the "
+            "ghost hooks. Disable it (model.gradient_checkpointing_disable()) or use method='loop'"
+        )
+
+
+def gram_loop(
+    model: nn.Module, input_ids: torch.Tensor, attn_bgt: torch.Tensor, comp_bgt: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference Gram: per group, one forward of its ``G`` sequences and ``G`` backward passes.
+
+    ``K[b, i, j] = Σ_params ⟨∂ seq_logp_bi/∂θ, ∂ seq_logp_bj/∂θ⟩``. Returns ``(gram_bgg,
+    token_logp_bgt)``. Memory: ``G`` copies of the trainable parameters.
+    """
+    B, G, T = input_ids.shape
+    params = trainable_parameters(model)
+    gram_bgg = torch.zeros(B, G, G, dtype=torch.float64, device=input_ids.device)
+    token_rows = []
+    for b in range(B):
+        with torch.enable_grad():
+            token_logp_gt, _ = forward_logprobs(model, input_ids[b], attn_bgt[b], comp_bgt[b])
+            seq_g = token_logp_gt.sum(-1)
+            per_seq = []
+            for j in range(G):
+                if not params:
+                    break
+                grads = torch.autograd.grad(
+                    seq_g[j], params, retain_graph=j < G - 1, allow_unused=True
+                )
+                per_seq.append(grads)
+        token_rows.append(token_logp_gt.detach())
+        for k, p in enumerate(params):
+            cols = [per_seq[j][k] for j in range(len(per_seq))]
+            if all(c is None for c in cols):
+                continue
+            wd = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+            m_gk = torch.stack(
+                [(c if c is not None else torch.zeros_like(p)).reshape(-1).to(wd) for c in cols]
+            )
+            gram_bgg[b] += (m_gk @ m_gk.T).to(torch.float64)
+        del per_seq
+    return gram_bgg, torch.stack(token_rows)
+
+
+def gram_ghost(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attn_bgt: torch.Tensor,
+    comp_bgt: torch.Tensor,
+    route: str = "auto",
+    max_elems: int = 2**26,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ghost Gram: one forward and one backward of ``L = Σ_n seq_logp_n`` for the whole batch.
+
+    Per-sample gradients are rebuilt layer by layer from hooked factors (``_ghost_math``).
+    ``route`` picks the linear-layer rule ("auto" by cost, or force "ghost" / "materialise");
+    ``max_elems`` bounds the entries of any temporary per-sample block. Returns
+    ``(gram_bgg, token_logp_bgt)``.
+    """
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+    B, G, T = input_ids.shape
+    recorder = GhostRecorder(model, B, G, route, max_elems)
+    with recorder, torch.enable_grad():
+        token_logp_nt, _ = forward_logprobs(
+            model, _flat(input_ids), _flat(attn_bgt), _flat(comp_bgt)
+        )
+        loss = token_logp_nt.sum()
+        if recorder.trainable and loss.requires_grad:
+            recorder.check_graph(loss)
+            recorder.backward(loss)
+    gram_bgg = recorder.finalize(input_ids.device)
+    return gram_bgg, token_logp_nt.detach().reshape(B, G, T)
+
+
+def _proxy(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attn_bgt: torch.Tensor,
+    comp_bgt: torch.Tensor,
+    method: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward-only proxies on the diagonal: ``ℓ`` (length) or the logit proxy (T8)."""
+    B, G, T = input_ids.shape
+    with torch.no_grad():
+        token_logp_nt, logits_ntv = forward_logprobs(
+            model, _flat(input_ids), _flat(attn_bgt), _flat(comp_bgt)
+        )
+        if method == "length":
+            proxy_n = _flat(comp_bgt).sum(-1).to(torch.float64)
+        else:
+            proxy_n = logit_proxy_from_logits(logits_ntv, _flat(input_ids), _flat(comp_bgt))
+    gram_bgg = torch.diag_embed(proxy_n.to(torch.float64).reshape(B, G))
+    return gram_bgg, token_logp_nt.reshape(B, G, T)
+
+
+def score_gram(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    method: str = "ghost",
+    *,
+    route: str = "auto",
+    max_elems: int = 2**26,
+) -> ScoreGram:
+    """Within-group Gram ``K[b, i, j] = s_bi · s_bj`` of per-sequence scores, plus log-probs.
+
+    ``s_bj = ∇_θ Σ_{t: completion_mask[b,j,t]=1} log π(y_t | y_<t)`` over parameters with
+    ``requires_grad`` (T3's ``S = ||s||²`` is the diagonal). Inputs are ``(B, G, T)``; left or
+    right padding; any float dtype (the Gram is returned in float64). The model is used in its
+    current train/eval mode and its ``.grad`` fields are left untouched.
+
+    Raises ValueError naming the argument for malformed masks, and naming the module for any
+    trainable parameter the ghost method cannot account for.
+    """
+    _check_model(model, method)
+    attn_bgt, comp_bgt = check_inputs(input_ids, attention_mask, completion_mask)
+    if method == "ghost":
+        gram_bgg, token_logp_bgt = gram_ghost(
+            model, input_ids, attn_bgt, comp_bgt, route=route, max_elems=max_elems
+        )
+    elif method == "loop":
+        gram_bgg, token_logp_bgt = gram_loop(model, input_ids, attn_bgt, comp_bgt)
+    else:
+        gram_bgg, token_logp_bgt = _proxy(model, input_ids, attn_bgt, comp_bgt, method)
+    return ScoreGram(
+        gram_bgg=gram_bgg,
+        seq_logp_bg=token_logp_bgt.sum(-1),
+        token_logp_bgt=token_logp_bgt,
+        lengths_bg=comp_bgt.sum(-1),
+        method=method,
+    )
