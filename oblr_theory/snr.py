@@ -1,0 +1,273 @@
+"""Gradient signal-to-noise ratio (T7) and the learning-rate rules it governs (T5).
+
+Array-generic: every function runs unchanged on numpy arrays and torch tensors (torch is never
+imported here; see :mod:`oblr_theory._ops` for the dispatch style), so the toy dynamics and
+the torch bridge share one source.
+
+The unit of independence is the **prompt group** (T7): from ``B ≥ 2`` i.i.d. per-group
+gradients ``u_b = ĝ_{x_b}`` (each ``(1/G) Σ_j A_j s_j`` over one prompt's group) with mean
+``ū = ĝ = (1/B) Σ_b u_b`` (the batch gradient)::
+
+    Σ̂ = (1/(B−1)) Σ_b ||u_b − ū||²      unbiased for tr Cov(u)         (T7)
+    V̂ = Σ̂ / B                            unbiased for V = tr Var(ĝ)    (T7)
+    ||ū||² − V̂                           unbiased for ||E u||²  (= ||∇J||² when u is unbiased)
+    SNR̂ = max(||ū||² − V̂, 0) / V̂         a ratio: biased (measured exactly in the dynamics)
+
+The core works from the ``B × B`` Gram matrix ``K_bc = <u_b, u_c>`` only, because an LLM's
+per-group gradients cannot be materialised but their inner products can (the bridge's ghost
+Gram): ``||ū||² = (1/B²) Σ_bc K_bc`` and ``Σ_b ||u_b − ū||² = tr K − B ||ū||²``.
+
+Responses within one group are *not* independent units (RLOO-type advantages couple them), so
+never pass per-response gradients here; pass one gradient per prompt group.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _ops
+
+__all__ = ["SNRPieces", "snr_pieces_from_gram", "snr_pieces", "snr_hat", "EMASNR",
+           "snr_fraction", "constant_lr", "oracle_lr", "snr_lr"]
+
+
+class SNRPieces(NamedTuple):
+    """T7's estimates from one batch of ``B`` per-group gradients (scalars, or arrays over any
+    leading axes of the Gram matrix).
+
+    grad_sq_norm_hat  ``||ū||² − V̂``, unbiased for ``||E u||²`` (``||∇J||²`` if u is unbiased)
+    noise_var_hat     ``V̂ = Σ̂ / B``, unbiased for ``V = tr Var(ū)``
+    trace_cov_hat     ``Σ̂ = (1/(B−1)) Σ_b ||u_b − ū||²``, unbiased for ``tr Cov(u)``
+    mean_sq_norm      ``||ū||²`` (plug-in; ``E = ||E u||² + V``, biased up by ``V``)
+    batch_size        ``B``
+    """
+
+    grad_sq_norm_hat: Any
+    noise_var_hat: Any
+    trace_cov_hat: Any
+    mean_sq_norm: Any
+    batch_size: int
+
+
+# -------------------------------------------------------------------------------- helpers
+def _as_array(x, name: str):
+    """Python numbers and lists become float64 numpy arrays; arrays/tensors pass through."""
+    if _ops.is_torch(x):
+        return x if x.is_floating_point() else x.double()
+    a = np.asarray(x)
+    return a if a.dtype.kind == "f" else a.astype(np.float64)
+
+
+def _isnan(x):
+    return x.isnan() if _ops.is_torch(x) else np.isnan(x)
+
+
+def _isinf(x):
+    return x.isinf() if _ops.is_torch(x) else np.isinf(x)
+
+
+def _check_finite(x, name: str):
+    ok = x.isfinite() if _ops.is_torch(x) else np.isfinite(x)
+    if not bool(ok.all()):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+
+
+def _zeros_like(x):
+    return _ops.ones_like(x) * 0.0
+
+
+def _clip_min0(x):
+    """``max(x, 0)`` elementwise, generic (``+0.0``, never ``-0.0``)."""
+    return _ops.where(x > 0, x, _zeros_like(x))
+
+
+def _plain(x):
+    """numpy 0-d arrays as numpy scalars (torch tensors unchanged)."""
+    return x if _ops.is_torch(x) else np.asarray(x)[()]
+
+
+def _safe_ratio(num, den, at_zero_den):
+    """``num / den`` where ``den > 0``, ``at_zero_den`` elsewhere (no division by zero)."""
+    ok = den > 0
+    return _ops.where(ok, num / _ops.where(ok, den, _ops.ones_like(den)), at_zero_den)
+
+
+# -------------------------------------------------------------------------------- T7 pieces
+def snr_pieces_from_gram(gram_bb) -> SNRPieces:
+    """T7 from the Gram matrix ``K_bc = <u_b, u_c>`` of ``B ≥ 2`` i.i.d. per-group gradients.
+
+    ``gram_bb`` has shape ``(..., B, B)`` (leading axes are independent batches, e.g. seeds)::
+
+        ||ū||²  = (1/B²) Σ_{b,c} K_bc
+        Σ̂      = (tr K − B ||ū||²) / (B − 1)        (= (1/(B−1)) Σ_b ||u_b − ū||²)
+        V̂      = Σ̂ / B
+        ||∇J||²^ = ||ū||² − V̂
+
+    ``E Σ̂ = tr Cov(u)`` because ``E Σ_b ||u_b − ū||² = (B−1) tr Cov(u)`` for i.i.d. ``u_b``;
+    ``E ||ū||² = ||E u||² + tr Cov(u)/B``, so ``E[||ū||² − V̂] = ||E u||²`` (T7).
+    ``Σ̂`` is clipped at 0 against round-off (it is a sum of squares in exact arithmetic).
+
+    Valid only if: the ``u_b`` are i.i.d. (one per prompt group, prompts i.i.d.), ``B ≥ 2``.
+    """
+    K = _as_array(gram_bb, "gram_bb")
+    if K.ndim < 2 or K.shape[-1] != K.shape[-2]:
+        raise ValueError(f"gram_bb must have shape (..., B, B), got {tuple(K.shape)}")
+    B = int(K.shape[-1])
+    if B < 2:
+        raise ValueError(f"gram_bb must come from B >= 2 per-group gradients, got B = {B}")
+    _check_finite(K, "gram_bb")
+    mean_sq = K.sum((-2, -1)) / B**2  # ||ū||²
+    trace = K.diagonal(0, -2, -1).sum(-1)  # Σ_b ||u_b||²
+    trace_cov = _clip_min0((trace - B * mean_sq) / (B - 1))  # Σ̂
+    noise_var = trace_cov / B  # V̂
+    return SNRPieces(_plain(mean_sq - noise_var), _plain(noise_var), _plain(trace_cov), _plain(mean_sq), B)
+
+
+def snr_pieces(u_bd) -> SNRPieces:
+    """T7 from per-group gradient vectors ``u`` of shape ``(..., B, d)``: the Gram ``K = U Uᵀ``
+    then :func:`snr_pieces_from_gram`.
+
+    Valid only if: as :func:`snr_pieces_from_gram` (one row per i.i.d. prompt group).
+    """
+    U = _as_array(u_bd, "u_bd")
+    if U.ndim < 2:
+        raise ValueError(f"u_bd must have shape (..., B, d), got {tuple(U.shape)}")
+    _check_finite(U, "u_bd")
+    return snr_pieces_from_gram(U @ U.swapaxes(-1, -2))
+
+
+def snr_hat(pieces: SNRPieces):
+    """T7: ``SNR̂ = max(||ū||² − V̂, 0) / V̂``.
+
+    Rule at ``V̂ = 0`` (all ``u_b`` equal, no measured noise): ``inf`` if the numerator is
+    positive, ``0`` if it is zero (then ``ū = 0`` and any step is a no-op).
+
+    Valid only if: ``pieces`` from :func:`snr_pieces_from_gram`. Biased as a ratio (T7).
+    """
+    num = _clip_min0(_as_array(pieces.grad_sq_norm_hat, "grad_sq_norm_hat"))
+    den = _as_array(pieces.noise_var_hat, "noise_var_hat")
+    inf = _ops.ones_like(num) * float("inf")
+    return _plain(_safe_ratio(num, den, _ops.where(num > 0, inf, _zeros_like(num))))
+
+
+class EMASNR:
+    """T7 smoothing: separate bias-corrected EMAs of the SNR's numerator and denominator.
+
+    With ``n_t = ||ū_t||² − V̂_t`` and ``v_t = V̂_t``::
+
+        N_t = β N_{t−1} + (1−β) n_t,     D_t = β D_{t−1} + (1−β) v_t,     N_0 = D_0 = 0
+        SNR_t = max(N_t / (1−βᵗ), 0) / (D_t / (1−βᵗ)) = max(N_t, 0) / D_t
+
+    (the Adam bias correction ``1/(1−βᵗ)`` is the same for both, so it cancels in the ratio;
+    it matters for the corrected pieces :attr:`numerator` and :attr:`denominator`). The
+    unclipped numerator is averaged (clipping before averaging would bias it up), so ``N_t``
+    stays an unbiased estimate of the weighted average of ``||∇J_s||²``; the ratio of two
+    averages has less bias than the average of ratios when ``β`` pools several batches.
+    ``β = 0`` gives the per-batch :func:`snr_hat`.
+
+    Works on numpy or torch pieces of any shape (e.g. one entry per seed). Torch users should
+    pass detached pieces.
+
+    Valid only if: ``0 ≤ β < 1``; the pieces come from :func:`snr_pieces_from_gram`.
+    """
+
+    def __init__(self, beta: float):
+        if not (0.0 <= float(beta) < 1.0):
+            raise ValueError(f"beta must be in [0, 1), got {beta!r}")
+        self.beta = float(beta)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the history (``t = 0``)."""
+        self.num, self.den, self.steps = None, None, 0
+
+    def update(self, pieces: SNRPieces):
+        """Fold in one batch's pieces and return the smoothed ``SNR_t``."""
+        n = _as_array(pieces.grad_sq_norm_hat, "grad_sq_norm_hat")
+        v = _as_array(pieces.noise_var_hat, "noise_var_hat")
+        b = self.beta
+        self.num = (1 - b) * n if self.num is None else b * self.num + (1 - b) * n
+        self.den = (1 - b) * v if self.den is None else b * self.den + (1 - b) * v
+        self.steps += 1
+        return self.snr
+
+    @property
+    def numerator(self):
+        """Bias-corrected ``N_t / (1 − βᵗ)`` (an estimate of ``||∇J||²``)."""
+        self._check_started()
+        return self.num / (1 - self.beta**self.steps)
+
+    @property
+    def denominator(self):
+        """Bias-corrected ``D_t / (1 − βᵗ)`` (an estimate of ``V``)."""
+        self._check_started()
+        return self.den / (1 - self.beta**self.steps)
+
+    @property
+    def snr(self):
+        """``max(N̂_t, 0) / D̂_t`` with :func:`snr_hat`'s rule at ``D̂_t = 0``."""
+        self._check_started()
+        return snr_hat(SNRPieces(self.numerator, self.denominator, None, None, 0))
+
+    def _check_started(self):
+        if self.steps == 0:
+            raise ValueError("EMASNR has no data yet: call update(pieces) first")
+
+
+# -------------------------------------------------------------------------------- T5 rules
+def _check_snr(snr):
+    s = _as_array(snr, "snr")
+    if bool(_isnan(s).any()) or bool((s < 0).any()):
+        raise ValueError("snr must be >= 0 (inf allowed), got NaN or a negative value")
+    return s
+
+
+def snr_fraction(snr):
+    """``SNR / (1 + SNR)`` in ``[0, 1]``, with ``inf ↦ 1`` (T5's shrinkage factor).
+
+    Valid only if: ``SNR ≥ 0`` (inf allowed).
+    """
+    s = _check_snr(snr)
+    fin = _ops.where(_isinf(s), _zeros_like(s), s)
+    return _plain(_ops.where(_isinf(s), _ops.ones_like(s), fin / (1 + fin)))
+
+
+def constant_lr(snr, eta):
+    """The constant rule ``η_t = η`` (T6's first bound needs ``η ≤ 1/L``), shaped like ``snr``.
+
+    ``snr`` is only used for its shape and type, so every rule has the signature ``rule(snr, ...)``.
+
+    Valid only if: ``η ≥ 0``.
+    """
+    if not (np.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be finite and >= 0, got {eta!r}")
+    return _plain(_ops.ones_like(_check_snr(snr)) * eta)
+
+
+def oracle_lr(snr, L):
+    """T5: ``η* = (1/L) · SNR / (1 + SNR)``, the maximiser of T4's bound for an unbiased estimator.
+
+    With the exact SNR and smoothness ``L`` (toy problems), T6 guarantees that ``E J(θ_t)``
+    never decreases. Equals :func:`oblr_theory.theory.snr_step_size` (numpy-only) on numpy input.
+
+    Valid only if: unbiased estimator, ``SNR ≥ 0``, ``L > 0``.
+    """
+    if not (np.isfinite(L) and L > 0):
+        raise ValueError(f"L must be finite and > 0, got {L!r}")
+    return _plain(snr_fraction(snr) / L)
+
+
+def snr_lr(snr, eta_max, eta_min=0.0):
+    """T5 online: ``η_t = clip(η_max · SNR̂ / (1 + SNR̂), η_min, η_max)``.
+
+    ``η_max`` plays ``1/L`` (unknown off toy problems, so it is tuned), ``SNR̂`` is the
+    (EMA-smoothed) T7 estimate; the floor ``η_min`` keeps learning alive when ``SNR̂`` is 0.
+
+    Valid only if: ``0 ≤ η_min ≤ η_max`` finite, ``SNR̂ ≥ 0``.
+    """
+    if not (np.isfinite(eta_max) and np.isfinite(eta_min) and 0 <= eta_min <= eta_max):
+        raise ValueError(f"need finite 0 <= eta_min <= eta_max, got eta_min={eta_min!r}, eta_max={eta_max!r}")
+    eta = eta_max * snr_fraction(snr)
+    return _plain(_ops.where(eta < eta_min, _ops.ones_like(eta) * eta_min, eta))

@@ -1,0 +1,194 @@
+"""T7 (SNR pieces) exactly on toy problems, the EMA, the T5 learning-rate rules, numpy == torch.
+
+Exactness: the law of one per-group gradient ``u`` is enumerated (prompt x multiset, with
+multinomial weights), and every ``B``-tuple of i.i.d. units is enumerated too, so
+``E[statistic]`` is an exact finite sum: no Monte Carlo, float64 agreement to 1e-12.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from conftest import random_bandit, random_token_mdp
+from oblr_theory import estimators, exact, snr, theory
+
+TOL = 1e-12
+
+
+def unit_law(problem, name, group_size):
+    """Support of one per-group gradient ``u = ĝ_x``: weights (N,), vectors (N, d)."""
+    m = exact.prompt_moments(problem)
+    weights, vectors = [], []
+    for x in range(problem.num_prompts):
+        out = problem.outcomes(x)
+        idx = exact.multisets(out.size, group_size)
+        with np.errstate(divide="ignore"):
+            w = np.exp(exact.multiset_log_weights(idx, np.log(out.probs)))
+        params = {"b_star": m.b_star[x]} if name == "oracle_optimal" else {}
+        A = estimators.get(name, **params).advantages(out.rewards[idx], out.sq_norms[idx], out.lengths[idx])
+        weights.append(problem.prompt_probs[x] * w)
+        vectors.append(np.einsum("mg,mgd->md", A, out.scores[idx]) / group_size)
+    return np.concatenate(weights), np.concatenate(vectors)
+
+
+def expect_over_batches(weights_n, vectors_nd, batch_size, statistic):
+    """``E statistic(gram)`` over ``B`` i.i.d. units, by enumerating all ``N^B`` tuples."""
+    n = len(weights_n)
+    idx = np.array(list(itertools.product(range(n), repeat=batch_size)))  # (N^B, B)
+    gram_full = vectors_nd @ vectors_nd.T
+    gram = gram_full[idx[:, :, None], idx[:, None, :]]  # (N^B, B, B)
+    w = np.prod(weights_n[idx], axis=1)
+    return np.tensordot(w, statistic(gram), axes=1)
+
+
+PROBLEMS = {
+    "bandit": lambda: random_bandit(11, K=3),
+    "bandit-multi": lambda: random_bandit(12, X=2, K=3),
+    "mdp-loglinear": lambda: random_token_mdp(13, "loglinear", V=3, H=2, reward="short_answer"),
+}
+
+
+@pytest.mark.parametrize("problem_name", sorted(PROBLEMS))
+@pytest.mark.parametrize("name", ["rloo", "optimal_loo", "grpo"])
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_t7_pieces_exactly_unbiased(problem_name, name, batch_size):
+    """T7: E Σ̂ = tr Cov(u), E V̂ = V_batch, E[||ū||² − V̂] = ||E u||², exactly; and the plug-in
+    ``||ū||²`` is biased up by exactly V (the negative control a wrong formula would fail)."""
+    problem = PROBLEMS[problem_name]()
+    G = 2
+    if problem_name == "mdp-loglinear" and batch_size == 3:
+        pytest.skip("3-tuples of 56 units: covered by the bandits")
+    w, u = unit_law(problem, name, G)
+    one = exact.estimator_moments(problem, name, G, batch_size=1)
+    batch = exact.estimator_moments(problem, name, G, batch_size=batch_size)
+    mean_sq = float(one.mean @ one.mean)  # ||E u||² (= ||∇J||² for an unbiased estimator)
+
+    def pieces(gram):
+        p = snr.snr_pieces_from_gram(gram)
+        return np.stack([p.trace_cov_hat, p.noise_var_hat, p.grad_sq_norm_hat, p.mean_sq_norm], axis=-1)
+
+    e_sigma, e_v, e_num, e_plugin = expect_over_batches(w, u, batch_size, pieces)
+    expected = theory.snr_pieces_expectation(mean_sq, one.trace_var, batch_size)
+    scale = max(mean_sq, one.trace_var)
+    assert abs(e_sigma - one.trace_var) <= TOL * scale
+    assert abs(e_sigma - expected.sigma_hat) <= TOL * scale
+    assert abs(e_v - batch.trace_var) <= TOL * scale
+    assert abs(e_num - mean_sq) <= TOL * scale
+    # negative control: the plug-in numerator misses by V_batch, far above the tolerance
+    assert abs(e_plugin - mean_sq - batch.trace_var) <= TOL * scale
+    assert batch.trace_var > 1e6 * TOL * scale
+    if name in theory.UNBIASED:
+        assert abs(e_num - float(one.grad @ one.grad)) <= TOL * scale
+
+
+def test_t7_responses_are_not_independent_units():
+    """T7: within a group, rloo terms are dependent, so treating the G per-response terms
+    ``A_j s_j`` as i.i.d. units mis-estimates V (exact negative control), while i.i.d. groups do not."""
+    problem = random_bandit(21, K=3)
+    G = 3
+    out = problem.outcomes(0)
+    idx = exact.multisets(out.size, G)
+    w = np.exp(exact.multiset_log_weights(idx, np.log(out.probs)))
+    A = estimators.get("rloo").advantages(out.rewards[idx], out.sq_norms[idx])
+    terms = A[:, :, None] * out.scores[idx]  # (M, G, d): unit j of group c is A_j s_j
+    p = snr.snr_pieces(terms)
+    wrong_v = float(w @ p.noise_var_hat)  # E[V̂] pretending the G terms are i.i.d.
+    true_v = exact.estimator_moments(problem, "rloo", G).trace_var
+    assert abs(wrong_v - true_v) > 1e3 * TOL * true_v
+
+
+def test_gram_route_equals_vector_route_and_explicit_formula():
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(4, 6, 5))  # (seeds, B, d)
+    p = snr.snr_pieces(u)
+    pg = snr.snr_pieces_from_gram(u @ u.swapaxes(-1, -2))
+    ubar = u.mean(axis=1)
+    sigma = ((u - ubar[:, None]) ** 2).sum(axis=(1, 2)) / (6 - 1)
+    for a, b in zip(p[:4], pg[:4]):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    np.testing.assert_allclose(p.trace_cov_hat, sigma, rtol=1e-12)
+    np.testing.assert_allclose(p.mean_sq_norm, (ubar**2).sum(-1), rtol=1e-12)
+    np.testing.assert_allclose(p.grad_sq_norm_hat, (ubar**2).sum(-1) - sigma / 6, rtol=1e-12)
+
+
+def test_numpy_equals_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    u = rng.normal(size=(3, 5, 4))
+    p_np, p_t = snr.snr_pieces(u), snr.snr_pieces(torch.tensor(u))
+    for a, b in zip(p_np[:4], p_t[:4]):
+        assert isinstance(b, torch.Tensor)
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-13)
+    np.testing.assert_allclose(snr.snr_hat(p_np), snr.snr_hat(p_t).numpy(), rtol=1e-13)
+    rng = np.random.default_rng(2)
+    ema_np, ema_t = snr.EMASNR(0.8), snr.EMASNR(0.8)
+    for k in range(3):
+        batch = rng.normal(size=(2, 5, 4)) + 0.5
+        a = ema_np.update(snr.snr_pieces(batch))
+        b = ema_t.update(snr.snr_pieces(torch.tensor(batch)))
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-13)
+    s = np.array([0.0, 0.3, 2.0, np.inf])
+    st = torch.tensor(s)
+    np.testing.assert_allclose(snr.oracle_lr(s, 2.5), snr.oracle_lr(st, 2.5).numpy(), rtol=1e-15)
+    np.testing.assert_allclose(snr.snr_lr(s, 0.7, 0.1), snr.snr_lr(st, 0.7, 0.1).numpy(), rtol=1e-15)
+    np.testing.assert_allclose(snr.constant_lr(s, 0.3), snr.constant_lr(st, 0.3).numpy(), rtol=0)
+
+
+def test_lr_rules_match_t5():
+    s = np.array([0.0, 1e-3, 0.5, 1.0, 7.0, np.inf])
+    L = 2.5
+    np.testing.assert_allclose(snr.oracle_lr(s, L), theory.snr_step_size(s, L), rtol=1e-15)
+    frac = np.array([0.0, 1e-3 / (1 + 1e-3), 1 / 3, 0.5, 7 / 8, 1.0])
+    np.testing.assert_allclose(snr.snr_lr(s, 0.8, 0.05), np.clip(0.8 * frac, 0.05, 0.8), rtol=1e-15)
+    np.testing.assert_allclose(snr.constant_lr(s, 0.3), np.full(6, 0.3), rtol=0)
+    assert snr.oracle_lr(np.inf, L) == pytest.approx(1 / L, rel=1e-15)
+
+
+def test_snr_hat_zero_noise_rules():
+    assert snr.snr_hat(snr.snr_pieces(np.ones((3, 2)))) == np.inf
+    assert snr.snr_hat(snr.snr_pieces(np.zeros((3, 2)))) == 0.0
+    p = snr.snr_pieces(np.array([[1.0, 0.0], [-1.0, 0.0]]))  # mean zero: numerator < 0
+    assert p.grad_sq_norm_hat < 0 and snr.snr_hat(p) == 0.0
+
+
+def test_ema_bias_correction_and_beta_zero():
+    rng = np.random.default_rng(3)
+    batches = rng.normal(size=(6, 4, 3)) + 0.3
+    pieces = [snr.snr_pieces(b) for b in batches]
+    plain = snr.EMASNR(0.0)
+    for p in pieces:
+        assert plain.update(p) == pytest.approx(snr.snr_hat(p), rel=1e-14)
+    beta = 0.9
+    ema = snr.EMASNR(beta)
+    for t, p in enumerate(pieces, start=1):
+        ema.update(p)
+        wts = (1 - beta) * beta ** np.arange(t - 1, -1, -1)
+        num = wts @ np.array([q.grad_sq_norm_hat for q in pieces[:t]]) / (1 - beta**t)
+        den = wts @ np.array([q.noise_var_hat for q in pieces[:t]]) / (1 - beta**t)
+        assert ema.numerator == pytest.approx(num, rel=1e-13)
+        assert ema.denominator == pytest.approx(den, rel=1e-13)
+        assert ema.snr == pytest.approx(max(num, 0) / den, rel=1e-13)
+    first = snr.EMASNR(0.99)  # bias correction: the first update reproduces the batch exactly
+    assert first.update(pieces[0]) == pytest.approx(snr.snr_hat(pieces[0]), rel=1e-13)
+
+
+def test_errors_name_the_argument():
+    with pytest.raises(ValueError, match="gram_bb"):
+        snr.snr_pieces_from_gram(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="B >= 2"):
+        snr.snr_pieces_from_gram(np.ones((1, 1)))
+    with pytest.raises(ValueError, match="gram_bb"):
+        snr.snr_pieces_from_gram(np.array([[1.0, np.nan], [np.nan, 1.0]]))
+    with pytest.raises(ValueError, match="u_bd"):
+        snr.snr_pieces(np.ones(3))
+    with pytest.raises(ValueError, match="snr"):
+        snr.oracle_lr(-1.0, 1.0)
+    with pytest.raises(ValueError, match="L must"):
+        snr.oracle_lr(1.0, 0.0)
+    with pytest.raises(ValueError, match="eta_min"):
+        snr.snr_lr(1.0, 0.1, 0.2)
+    with pytest.raises(ValueError, match="beta"):
+        snr.EMASNR(1.0)
+    with pytest.raises(ValueError, match="update"):
+        snr.EMASNR(0.5).snr
