@@ -62,6 +62,10 @@ class ProofTrace:
         """Check ``expr == 0`` exactly (see :func:`is_zero`) and record it."""
         return self.fact(claim, is_zero(expr), "exact: numerator expands to 0")
 
+    def zeros(self, claim: str, exprs) -> bool:
+        """Check that every entry of ``exprs`` is exactly 0 (a vector identity)."""
+        return self.fact(claim, all(is_zero(e) for e in exprs), "exact: every numerator expands to 0")
+
     @property
     def ok(self) -> bool:
         return bool(self.checks) and all(h for _, h in self.checks)
