@@ -1,0 +1,70 @@
+"""Helpers for the bridge tests: tiny seeded Hugging Face causal LMs and padded (B, G, T) batches."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 53
+
+
+def tiny_model(arch="qwen3", tied=True, dtype=torch.float64, seed=0):
+    """A tiny random causal LM in eval mode; weights jittered so norms are not all ones."""
+    torch.manual_seed(seed)
+    if arch == "qwen3":
+        cfg = transformers.Qwen3Config(
+            hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, vocab_size=VOCAB, tie_word_embeddings=tied,
+        )
+    elif arch == "llama":
+        cfg = transformers.LlamaConfig(
+            hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=VOCAB, tie_word_embeddings=tied,
+            attention_bias=True, mlp_bias=True,
+        )
+    elif arch == "gpt2":
+        cfg = transformers.GPT2Config(
+            n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=64,
+            tie_word_embeddings=tied, bos_token_id=0, eos_token_id=0,
+        )
+    else:
+        raise ValueError(arch)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def make_batch(B=2, G=3, prompt_len=4, max_completion=6, pad_side="right", extra_pad=0, seed=1):
+    """Groups share a prompt; completions have random lengths >= 1; padded to a common T.
+
+    Returns (input_ids, attention_mask, completion_mask) of shape (B, G, T), long tensors.
+    The real tokens of each sequence depend only on the seed, not on padding choices.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(B):
+        prompt = torch.randint(0, VOCAB, (prompt_len,), generator=gen)
+        group = []
+        for _ in range(G):
+            n = int(torch.randint(1, max_completion + 1, (1,), generator=gen))
+            group.append((prompt, torch.randint(0, VOCAB, (n,), generator=gen)))
+        rows.append(group)
+    T = prompt_len + max_completion + extra_pad
+    ids = torch.zeros(B, G, T, dtype=torch.long)
+    attn = torch.zeros(B, G, T, dtype=torch.long)
+    comp = torch.zeros(B, G, T, dtype=torch.long)
+    for b, group in enumerate(rows):
+        for g, (prompt, completion) in enumerate(group):
+            seq = torch.cat([prompt, completion])
+            L = seq.numel()
+            start = 0 if pad_side == "right" else T - L
+            ids[b, g, start : start + L] = seq
+            attn[b, g, start : start + L] = 1
+            comp[b, g, start + prompt_len : start + L] = 1
+    return ids, attn, comp
+
+
+def rel_err(x, y):
+    return float((x - y).abs().max() / y.abs().max().clamp(min=1e-300))
