@@ -292,3 +292,25 @@ def _oracle_optimal(r, S, ell, b_star):
     ``(..., 1)``); ``exact.estimator_moments`` supplies it per prompt.
     """
     return r - b_star
+
+
+@register("optimal_loo_shrink", needs=("sq_norms",), defaults={"lam": 0.5}, unbiased=True, min_group=2)
+def _optimal_loo_shrink(r, S, ell, lam):
+    """``A_j = r_j − [λ b^w_{−j} + (1 − λ) r̄_{−j}]``, ``b^w_{−j} = Σ_{k≠j} S_k r_k / Σ_{k≠j} S_k``
+    (``optimal_loo`` shrunk towards ``rloo``; the fallbacks of both apply). T1: unbiased for
+    every fixed ``λ``, because the baseline depends only on the other responses.
+
+    Derivation. With ``ĝ_λ = ĝ_rloo − λ h`` and ``h = (1/G) Σ_j (b^w_{−j} − r̄_{−j}) s_j``
+    (``E h = 0`` by T1: each coefficient is independent of ``y_j`` and ``E[s_j] = 0``), ``h``
+    is a mean-zero control variate and the variance is exactly quadratic in ``λ``:
+    ``V(λ) = V_rloo − 2λ tr Cov(ĝ_rloo, h) + λ² tr Var(h)``, minimised at
+    ``λ* = tr Cov(ĝ_rloo, h) / tr Var(h)`` (``λ = 0``: rloo, ``λ = 1``: optimal_loo). ``λ*``
+    depends on the problem and on ``G``; the plug-in ratio ``b^w`` pays ``λ² tr Var(h)``, so the
+    default ``λ = 1/2`` keeps half of the shift towards ``b* = m_rS/m_S`` (T3) for a quarter
+    of the ratio's added variance: it beats ``optimal_loo`` whenever ``λ* < 3/4``. The exact
+    engine (``oblr_theory.estimator_map``) reports ``λ*`` and ``V(λ)`` against ``G``.
+    Valid for G ≥ 2, ``S ≥ 0``, any finite ``λ``.
+    """
+    if not np.isfinite(lam):
+        raise ValueError(f"optimal_loo_shrink parameter lam must be finite, got {lam!r}")
+    return r - (lam * _weighted_baseline(r, S, leave_one_out=True) + (1 - lam) * _loo_mean(r))
