@@ -90,7 +90,7 @@ def bias_witness(K: int, G: int, name: str, **params):
     for arms, w in sb.groups(G):
         g = sb.estimate(name, arms, **params)
         mean = [m + (w * gi).subs(point) for m, gi in zip(mean, g)]
-    return [sp.nsimplify(sp.radsimp(m - gr.subs(point))) for m, gr in zip(mean, sb.grad)]
+    return [sp.radsimp(m - gr.subs(point)) for m, gr in zip(mean, sb.grad)]
 
 
 def derive_t2_bandit(trace: ProofTrace, cases=CASES) -> None:
