@@ -1,0 +1,203 @@
+"""``oblr-theory verify``: every claim T1–T8, exactly, symbolically and by calibrated Monte Carlo.
+
+    oblr-theory verify [--quick] [--json PATH] [--seed N] [--alpha A] [--jobs J] [--only LABELS]
+
+The claims come from the modules named in :data:`CLAIM_MODULES` (those that exist are imported;
+each exposes ``claims(quick: bool, seed: int) -> list[Claim]``, see :mod:`.report`). The suite's
+family-wise false-failure rate ``--alpha`` (default 1e-6) is split evenly over all calibrated
+tests in the run (Bonferroni), so any seed passes with probability ≥ 1 − α when every claim
+holds. The exit code is 0 only if every claim holds and every negative control is caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import multiprocessing as mp
+import os
+import platform
+import subprocess
+import sys
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+import numpy as np
+
+from .. import __version__
+from ..stats import DEFAULT_ALPHA, DEFAULT_POWER
+from .report import Claim, Context, Row, format_table, write_json
+
+__all__ = ["main", "run_suite", "collect_claims", "CLAIM_MODULES"]
+
+#: Claim modules, imported when present. Adding a module is one entry here.
+CLAIM_MODULES = (
+    "oblr_theory.verify.claims_static",     # T1, T2, T3, T8 and section 6 (exact + Monte Carlo)
+    "oblr_theory.verify.claims_stepsize",   # T4, T5, T7 placeholders until claims_dynamics lands
+    "oblr_theory.verify.claims_dynamics",   # T4–T7 (dynamics engineer)
+    "oblr_theory.verify.claims_symbolic",   # sympy derivations, when oblr_theory.symbolic provides derive()
+)
+
+
+def collect_claims(quick: bool, seed: int, modules=CLAIM_MODULES) -> list[Claim]:
+    """All claims of the modules that exist, in module order; keys must be unique."""
+    out: list[Claim] = []
+    for name in modules:
+        if importlib.util.find_spec(name) is None:
+            continue
+        out.extend(importlib.import_module(name).claims(quick, seed))
+    keys = [c.key for c in out]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ValueError(f"duplicate claim keys: {dup}")
+    return out
+
+
+def claim_rng(seed: int, key: str) -> np.random.Generator:
+    """The claim's generator: ``SeedSequence(seed)`` spawned at a child key from the claim's key,
+    so adding or removing claims never changes another claim's stream."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(zlib.crc32(key.encode()),)))
+
+
+# state shared with forked workers (set before the pool starts)
+_WORK: dict = {}
+
+
+def _run_one(index: int) -> tuple[int, list[Row]]:
+    claim: Claim = _WORK["claims"][index]
+    ctx = Context(claim_rng(_WORK["seed"], claim.key), _WORK["alpha_test"], _WORK["power"], _WORK["quick"],
+                  _WORK["scale"])
+    t0 = time.perf_counter()
+    try:
+        rows = list(claim.run(ctx))
+    except Exception as exc:  # a crashing claim is a failing row, not a crashed report
+        rows = [Row(claim.label, f"claim raised {type(exc).__name__}: {exc}", claim.problem, "exact",
+                    None, None, None, None, False, note="error")]
+    seconds = time.perf_counter() - t0
+    for r in rows:
+        r.key = claim.key
+        r.seconds = seconds / max(1, len(rows))
+    return index, rows
+
+
+def run_suite(quick: bool = False, seed: int = 0, alpha: float = DEFAULT_ALPHA, power: float = DEFAULT_POWER,
+              jobs: int = 1, progress: bool = False, only=None, modules=CLAIM_MODULES,
+              scale: float = 1.0, statistical_only: bool = False) -> dict:
+    """Run every claim; returns the report dict (meta, rows, summary).
+
+    ``only``: comma-separated theorem labels or key prefixes; ``scale`` multiplies the Monte Carlo
+    sample sizes; ``statistical_only`` keeps the claims that run calibrated tests (calibration).
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    claims = collect_claims(quick, seed, modules)
+    if only:
+        labels = {s.strip() for s in only.split(",")}
+        claims = [c for c in claims if c.label in labels or c.key.split("/")[0] in labels]
+    if statistical_only:
+        claims = [c for c in claims if c.num_tests > 0]
+    num_tests = sum(c.num_tests for c in claims)
+    alpha_test = alpha / max(1, num_tests)
+    _WORK.update(claims=claims, seed=seed, alpha_test=alpha_test, power=power, quick=quick, scale=scale)
+    t0 = time.perf_counter()
+    results: dict[int, list[Row]] = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(c.cost for c in claims), desc="verify", unit="cost", file=sys.stderr,
+                   bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+    order = sorted(range(len(claims)), key=lambda i: -claims[i].cost)  # longest first
+    if jobs > 1 and "fork" in mp.get_all_start_methods():
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as pool:
+            futures = [pool.submit(_run_one, i) for i in order]
+            for f in as_completed(futures):
+                i, rows = f.result()
+                results[i] = rows
+                if bar is not None:
+                    bar.update(claims[i].cost)
+    else:
+        for i in order:
+            results[i] = _run_one(i)[1]
+            if bar is not None:
+                bar.update(claims[i].cost)
+    if bar is not None:
+        bar.close()
+    rows = [r for i in range(len(claims)) for r in results[i]]
+    _attach_symbolic(rows)
+    n_tests_run = sum(1 for r in rows if r.kind in ("monte-carlo", "negative-control"))
+    if n_tests_run != num_tests:
+        rows.append(Row("meta", f"claims declared {num_tests} calibrated tests but ran {n_tests_run}",
+                        "runner", "exact", num_tests, n_tests_run, None, None, False))
+    summary = {
+        "passed": all(r.passed for r in rows),
+        "rows": len(rows),
+        "failed": [f"{r.claim} | {r.problem} | {r.statement}" for r in rows if not r.passed],
+        "by_kind": {k: sum(1 for r in rows if r.kind == k) for k in ("exact", "monte-carlo", "negative-control", "symbolic")},
+        "negative_controls_caught": sum(1 for r in rows if r.kind == "negative-control" and r.passed),
+        "seconds": time.perf_counter() - t0,
+    }
+    meta = {"seed": seed, "quick": quick, "alpha": alpha, "alpha_per_test": alpha_test, "num_tests": num_tests,
+            "power": power, "scale": scale, "jobs": jobs, "version": __version__, "git_revision": git_revision(),
+            "python": platform.python_version(), "numpy": np.__version__,
+            "modules": [m for m in modules if importlib.util.find_spec(m) is not None]}
+    return {"meta": meta, "summary": summary, "rows": [r.to_dict() for r in rows], "_rows": rows}
+
+
+def _attach_symbolic(rows: list[Row]) -> None:
+    """Fill each row's ``symbolic`` column from the symbolic rows of the same theorem label."""
+    proved: dict[str, bool] = {}
+    for r in rows:
+        if r.kind == "symbolic":
+            proved[r.claim] = proved.get(r.claim, True) and r.passed
+    for r in rows:
+        if r.kind != "symbolic" and r.claim in proved:
+            r.symbolic = "proved" if proved[r.claim] else "FAILED"
+
+
+def git_revision() -> str:
+    """The checkout's ``git rev-parse HEAD`` (``"unknown"`` outside a git checkout)."""
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="oblr-theory verify", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smaller samples and grids (about 30 s)")
+    p.add_argument("--json", metavar="PATH", help="write the full report as JSON (atomically)")
+    p.add_argument("--seed", type=int, default=0, help="suite seed (any seed passes: the tests are calibrated)")
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                   help="family-wise false-failure rate of the whole suite (default 1e-6)")
+    p.add_argument("--power", type=float, default=DEFAULT_POWER, help="power at which detectable biases are reported")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
+    p.add_argument("--only", metavar="LABELS", help="comma-separated theorem labels to run (e.g. T1,T3)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.seed < 0:
+        print("oblr-theory verify: --seed must be >= 0", file=sys.stderr)
+        return 2
+    report = run_suite(quick=args.quick, seed=args.seed, alpha=args.alpha, power=args.power,
+                       jobs=max(1, args.jobs), progress=not (args.quick or args.no_progress), only=args.only)
+    rows = report.pop("_rows")
+    print(format_table(rows))
+    s, m = report["summary"], report["meta"]
+    print(f"\n{s['rows']} rows ({s['by_kind']}); {m['num_tests']} calibrated tests at family-wise rate "
+          f"{m['alpha']:g} (per test {m['alpha_per_test']:.2e}); negative controls caught: "
+          f"{s['negative_controls_caught']}/{s['by_kind']['negative-control']}; seed {m['seed']}; "
+          f"{s['seconds']:.1f} s")
+    if not s["passed"]:
+        print("FAILED:\n  " + "\n  ".join(s["failed"]))
+    else:
+        print("all claims hold; all negative controls caught")
+    if args.json:
+        write_json(args.json, report)
+    return 0 if s["passed"] else 1

@@ -1,0 +1,213 @@
+"""The `verify` report: the claim interface, one :class:`Row` per checked claim, printing and JSON.
+
+A *claim module* (``claims_static``, ``claims_stepsize``, ``claims_dynamics``, ...) exposes
+``claims(quick: bool, seed: int) -> list[Claim]``. A :class:`Claim` is cheap to build; its
+``run(ctx)`` does the work and returns rows. ``num_tests`` is how many calibrated statistical
+tests ``run`` performs: the runner splits the suite's family-wise false-failure rate ``α`` over
+the sum of them (Bonferroni) and hands each test its share as ``ctx.alpha``. Randomness comes
+only from ``ctx.rng`` (seeded per claim from the suite seed and the claim's key).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..stats import TestResult
+
+__all__ = ["Context", "Claim", "Row", "KINDS", "exact_row", "fact_row", "test_row", "format_table",
+           "write_json"]
+
+KINDS = ("exact", "monte-carlo", "negative-control", "symbolic")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a claim's ``run`` gets: its own generator, its per-test rate and power, the mode."""
+
+    rng: np.random.Generator
+    alpha: float
+    power: float
+    quick: bool
+    scale: float = 1.0  # multiplies Monte Carlo sample sizes (calibration runs use < 1)
+
+    def size(self, n: int, minimum: int = 1000) -> int:
+        """A Monte Carlo sample size scaled by ``scale`` (at least ``minimum``)."""
+        return max(minimum, int(round(n * self.scale)))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A unit of verification work. ``key`` is unique (it also seeds the claim's generator)."""
+
+    key: str
+    label: str
+    problem: str
+    run: Callable[[Context], list]
+    num_tests: int = 0
+    cost: float = 1.0
+
+
+@dataclass
+class Row:
+    """One line of the report.
+
+    ``kind``: ``exact`` (closed form vs multiset engine, or an exact fact), ``monte-carlo`` (a
+    calibrated test of a true claim: passes when not rejected), ``negative-control`` (a calibrated
+    test of a false claim: passes when rejected), ``symbolic`` (a sympy derivation).
+    ``exact``/``estimate`` are the compared numbers, ``statistic``/``threshold`` the test's.
+    """
+
+    claim: str
+    statement: str
+    problem: str
+    kind: str
+    exact: float | None
+    estimate: float | None
+    statistic: float | None
+    threshold: float | None
+    passed: bool
+    symbolic: str = "—"
+    note: str = ""
+    details: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    key: str = ""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+
+    @property
+    def verdict(self) -> str:
+        if self.kind == "negative-control":
+            return "caught" if self.passed else "MISSED"
+        if self.kind == "symbolic":
+            return "proved" if self.passed else "FAILED"
+        return "holds" if self.passed else "FAILS"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["verdict"] = self.verdict
+        return _jsonable(d)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if math.isfinite(v) else str(v)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def exact_row(label, statement, problem, exact, estimate, *, tol_rel=1e-12, note="", details=None) -> Row:
+    """Closed form vs engine in float64: ``|exact − estimate| ≤ tol_rel · max(1, |exact|)``.
+
+    A deterministic comparison of two exact computations (rounding only), not a Monte Carlo test.
+    """
+    exact_a = np.asarray(exact, dtype=np.float64)
+    est_a = np.asarray(estimate, dtype=np.float64)
+    err = float(np.max(np.abs(exact_a - est_a)))
+    tol = tol_rel * max(1.0, float(np.max(np.abs(exact_a))))
+    return Row(label, statement, problem, "exact", float(np.max(np.abs(exact_a))) if exact_a.ndim else float(exact_a),
+               float(np.max(np.abs(est_a))) if est_a.ndim else float(est_a), err, tol, bool(err <= tol),
+               note=note, details=dict(details or {}, max_abs_error=err))
+
+
+def fact_row(label, statement, problem, value, holds: bool, *, threshold=None, estimate=None, note="",
+             details=None) -> Row:
+    """An exact fact (an inequality or a sign) evaluated by the exact engine."""
+    return Row(label, statement, problem, "exact", float(value), None if estimate is None else float(estimate),
+               float(value), None if threshold is None else float(threshold), bool(holds), note=note,
+               details=dict(details or {}))
+
+
+def test_row(label, statement, problem, test: TestResult, *, negative=False, exact_bias=None,
+             exact_value=None, estimate=None, note="", details=None) -> Row:
+    """A calibrated Monte Carlo test as a row. For a negative control, ``passed`` = rejected, and
+    the exact bias and its ratio to the minimum detectable bias are recorded."""
+    d = dict(details or {})
+    d.update(test.summary())
+    if exact_bias is not None:
+        bias = np.atleast_1d(np.asarray(exact_bias, dtype=np.float64))
+        d["exact_bias_max_abs"] = float(np.max(np.abs(bias)))
+        d["exact_bias_norm"] = float(np.linalg.norm(bias))
+        d["bias_over_detectable"] = test.power_ratio(bias)
+        if negative:
+            note = (note + " " if note else "") + (
+                f"exact |bias|max={d['exact_bias_max_abs']:.3g} = {d['bias_over_detectable']:.3g}x the "
+                f"detectable bias at power {test.power:g}")
+    if exact_value is None:
+        exact_value = float(np.max(np.abs(test.exact))) if test.exact.size > 1 else float(test.exact[0])
+    if estimate is None:
+        estimate = (float(np.max(np.abs(test.estimate - test.exact))) if test.estimate.size > 1
+                    else float(test.estimate[0]))
+    passed = (not test.passed) if negative else test.passed
+    return Row(label, statement, problem, "negative-control" if negative else "monte-carlo",
+               float(exact_value), float(estimate), test.statistic, test.threshold, passed, note=note, details=d)
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, str):
+        return x
+    x = float(x)
+    if x == 0:
+        return "0"
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.4g}" if 1e-3 <= abs(x) < 1e5 else f"{x:.2e}"
+
+
+COLUMNS = (("claim", 5), ("problem", 24), ("statement", 46), ("exact", 10), ("symbolic", 8),
+           ("estimate", 10), ("statistic", 10), ("threshold", 10), ("verdict", 7))
+
+
+def format_table(rows: list[Row]) -> str:
+    """Fixed-width table: claim, problem, statement, exact, symbolic, estimate, statistic, threshold, verdict."""
+    def cell(text, width):
+        text = str(text)
+        return text if len(text) <= width else text[:width - 1] + "…"
+
+    head = "  ".join(f"{name:<{w}}" for name, w in COLUMNS)
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        vals = {"claim": r.claim, "problem": r.problem, "statement": r.statement, "exact": _fmt(r.exact),
+                "symbolic": r.symbolic, "estimate": _fmt(r.estimate), "statistic": _fmt(r.statistic),
+                "threshold": _fmt(r.threshold), "verdict": r.verdict}
+        lines.append("  ".join(f"{cell(vals[name], w):<{w}}" for name, w in COLUMNS))
+        if r.note and r.kind == "negative-control":
+            lines.append(f"{'':<7}↳ {r.note}")
+    return "\n".join(lines)
+
+
+def write_json(path: str, report: dict) -> None:
+    """Write ``report`` to ``path`` atomically (a temporary file in the same folder, then rename)."""
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".verify-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_jsonable(report), f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
