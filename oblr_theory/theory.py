@@ -34,9 +34,11 @@ __all__ = [
 ]
 
 # T1: which registered estimators have E g_hat = c * grad J with a closed-form c.
-UNBIASED = frozenset({"reinforce", "constant", "rloo", "opo_loo", "optimal_loo", "oracle_optimal"})
+UNBIASED = frozenset({"reinforce", "constant", "rloo", "opo_loo", "optimal_loo", "oracle_optimal",
+                      "optimal_loo_shrink"})
 SCALE_BIASED = frozenset({"dr_grpo"})
 RATIO_BIASED = frozenset({"grpo", "opo", "optimal"})
+_LOO = frozenset({"rloo", "dr_grpo", "opo_loo", "optimal_loo", "optimal_loo_shrink"})
 
 
 # ----------------------------------------------------------------------------- validation
@@ -68,14 +70,13 @@ def _out(a):
 def bias_factor(name: str, group_size: int) -> float:
     """T1: the exact scale ``c`` in ``E g_hat = c * grad J`` for one group.
 
-    ``c = 1`` for reinforce, constant, rloo, opo_loo, optimal_loo, oracle_optimal (the
-    baseline of response j is independent of y_j given x, and E[s] = 0);
+    ``c = 1`` for reinforce, constant, rloo, opo_loo, optimal_loo, optimal_loo_shrink,
+    oracle_optimal (the baseline of response j is independent of y_j given x, and E[s] = 0);
     ``c = (G - 1) / G`` for dr_grpo (A_j = r_j - mean(r) = ((G-1)/G)(r_j - mean_{-j} r)).
-
     Valid only if: ``name`` is one of the above. grpo, opo and optimal are ratio estimators
     whose bias is not a scale factor; a ValueError points to the exact engine for them.
     """
-    G = _group_size(group_size, 2 if name in {"rloo", "dr_grpo", "opo_loo", "optimal_loo"} else 1)
+    G = _group_size(group_size, 2 if name in _LOO else 1)
     if name in UNBIASED:
         return 1.0
     if name in SCALE_BIASED:
@@ -88,7 +89,6 @@ def bias_factor(name: str, group_size: int) -> float:
 
 def expected_estimate(grad, name: str, group_size: int):
     """T1: ``E g_hat = c * grad J`` with ``c = bias_factor(name, G)``.
-
     Valid only if: ``name`` has a closed-form bias factor (see :func:`bias_factor`).
     """
     return _out(bias_factor(name, group_size) * _arr(grad, "grad"))
@@ -99,7 +99,6 @@ def var_fixed_baseline(m_r2S, m_rS, m_S, grad_sq_norm, group_size, baseline=0.0)
     """T2: ``V = (1/G) (E[(r - b)^2 S] - ||g||^2)`` for the fixed baseline ``b``.
 
     ``E[(r - b)^2 S] = m_r2S - 2 b m_rS + b^2 m_S``. ``b = 0`` is reinforce.
-
     Valid only if: ``b`` does not depend on the group (a constant per prompt), G >= 1.
     """
     G = _group_size(group_size, 1)
@@ -116,7 +115,6 @@ def var_rloo(m_r2S, m_rS, m_S, mu, var_r, grad_sq_norm, group_size):
 
     ``V = (1/G) (E[(r - mu)^2 S] + var_r m_S / (G - 1)) - (G - 2) / (G (G - 1)) ||g||^2``,
     with ``E[(r - mu)^2 S] = m_r2S - 2 mu m_rS + mu^2 m_S``.
-
     Valid only if: G >= 2 i.i.d. responses to one prompt.
     """
     G = _group_size(group_size, 2)
@@ -130,7 +128,6 @@ def var_rloo(m_r2S, m_rS, m_S, mu, var_r, grad_sq_norm, group_size):
 
 def var_dr_grpo(m_r2S, m_rS, m_S, mu, var_r, grad_sq_norm, group_size):
     """T2: ``V_dr_grpo = ((G - 1) / G)^2 V_rloo`` (A_j = r_j - mean(r), no std).
-
     Valid only if: G >= 2 i.i.d. responses to one prompt.
     """
     G = _group_size(group_size, 2)
@@ -141,7 +138,6 @@ def rloo_minus_mean_baseline(var_r, m_S, grad_sq_norm, group_size):
     """T2: ``V_rloo - V(b = mu) = (var_r m_S + ||g||^2) / (G (G - 1))`` (never negative).
 
     The price rloo pays for estimating the mean from the group instead of knowing it.
-
     Valid only if: G >= 2 i.i.d. responses to one prompt.
     """
     G = _group_size(group_size, 2)
@@ -157,7 +153,6 @@ def prompt_variance(moments, name: str, group_size: int, baseline=None):
     ``moments`` is any object with fields ``mu, var_r, m_S, m_rS, m_r2S, grad_sq_norm`` (and
     ``b_star`` for oracle_optimal), e.g. ``oblr_theory.exact.prompt_moments(problem)``.
     reinforce: b = 0; constant: b = ``baseline``; oracle_optimal: b = b*; rloo; dr_grpo.
-
     Valid only if: ``name`` is one of those five (the others have no closed-form variance).
     """
     m = moments
@@ -182,7 +177,6 @@ def var_batch(prompt_probs, prompt_means, prompt_vars, batch_size):
     ``prompt_means`` (X, d) holds ``m_x = E[g_hat_x | x]`` (``= g_x = grad J_x`` when unbiased,
     ``c g_x`` for a scale bias), ``prompt_vars`` (X,) holds ``V_x``; ``prompt_probs`` (X,).
     Law of total variance over ``B`` i.i.d. prompts with one group each.
-
     Valid only if: prompts i.i.d. from ``prompt_probs`` (summing to 1), groups independent.
     """
     B = _group_size(batch_size, 1, "batch_size")
@@ -203,7 +197,6 @@ def var_batch(prompt_probs, prompt_means, prompt_vars, batch_size):
 # ----------------------------------------------------------------------------- T3
 def optimal_baseline(m_rS, m_S):
     """T3: the variance-optimal constant baseline ``b* = E[r S] / E[S] = m_rS / m_S``.
-
     Valid only if: ``m_S > 0`` (some response has a non-zero score).
     """
     m_S = _arr(m_S, "m_S", positive=True)
@@ -212,7 +205,6 @@ def optimal_baseline(m_rS, m_S):
 
 def variance_gap(m_S, baseline, b_star, group_size):
     """T3: ``V(b) - V(b*) = (m_S / G) (b - b*)^2`` for fixed baselines.
-
     Valid only if: ``b`` and ``b*`` are constants per prompt, G >= 1.
     """
     G = _group_size(group_size, 1)
@@ -225,7 +217,6 @@ def mean_baseline_excess(m_rS, m_S, mu, group_size):
     """T3: ``V(mu) - V(b*) = (m_S/G)(mu - b*)^2 = Cov(S, r)^2 / (G m_S)``, Cov = m_rS - mu m_S.
 
     Zero iff S and r are uncorrelated.
-
     Valid only if: ``m_S > 0``, G >= 1.
     """
     G = _group_size(group_size, 1)
@@ -239,7 +230,6 @@ def binary_optimal_baseline(p, w1, w0):
 
     ``p = P(r = 1) = mu``, ``w1 = E[S | r = 1]``, ``w0 = E[S | r = 0]``. ``w0 > w1`` (longer
     wrong answers) gives ``b* < p``.
-
     Valid only if: r in {0, 1}, 0 <= p <= 1, w0, w1 >= 0 and ``p w1 + (1 - p) w0 > 0``.
     """
     p = _arr(p, "p", nonneg=True)
@@ -260,7 +250,6 @@ def one_step_bound(objective, grad, mean, trace_var, smoothness, step_size):
     ``grad`` (d,) is grad J(theta), ``mean`` (d,) is ``m = E g_hat``, ``trace_var`` is
     ``V = tr Var(g_hat)``. Returns the right-hand side (a lower bound on the expected
     objective after one ascent step; its negative bounds the loss -J from above).
-
     Valid only if: J is L-smooth on the segments the step can reach, ``L > 0``.
     """
     L = _arr(smoothness, "smoothness", positive=True)
@@ -277,7 +266,6 @@ def one_step_bound(objective, grad, mean, trace_var, smoothness, step_size):
 # ----------------------------------------------------------------------------- T5
 def snr(grad_sq_norm, trace_var):
     """T5: gradient signal-to-noise ratio ``SNR = ||grad J||^2 / V`` (``inf`` when V = 0).
-
     Valid only if: not both ``grad_sq_norm`` and ``trace_var`` are zero.
     """
     gsq = _arr(grad_sq_norm, "grad_sq_norm", nonneg=True)
@@ -290,7 +278,6 @@ def snr(grad_sq_norm, trace_var):
 
 def optimal_step_size(grad_dot_mean, mean_sq_norm, trace_var, smoothness):
     """T5 (general mean ``m``): ``eta* = grad.m / (L (||m||^2 + V))``, the maximiser of T4.
-
     Valid only if: ``grad.m >= 0`` (the estimate points uphill on average), ``L > 0`` and
     ``||m||^2 + V > 0``.
     """
@@ -304,7 +291,6 @@ def optimal_step_size(grad_dot_mean, mean_sq_norm, trace_var, smoothness):
 
 def guaranteed_gain(grad_dot_mean, mean_sq_norm, trace_var, smoothness):
     """T5 (general ``m``): T4 bound at ``eta*`` minus J: ``(grad.m)^2 / (2 L (||m||^2 + V))``.
-
     Valid only if: as :func:`optimal_step_size`.
     """
     gm = _arr(grad_dot_mean, "grad_dot_mean", nonneg=True)
@@ -313,7 +299,6 @@ def guaranteed_gain(grad_dot_mean, mean_sq_norm, trace_var, smoothness):
 
 def snr_step_size(snr_value, smoothness):
     """T5 (unbiased): ``eta* = (1/L) SNR / (1 + SNR)`` (``1/L`` at SNR = inf).
-
     Valid only if: the estimator is unbiased (m = grad J), ``SNR >= 0``, ``L > 0``.
     """
     s = np.asarray(snr_value, dtype=np.float64)
@@ -326,7 +311,6 @@ def snr_step_size(snr_value, smoothness):
 
 def snr_guaranteed_gain(grad_sq_norm, snr_value, smoothness):
     """T5 (unbiased): gain at ``eta*`` is ``||grad J||^2 / (2L) * SNR / (1 + SNR)``.
-
     Valid only if: the estimator is unbiased, ``SNR >= 0``, ``L > 0``.
     """
     gsq = _arr(grad_sq_norm, "grad_sq_norm", nonneg=True)
@@ -335,7 +319,6 @@ def snr_guaranteed_gain(grad_sq_norm, snr_value, smoothness):
 
 def scaled_optimal_step_size(scale, grad_sq_norm, trace_var, smoothness):
     """T5 (pure scale bias ``m = c grad J``): ``eta* = c ||g||^2 / (L (c^2 ||g||^2 + V))``.
-
     Valid only if: ``c > 0``, ``L > 0``, ``c^2 ||g||^2 + V > 0``.
     """
     c = _arr(scale, "scale", positive=True)
@@ -347,7 +330,6 @@ def scaled_guaranteed_gain(scale, grad_sq_norm, trace_var, smoothness):
     """T5 (``m = c grad J``): gain ``c^2 ||g||^4 / (2 L (c^2 ||g||^2 + V))``.
 
     dr_grpo has ``c = (G-1)/G`` and ``V = c^2 V_rloo``, so its gain equals rloo's.
-
     Valid only if: as :func:`scaled_optimal_step_size`.
     """
     c = _arr(scale, "scale", positive=True)
@@ -360,7 +342,6 @@ def constant_step_bound(initial_gap, step_size, num_steps, smoothness, var_max):
     """T6 (constant step): ``(1/T) sum_t E||grad J_t||^2 <= 2 (J* - J_0)/(eta T) + L eta var_max``.
 
     ``initial_gap = J* - J(theta_0)``.
-
     Valid only if: unbiased estimates, ``0 < eta <= 1/L``, ``V_t <= var_max`` for all t,
     J is L-smooth, T >= 1.
     """
@@ -378,7 +359,6 @@ def adaptive_step_bound(initial_gap, smoothness):
     """T6 (eta_t = eta*_t): ``sum_t E[||grad J_t||^2 SNR_t / (1 + SNR_t)] <= 2 L (J* - J_0)``.
 
     Returns the right-hand side; :func:`adaptive_step_progress` gives the left-hand side.
-
     Valid only if: unbiased estimates, J is L-smooth, steps ``eta*_t`` from the exact SNR.
     """
     return _out(2.0 * _arr(smoothness, "smoothness", positive=True)
@@ -387,7 +367,6 @@ def adaptive_step_bound(initial_gap, smoothness):
 
 def adaptive_step_progress(grad_sq_norms, snrs):
     """T6: ``sum_t ||grad J_t||^2 SNR_t / (1 + SNR_t)`` over a trajectory (1-d arrays).
-
     Valid only if: equal-length 1-d arrays, ``SNR_t >= 0`` (inf allowed).
     """
     gsq = _arr(grad_sq_norms, "grad_sq_norms", nonneg=True)
@@ -413,7 +392,6 @@ def snr_pieces_expectation(mean_sq_norm, trace_cov_unit, batch_size) -> SNRPiece
 
     ``mean_sq_norm = ||E u||^2`` (``||grad J||^2`` when unbiased), ``trace_cov_unit = tr Cov(u)``
     of one unit (one prompt group: T2's batch variance with B = 1).
-
     Valid only if: ``B >= 2`` i.i.d. units (prompt groups, not responses within one group).
     """
     B = _group_size(batch_size, 2, "batch_size")
@@ -424,7 +402,6 @@ def snr_pieces_expectation(mean_sq_norm, trace_cov_unit, batch_size) -> SNRPiece
 
 def expected_plugin_numerator(mean_sq_norm, trace_var):
     """T7: ``E||g_hat||^2 = ||m||^2 + V``: the plug-in SNR numerator is biased up by ``V``.
-
     Valid only if: ``m = E g_hat`` and ``V = tr Var(g_hat)`` of the same estimator.
     """
     return _out(_arr(mean_sq_norm, "mean_sq_norm", nonneg=True) + _arr(trace_var, "trace_var", nonneg=True))
@@ -442,7 +419,6 @@ def logit_proxy(probs, action):
     """T8: ``||e_a - pi||^2 = 1 - 2 pi_a + ||pi||^2`` (squared norm of d log pi(a)/d logits).
 
     ``probs`` (..., V), ``action`` integer array (...).
-
     Valid only if: a softmax over logits; ignores the Jacobian from logits to theta.
     """
     p = _probs(probs)
@@ -455,7 +431,6 @@ def logit_proxy(probs, action):
 
 def logit_proxy_expectation(probs):
     """T8: ``E_a ||e_a - pi||^2 = 1 - ||pi||^2`` (verl's forward-only optimal-baseline proxy).
-
     Valid only if: a ~ pi; per position of a softmax policy over logits.
     """
     p = _probs(probs)
@@ -465,7 +440,6 @@ def logit_proxy_expectation(probs):
 # ----------------------------------------------------------------------------- bandit facts
 def bandit_gradient(probs, rewards):
     """Softmax bandit: ``grad_z J_x = pi (r - J_x)`` with ``J_x = pi.r`` (per prompt row).
-
     Valid only if: ``pi = softmax(z)``; ``probs`` and ``rewards`` of shape (K,) or (X, K).
     Multiply row x by the prompt probability for the gradient of ``J = E_x J_x``.
     """
@@ -479,7 +453,6 @@ def bandit_gradient(probs, rewards):
 
 def bandit_sq_norms(probs):
     """Softmax bandit: ``S(a) = ||e_a - pi||^2 = 1 - 2 pi_a + ||pi||^2`` for every arm.
-
     Valid only if: ``pi = softmax(z)`` and theta = z (the logits themselves).
     """
     p = _probs(probs)
@@ -490,7 +463,6 @@ def bandit_smoothness_bound(rewards):
     """Softmax bandit: ``J`` is L-smooth with ``L = 5/2 (max r - min r)`` (Mei et al. 2020).
 
     The Hessian is invariant to shifting r, and the bound for r in [0, 1] is 5/2.
-
     Valid only if: logits are the parameters (theta = z), any prompt distribution.
     """
     r = _arr(rewards, "rewards")

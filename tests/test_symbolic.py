@@ -132,7 +132,7 @@ def test_general_G_variance_oracles_match_engine(var_oracles, prob, G):
 @pytest.mark.parametrize("K, G", [(2, 2), (2, 3), (2, 4), (3, 2), (3, 3), (3, 4)])
 def test_bandit_enumeration_oracles_match_engine(K, G):
     names = ("reinforce", "constant", "dr_grpo", "grpo", "rloo", "opo", "opo_loo", "optimal", "optimal_loo",
-             "oracle_optimal")
+             "oracle_optimal", "optimal_loo_shrink")
     if (K, G) == (3, 4):
         names = ("reinforce", "constant", "dr_grpo", "grpo", "rloo", "opo_loo", "oracle_optimal")
     oracles = bandit_oracles(K, G, names)
@@ -141,16 +141,18 @@ def test_bandit_enumeration_oracles_match_engine(K, G):
         prob = SoftmaxBandit(rng.normal(size=K), rng.uniform(-1, 2, size=K))
         pi, r = prob.policy(0), prob.rewards[0]
         for name in names:
-            params = {"constant": {"b": 0.35}, "grpo": {"eps": 1e-3, "ddof": 1}}.get(name, {})
+            params = {"constant": {"b": 0.35}, "grpo": {"eps": 1e-3, "ddof": 1},
+                      "optimal_loo_shrink": {"lam": 0.3}}.get(name, {})
             em = exact.estimator_moments(prob, name, G, **params)
-            mean, V = oracles[name](pi, r, b=params.get("b", 0.0), eps=params.get("eps", 1e-6))
+            mean, V = oracles[name](pi, r, b=params.get("b", 0.0), eps=params.get("eps", 1e-6),
+                                    lam=params.get("lam", 0.5))
             close(mean, em.mean)
             close(V, em.trace_var)
 
 
 @pytest.mark.slow
 def test_bandit_oracles_ratio_estimators_K3_G4():
-    names = ("opo", "optimal", "optimal_loo")
+    names = ("opo", "optimal", "optimal_loo", "optimal_loo_shrink")
     oracles = bandit_oracles(3, 4, names)
     prob = random_bandit(111, K=3)
     for name in names:

@@ -60,6 +60,13 @@ def test_t1_ratio_estimators_are_refused_and_really_not_scaled(name, prob):
     assert np.linalg.norm(m - c * g) > 1e3 * np.finfo(float).eps * np.linalg.norm(g), name
 
 
+def test_t1_every_registered_estimator_is_classified():
+    """A new registry entry must be placed: closed-form scale (checked above) or ratio bias."""
+    assert set(estimators.names()) == theory.UNBIASED | theory.SCALE_BIASED | theory.RATIO_BIASED
+    for name in estimators.names():
+        assert (name in theory.UNBIASED) == estimators.spec(name).unbiased, name
+
+
 def test_t1_unknown_name():
     with pytest.raises(ValueError, match="unknown estimator"):
         theory.bias_factor("nope", 3)

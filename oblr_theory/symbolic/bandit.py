@@ -18,7 +18,7 @@ import sympy as sp
 __all__ = ["SymbolicBandit", "ESTIMATORS", "advantages"]
 
 ESTIMATORS = ("reinforce", "constant", "dr_grpo", "grpo", "rloo", "opo", "opo_loo",
-              "optimal", "optimal_loo", "oracle_optimal")
+              "optimal", "optimal_loo", "oracle_optimal", "optimal_loo_shrink")
 
 
 class SymbolicBandit:
@@ -34,6 +34,7 @@ class SymbolicBandit:
         self.r = sp.symbols(f"r1:{K + 1}", real=True)
         self.lengths = sp.symbols(f"l1:{K + 1}", positive=True)
         self.b = sp.Symbol("b", real=True)
+        self.lam = sp.Symbol("lam", real=True)   # optimal_loo_shrink's mixing weight
 
     # -- calculus on the logits, then pi-symbols --------------------------------------------
     def to_probs(self, expr):
@@ -160,6 +161,10 @@ def advantages(bandit: SymbolicBandit, name: str, arms, *, eps=0, bessel: bool =
         return [(x - mean) / (sp.sqrt(var) + eps) for x in r]
     if name == "rloo":
         return [x - _loo([1] * G, r, j) for j, x in enumerate(r)]
+    if name == "optimal_loo_shrink":   # lam * (S-weighted LOO baseline) + (1 - lam) * LOO mean
+        S = [bandit.sq_norms[a] for a in arms]
+        lam = bandit.lam
+        return [x - (lam * _loo(S, r, j) + (1 - lam) * _loo([1] * G, r, j)) for j, x in enumerate(r)]
     weights = {"opo": [bandit.lengths[a] for a in arms], "opo_loo": [bandit.lengths[a] for a in arms],
                "optimal": [bandit.sq_norms[a] for a in arms],
                "optimal_loo": [bandit.sq_norms[a] for a in arms]}.get(name)

@@ -19,8 +19,8 @@ __all__ = ["CASES", "bandit", "derive_t1_bandit", "derive_t2_bandit", "derive_t3
            "bias_witness", "bandit_oracles"]
 
 CASES = tuple((K, G) for K in (2, 3) for G in (2, 3, 4))
-UNBIASED = ("reinforce", "constant", "rloo", "opo_loo", "optimal_loo", "oracle_optimal")
-RATIO = ("opo_loo", "optimal_loo", "oracle_optimal")
+UNBIASED = ("reinforce", "constant", "rloo", "opo_loo", "optimal_loo", "oracle_optimal", "optimal_loo_shrink")
+RATIO = ("opo_loo", "optimal_loo", "oracle_optimal", "optimal_loo_shrink")
 # Rational witness points (pi, r, lengths). K = 2 avoids a reward range of exactly 1: there, with
 # G = 2, population-std grpo has A = +-1 and happens to be unbiased (sign(dr) = dr).
 WITNESS = {2: ((sp.Rational(1, 3), sp.Rational(2, 3)), (sp.Rational(1, 4), 1), (1, 3)),
@@ -140,13 +140,14 @@ def derive_t3_bandit(trace: ProofTrace, cases=CASES) -> None:
 
 
 def bandit_oracles(K: int, G: int, names=ESTIMATORS) -> dict:
-    """numpy oracles ``f(pi (K,), r (K,), lengths (K,), b, eps) -> (mean (K,), V)`` per estimator.
+    """numpy oracles ``f(pi (K,), r (K,), lengths (K,), b, eps, lam) -> (mean (K,), V)`` per estimator.
 
-    Built by lambdifying the enumerated sympy expressions (grpo: Bessel std, ``eps`` > 0).
+    Built by lambdifying the enumerated sympy expressions (grpo: Bessel std, ``eps`` > 0;
+    ``lam`` is optimal_loo_shrink's weight).
     """
     sb = bandit(K)
     eps = sp.Symbol("eps", positive=True)
-    args = (sb.p_free, sb.r, sb.lengths, sb.b, eps)
+    args = (sb.p_free, sb.r, sb.lengths, sb.b, eps, sb.lam)
     out = {}
     for name in names:
         params = {"bessel": True, "eps": eps} if name == "grpo" else {}
@@ -156,9 +157,9 @@ def bandit_oracles(K: int, G: int, names=ESTIMATORS) -> dict:
             mean, V = sb.enumerate_moments(name, G, combine=lambda e: e, **params)
         fn = sp.lambdify(args, (list(mean), V), "numpy")
 
-        def oracle(pi, r, lengths=None, b=0.0, eps=1e-6, _fn=fn):
+        def oracle(pi, r, lengths=None, b=0.0, eps=1e-6, lam=0.5, _fn=fn):
             lengths = [1.0] * K if lengths is None else lengths
-            mean_v, var = _fn(list(pi[:-1]), list(r), list(lengths), b, eps)
+            mean_v, var = _fn(list(pi[:-1]), list(r), list(lengths), b, eps, lam)
             return [float(v) for v in mean_v], float(var)
 
         out[name] = oracle
