@@ -1,7 +1,9 @@
 """Closed forms of theorems T1-T8 (see THEORY.md section 3) as plain functions of moments.
 
 Every function is pure, float64, and broadcasts over arrays of per-prompt moments (shape
-``(X,)``) unless a vector argument is documented. The per-prompt moments of one prompt are
+``(X,)``) unless a vector argument is documented. Moment arguments come in the order of
+``oblr_theory.exact.PromptMoments`` (mu, var_r, m_S, m_rS, m_r2S, grad_sq_norm), then ``group_size``
+(G) and ``batch_size`` (B). The per-prompt moments of one prompt are
 
     mu = E[r],  var_r = Var(r),  m_S = E[S],  m_rS = E[r S],  m_r2S = E[r^2 S],
     grad_sq_norm = ||g||^2  with  g = E[r s] = grad J_x,
@@ -95,7 +97,7 @@ def expected_estimate(grad, name: str, group_size: int):
 
 
 # ----------------------------------------------------------------------------- T2
-def var_fixed_baseline(m_r2S, m_rS, m_S, grad_sq_norm, group_size, baseline=0.0):
+def var_fixed_baseline(m_S, m_rS, m_r2S, grad_sq_norm, group_size, baseline=0.0):
     """T2: ``V = (1/G) (E[(r - b)^2 S] - ||g||^2)`` for the fixed baseline ``b``.
 
     ``E[(r - b)^2 S] = m_r2S - 2 b m_rS + b^2 m_S``. ``b = 0`` is reinforce.
@@ -110,7 +112,7 @@ def var_fixed_baseline(m_r2S, m_rS, m_S, grad_sq_norm, group_size, baseline=0.0)
     return _out((m_r2S - 2.0 * b * m_rS + b * b * m_S - gsq) / G)
 
 
-def var_rloo(m_r2S, m_rS, m_S, mu, var_r, grad_sq_norm, group_size):
+def var_rloo(mu, var_r, m_S, m_rS, m_r2S, grad_sq_norm, group_size):
     """T2: exact variance of rloo (A_j = r_j - mean of the other G-1 rewards).
 
     ``V = (1/G) (E[(r - mu)^2 S] + var_r m_S / (G - 1)) - (G - 2) / (G (G - 1)) ||g||^2``,
@@ -126,12 +128,12 @@ def var_rloo(m_r2S, m_rS, m_S, mu, var_r, grad_sq_norm, group_size):
     return _out((centred + var_r * m_S / (G - 1)) / G - (G - 2) / (G * (G - 1)) * gsq)
 
 
-def var_dr_grpo(m_r2S, m_rS, m_S, mu, var_r, grad_sq_norm, group_size):
+def var_dr_grpo(mu, var_r, m_S, m_rS, m_r2S, grad_sq_norm, group_size):
     """T2: ``V_dr_grpo = ((G - 1) / G)^2 V_rloo`` (A_j = r_j - mean(r), no std).
     Valid only if: G >= 2 i.i.d. responses to one prompt.
     """
     G = _group_size(group_size, 2)
-    return _out(((G - 1) / G) ** 2 * np.asarray(var_rloo(m_r2S, m_rS, m_S, mu, var_r, grad_sq_norm, G)))
+    return _out(((G - 1) / G) ** 2 * np.asarray(var_rloo(mu, var_r, m_S, m_rS, m_r2S, grad_sq_norm, G)))
 
 
 def rloo_minus_mean_baseline(var_r, m_S, grad_sq_norm, group_size):
@@ -157,17 +159,17 @@ def prompt_variance(moments, name: str, group_size: int, baseline=None):
     """
     m = moments
     if name == "reinforce":
-        return var_fixed_baseline(m.m_r2S, m.m_rS, m.m_S, m.grad_sq_norm, group_size, 0.0)
+        return var_fixed_baseline(m.m_S, m.m_rS, m.m_r2S, m.grad_sq_norm, group_size, 0.0)
     if name == "constant":
         if baseline is None:
             raise ValueError("baseline is required for name='constant'")
-        return var_fixed_baseline(m.m_r2S, m.m_rS, m.m_S, m.grad_sq_norm, group_size, baseline)
+        return var_fixed_baseline(m.m_S, m.m_rS, m.m_r2S, m.grad_sq_norm, group_size, baseline)
     if name == "oracle_optimal":
-        return var_fixed_baseline(m.m_r2S, m.m_rS, m.m_S, m.grad_sq_norm, group_size, m.b_star)
+        return var_fixed_baseline(m.m_S, m.m_rS, m.m_r2S, m.grad_sq_norm, group_size, m.b_star)
     if name == "rloo":
-        return var_rloo(m.m_r2S, m.m_rS, m.m_S, m.mu, m.var_r, m.grad_sq_norm, group_size)
+        return var_rloo(m.mu, m.var_r, m.m_S, m.m_rS, m.m_r2S, m.grad_sq_norm, group_size)
     if name == "dr_grpo":
-        return var_dr_grpo(m.m_r2S, m.m_rS, m.m_S, m.mu, m.var_r, m.grad_sq_norm, group_size)
+        return var_dr_grpo(m.mu, m.var_r, m.m_S, m.m_rS, m.m_r2S, m.grad_sq_norm, group_size)
     raise ValueError(f"name={name!r} has no closed-form variance; use oblr_theory.exact")
 
 

@@ -121,7 +121,7 @@ def var_oracles():
 @pytest.mark.parametrize("G", [2, 3, 5])
 def test_general_G_variance_oracles_match_engine(var_oracles, prob, G):
     pm = exact.prompt_moments(prob)
-    args = (pm.m_r2S, pm.m_rS, pm.m_S, pm.mu, pm.var_r, pm.grad_sq_norm, G)
+    args = (pm.mu, pm.var_r, pm.m_S, pm.m_rS, pm.m_r2S, pm.grad_sq_norm, G)
     for name in ("reinforce", "constant", "rloo", "dr_grpo"):
         extra = (0.7,) if name == "constant" else ()
         em = exact.estimator_moments(prob, name, G, **({"b": 0.7} if extra else {}))

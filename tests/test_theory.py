@@ -82,6 +82,16 @@ def test_t2_prompt_variances_match_engine(problem, G):
         close(theory.prompt_variance(pm, name, G, baseline=params.get("b")), em.prompt_trace_var)
 
 
+def test_t2_direct_calls_in_prompt_moments_order(problem):
+    pm = exact.prompt_moments(problem)
+    args = (pm.mu, pm.var_r, pm.m_S, pm.m_rS, pm.m_r2S, pm.grad_sq_norm)
+    G = 4
+    close(theory.var_rloo(*args, G), exact.estimator_moments(problem, "rloo", G).prompt_trace_var)
+    close(theory.var_dr_grpo(*args, G), exact.estimator_moments(problem, "dr_grpo", G).prompt_trace_var)
+    close(theory.var_fixed_baseline(pm.m_S, pm.m_rS, pm.m_r2S, pm.grad_sq_norm, G, 0.25),
+          exact.estimator_moments(problem, "constant", G, b=0.25).prompt_trace_var)
+
+
 @pytest.mark.parametrize("B", [1, 2, 5])
 def test_t2_batch_variance_matches_engine(problem, B):
     pm = exact.prompt_moments(problem)
@@ -261,12 +271,12 @@ def test_t8_logit_proxy_and_bandit_facts():
 
 # ----------------------------------------------------------------------------- validation
 @pytest.mark.parametrize("call, arg", [
-    (lambda: theory.var_rloo(1, 0.5, 1, 0.5, 0.25, 0.1, 1), "group_size"),
-    (lambda: theory.var_dr_grpo(1, 0.5, 1, 0.5, 0.25, 0.1, 2.5), "group_size"),
-    (lambda: theory.var_fixed_baseline(1, 0.5, -1.0, 0.1, 2), "m_S"),
-    (lambda: theory.var_rloo(1, 0.5, 1, 0.5, -0.1, 0.1, 3), "var_r"),
+    (lambda: theory.var_rloo(0.5, 0.25, 1.0, 0.5, 1.0, 0.1, group_size=1), "group_size"),
+    (lambda: theory.var_dr_grpo(0.5, 0.25, 1.0, 0.5, 1.0, 0.1, group_size=2.5), "group_size"),
+    (lambda: theory.var_fixed_baseline(m_S=-1.0, m_rS=0.5, m_r2S=1.0, grad_sq_norm=0.1, group_size=2), "m_S"),
+    (lambda: theory.var_rloo(mu=0.5, var_r=-0.1, m_S=1.0, m_rS=0.5, m_r2S=1.0, grad_sq_norm=0.1, group_size=3), "var_r"),
     (lambda: theory.optimal_baseline(0.3, 0.0), "m_S"),
-    (lambda: theory.var_fixed_baseline(np.nan, 0.5, 1.0, 0.1, 2), "m_r2S"),
+    (lambda: theory.var_fixed_baseline(m_S=1.0, m_rS=0.5, m_r2S=np.nan, grad_sq_norm=0.1, group_size=2), "m_r2S"),
     (lambda: theory.var_batch([0.5, 0.6], np.zeros((2, 3)), [1.0, 1.0], 2), "prompt_probs"),
     (lambda: theory.var_batch([0.5, 0.5], np.zeros((3, 3)), [1.0, 1.0], 2), "prompt_means"),
     (lambda: theory.optimal_step_size(-0.1, 1.0, 1.0, 1.0), "grad_dot_mean"),
@@ -285,8 +295,8 @@ def test_bad_input_names_the_argument(call, arg):
 
 def test_broadcasting_over_prompts_is_elementwise():
     pm = exact.prompt_moments(random_bandit(91, X=4, K=3))
-    vec = theory.var_rloo(pm.m_r2S, pm.m_rS, pm.m_S, pm.mu, pm.var_r, pm.grad_sq_norm, 3)
-    one = [theory.var_rloo(pm.m_r2S[x], pm.m_rS[x], pm.m_S[x], pm.mu[x], pm.var_r[x], pm.grad_sq_norm[x], 3)
+    vec = theory.var_rloo(pm.mu, pm.var_r, pm.m_S, pm.m_rS, pm.m_r2S, pm.grad_sq_norm, 3)
+    one = [theory.var_rloo(pm.mu[x], pm.var_r[x], pm.m_S[x], pm.m_rS[x], pm.m_r2S[x], pm.grad_sq_norm[x], 3)
            for x in range(4)]
     close(vec, one)
     assert isinstance(one[0], float)

@@ -146,8 +146,9 @@ def derive_t7(trace: ProofTrace) -> None:
 
 
 def variance_oracles() -> dict:
-    """numpy functions of (m_r2S, m_rS, m_S, mu, var_r, gsq, G[, b]) from the derived V's."""
-    args = (SYM.m_r2S, SYM.m_rS, SYM.m_S, SYM.mu, SYM.var_r, SYM.gsq, SYM.G)
+    """numpy functions of (mu, var_r, m_S, m_rS, m_r2S, gsq, G[, b]) from the derived V's
+    (the order of ``exact.PromptMoments``), and ``<name>_mean_factor(G)`` = c in E g_hat = c g."""
+    args = (SYM.mu, SYM.var_r, SYM.m_S, SYM.m_rS, SYM.m_r2S, SYM.gsq, SYM.G)
     out = {}
     for name in LINEAR:
         extra = (SYM.b,) if name == "constant" else ()
