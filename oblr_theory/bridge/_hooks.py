@@ -46,6 +46,14 @@ def module_kind(module: nn.Module) -> str | None:
     return None
 
 
+def _first_sample(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The call's inputs with the first tensor (the hidden states) cut to sample 0."""
+    if args:
+        return (args[0][:1],) + tuple(args[1:]), kwargs
+    key = next(iter(kwargs))
+    return (), {**kwargs, key: kwargs[key][:1]}
+
+
 @dataclass(eq=False)
 class _Use:
     """One call of a hooked module during the forward pass."""
@@ -54,7 +62,8 @@ class _Use:
     module: nn.Module
     kind: str
     params: dict  # parameter attribute name -> trainable Parameter
-    saved: torch.Tensor | None = None  # a (linear), ids (embedding) or x̂ (norm)
+    saved: torch.Tensor | None = None  # a (linear), ids (embedding), x̂ or y − c (norm)
+    scale: torch.Tensor | None = None  # norm weight w when saved is y − c (divide by it)
     node: object = None  # grad_fn of the output, for the reachability check
     got_grad: bool = False
 
@@ -142,7 +151,7 @@ class GhostRecorder:
                 output.requires_grad_()  # a frozen embedding still roots the backward pass
             self.roots.append((use, output))
         elif kind == "norm" and "weight" in own:
-            use.saved = self._normalised_input(name, module, args, kwargs, output)
+            use.saved, use.scale = self._normalised_input(name, module, args, kwargs, output)
         if use.params:
             self.uses.append(use)
             for p in use.params.values():
@@ -151,33 +160,46 @@ class GhostRecorder:
                 use.node = output.grad_fn
                 output.register_hook(lambda g, use=use: self._on_grad(use, g))
 
-    def _normalised_input(self, name, module, args, kwargs, output) -> torch.Tensor:
-        """``x̂`` = the module output with weight 1 and bias 0; checks ``y = x̂ ⊙ w + c``."""
+    def _normalised_input(self, name, module, args, kwargs, output):
+        """What the weight's per-sample gradient needs: ``(y − c, w)`` or ``(x̂, None)``.
+
+        ``∇w_n = Σ_pos b ⊙ x̂ = (Σ_pos b ⊙ (y − c)) / w`` when ``w`` has no zero, so the output
+        itself (kept alive by the next layer anyway) suffices. The model ``y = x̂ ⊙ w + c`` is
+        checked on the first sample, with ``x̂`` recomputed by calling the module with weight 1
+        and bias 0; ``x̂`` is recomputed for the whole batch only when ``w`` has a zero.
+        """
         weight = module.weight
         bias = getattr(module, "bias", None)
-        overrides = {"weight": torch.ones_like(weight)}
-        if isinstance(bias, torch.Tensor):
-            overrides["bias"] = torch.zeros_like(bias)
-        self._recomputing = True
-        try:
-            with torch.no_grad():
-                xhat = torch.func.functional_call(module, overrides, args, kwargs)
-        finally:
-            self._recomputing = False
+        bias = bias if isinstance(bias, torch.Tensor) else None
         with torch.no_grad():
-            expect = xhat * weight + (bias if isinstance(bias, torch.Tensor) else 0)
+            xhat0 = self._call_unit_affine(module, *_first_sample(args, kwargs))
+            expect0 = xhat0 * weight + (bias if bias is not None else 0)
+            out0 = output[:1].detach()
             eps = torch.finfo(output.dtype).eps
-            scale = output.detach().abs().max().clamp(min=1.0)
-            ok = expect.shape == output.shape and torch.allclose(
-                expect, output.detach(), rtol=64 * eps, atol=64 * eps * float(scale)
-            )
+            scale = float(out0.abs().max().clamp(min=1.0))
+            ok = expect0.shape == out0.shape and float((expect0 - out0).abs().max()) <= 64 * eps * scale
         if not ok:
             raise ValueError(
                 f"module '{name}' ({type(module).__name__}) is not elementwise-affine in its weight "
                 "(y = x̂ ⊙ w + c over the last axes); the ghost method cannot account for it, "
                 "use method='loop'"
             )
-        return xhat.detach()
+        if bool((weight == 0).any()):
+            with torch.no_grad():
+                return self._call_unit_affine(module, args, kwargs).detach(), None
+        y = output.detach()
+        return (y - bias.detach() if bias is not None else y), weight.detach()
+
+    def _call_unit_affine(self, module, args, kwargs) -> torch.Tensor:
+        """The module's output with weight 1 and bias 0 (its own hooks are not re-fired)."""
+        overrides = {"weight": torch.ones_like(module.weight)}
+        if isinstance(getattr(module, "bias", None), torch.Tensor):
+            overrides["bias"] = torch.zeros_like(module.bias)
+        self._recomputing = True
+        try:
+            return torch.func.functional_call(module, overrides, tuple(args), kwargs)
+        finally:
+            self._recomputing = False
 
     # ----------------------------------------------------------------------------- checks
     def check_graph(self, loss: torch.Tensor) -> None:
@@ -284,10 +306,16 @@ class GhostRecorder:
                 out.append(gm.pair_gram(rows, rows))
             return torch.stack(out)
         if pname == "weight":  # norm
-            grads = gm.norm_weight_grads(g_bg_, use.saved.reshape(g_bg_.shape), p.dim())
+            grads = self._norm_weight_grads(use, g_bg_, p)
         else:
             grads = gm.norm_bias_grads(g_bg_, p.dim())
         return gm._gram_of_rows(grads.reshape(self.B, self.G, -1))
+
+    @staticmethod
+    def _norm_weight_grads(use: _Use, g_bg_: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """Per-sample norm weight gradients (B, G, *p.shape), from x̂ or from (y − c) / w."""
+        grads = gm.norm_weight_grads(g_bg_, use.saved.reshape(g_bg_.shape), p.dim())
+        return grads if use.scale is None else grads / use.scale.to(grads.dtype)
 
     def _tie_cross(self, use: _Use, p: torch.Tensor, g_bg_: torch.Tensor) -> None:
         """Cross terms ``⟨E_i, H_j⟩ + ⟨H_i, E_j⟩`` of a tied embedding / output matrix."""
@@ -335,7 +363,7 @@ class GhostRecorder:
             out.index_add_(0, idx.reshape(-1), g_ntd.reshape(-1, p.shape[-1]))
             return out.reshape(N, *p.shape)
         if pname == "weight":
-            grads = gm.norm_weight_grads(g_bg_, use.saved.reshape(g_bg_.shape), p.dim())
+            grads = self._norm_weight_grads(use, g_bg_, p)
         else:
             grads = gm.norm_bias_grads(g_bg_, p.dim())
         return grads.reshape(N, *p.shape)

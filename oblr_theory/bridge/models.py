@@ -1,0 +1,221 @@
+"""Models for the bridge: a tiny Qwen3 built locally, or a local Hugging Face checkpoint.
+
+- :func:`tiny_qwen3` builds a Qwen3 causal LM from a config (random weights, seeded) sized for
+  the built-in arithmetic task; :func:`pretrain` trains it briefly by supervised next-token
+  prediction on correct answers, so that rewards are neither all 0 nor all 1 (a fixed ``θ``
+  with reward variance is what the theory-vs-practice checks need).
+- :func:`qwen3_shaped` gives the published Qwen3 shapes (0.6B, 1.7B, 4B, 8B) with random weights
+  and any vocabulary, for benchmarks on a GPU without downloads.
+- :func:`load_local` loads a local checkpoint directory (``--model PATH``) with safetensors only
+  and no network (``use_safetensors=True, local_files_only=True``), in bf16 on a GPU. A hub name
+  with no local files, or a large model without a GPU, gets a clear error and a hint.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .task import ArithmeticTask, CharTokenizer, as_task_tokenizer
+
+__all__ = ["TinyQwen3Spec", "tiny_qwen3", "qwen3_shaped", "QWEN3_SHAPES", "pretrain",
+           "load_local", "load_model", "param_count", "LARGE_MODEL_PARAMS", "make_float64_exact"]
+
+#: A model above this many parameters needs a GPU (loading it in fp32 on a CPU is refused).
+LARGE_MODEL_PARAMS = 1_000_000_000
+
+#: Published Qwen3 dense shapes: hidden, layers, heads, kv heads, head dim, MLP width, tied.
+QWEN3_SHAPES = {
+    "0.6B": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                 head_dim=128, intermediate_size=3072, tie_word_embeddings=True),
+    "1.7B": dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                 head_dim=128, intermediate_size=6144, tie_word_embeddings=True),
+    "4B": dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+               head_dim=128, intermediate_size=9728, tie_word_embeddings=True),
+    "8B": dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+               head_dim=128, intermediate_size=12288, tie_word_embeddings=False),
+}
+
+
+@dataclass(frozen=True)
+class TinyQwen3Spec:
+    """Shape of the default tiny Qwen3 (tied embeddings, as in small Qwen3 models)."""
+
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 16
+    intermediate_size: int = 128
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 64
+
+
+def _rmsnorm_same_dtype(self, hidden_states):
+    """``w ⊙ x / sqrt(mean(x²) + eps)`` in the input's dtype (HF upcasts to float32 only)."""
+    var = hidden_states.pow(2).mean(-1, keepdim=True)
+    return self.weight * (hidden_states * torch.rsqrt(var + self.variance_epsilon))
+
+
+def make_float64_exact(model):
+    """Make a float64 model float64 throughout: HF's RMSNorm computes in float32 even for float64
+    inputs, which caps agreement between two exact computations at ~1e-7. Rebinds ``forward`` of
+    every ``*RMSNorm`` module of ``model`` to a same-dtype version (same formula). Returns ``model``.
+    """
+    import types
+
+    for mod in model.modules():
+        if type(mod).__name__.endswith("RMSNorm") and hasattr(mod, "variance_epsilon"):
+            mod.forward = types.MethodType(_rmsnorm_same_dtype, mod)
+    return model
+
+
+def param_count(model: torch.nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _qwen3(vocab_size: int, pad: int, eos: int, seed: int, dtype, **shape):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config(vocab_size=vocab_size, pad_token_id=pad, eos_token_id=eos, bos_token_id=None,
+                      attention_dropout=0.0, **shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen3ForCausalLM(cfg)
+    model = model.to(dtype)
+    return make_float64_exact(model) if dtype == torch.float64 else model
+
+
+def tiny_qwen3(tokenizer: CharTokenizer | None = None, spec: TinyQwen3Spec = TinyQwen3Spec(),
+               seed: int = 0, dtype=torch.float32):
+    """A tiny Qwen3 causal LM with random weights (seeded), vocabulary of ``tokenizer``."""
+    tok = tokenizer or CharTokenizer()
+    return _qwen3(tok.vocab_size, tok.pad_token_id, tok.eos_token_id, seed, dtype, **spec.__dict__)
+
+
+def qwen3_shaped(size: str, vocab_size: int, pad: int = 0, eos: int = 1, seed: int = 0,
+                 dtype=torch.bfloat16, num_hidden_layers: int | None = None):
+    """A Qwen3 model with a published shape (``QWEN3_SHAPES``) and random weights.
+
+    ``num_hidden_layers`` optionally truncates the depth (same per-layer shape, less time).
+    """
+    if size not in QWEN3_SHAPES:
+        raise ValueError(f"size={size!r} is not one of {sorted(QWEN3_SHAPES)}")
+    shape = dict(QWEN3_SHAPES[size], max_position_embeddings=4096)
+    if num_hidden_layers is not None:
+        shape["num_hidden_layers"] = int(num_hidden_layers)
+    return _qwen3(vocab_size, pad, eos, seed, dtype, **shape)
+
+
+def _supervised_batch(task: ArithmeticTask, tok, n: int, rng: np.random.Generator, device):
+    """Right-padded ``prompt + answer + <eos>`` rows; labels only on answer and ``<eos>`` tokens."""
+    rows, starts = [], []
+    for p in task.sample(n, rng):
+        prompt = tok.encode(p.prompt)
+        rows.append(prompt + tok.encode(p.answer) + [tok.eos_token_id])
+        starts.append(len(prompt))
+    T = max(map(len, rows))
+    ids = torch.full((n, T), tok.pad_token_id, dtype=torch.long)
+    labels = torch.full((n, T), -100, dtype=torch.long)
+    attn = torch.zeros((n, T), dtype=torch.long)
+    for i, (row, s) in enumerate(zip(rows, starts)):
+        ids[i, : len(row)] = torch.tensor(row)
+        labels[i, s: len(row)] = torch.tensor(row[s:])
+        attn[i, : len(row)] = 1
+    return ids.to(device), attn.to(device), labels.to(device)
+
+
+def pretrain(model, tokenizer, task: ArithmeticTask, steps: int = 150, batch_size: int = 64,
+             lr: float = 3e-3, seed: int = 0, progress: bool = False) -> list[float]:
+    """Brief supervised training on correct answers (cross-entropy on answer tokens only).
+
+    Returns the loss per step. Stopping early leaves a policy that is right on some prompts and
+    some samples only, i.e. rewards with variance, which the validation needs.
+    """
+    from tqdm.auto import tqdm
+
+    tok = as_task_tokenizer(tokenizer)
+    rng = np.random.default_rng(seed)
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    losses = []
+    for _ in tqdm(range(steps), desc="pretrain", disable=not progress):
+        ids, attn, labels = _supervised_batch(task, tok, batch_size, rng, device)
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    for p in model.parameters():
+        p.grad = None
+    return losses
+
+
+def _looks_like_hub_name(path: str) -> bool:
+    return not os.path.exists(path) and path.count("/") == 1 and not path.startswith((".", "/", "~"))
+
+
+def load_local(path: str, device: str | None = None, dtype=None):
+    """Load a local Hugging Face checkpoint: ``(model, tokenizer)``, safetensors only, no network.
+
+    ``device`` defaults to ``"cuda"`` when available; ``dtype`` defaults to bf16 on a GPU and fp32
+    on a CPU. Raises ValueError with a hint for a hub name with no local files, a directory
+    without ``*.safetensors`` weights, or a model above ``LARGE_MODEL_PARAMS`` without a GPU.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = os.path.expanduser(str(path))
+    if not os.path.isdir(path):
+        hint = (f" It looks like a hub name: this project loads local files only. Download it "
+                f"first, e.g. `hf download {path} --local-dir ./{path.split('/')[-1]}`, then pass "
+                f"--model ./{path.split('/')[-1]}") if _looks_like_hub_name(path) else ""
+        raise ValueError(f"model={path!r} is not a local checkpoint directory.{hint}")
+    if not any(f.endswith(".safetensors") for f in os.listdir(path)):
+        raise ValueError(f"model={path!r} has no *.safetensors weights; only safetensors checkpoints "
+                         "are loaded (convert .bin weights with `transformers` save_pretrained)")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but no CUDA GPU is visible")
+    cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    n_params = _config_params(cfg)
+    if n_params > LARGE_MODEL_PARAMS and not device.startswith("cuda"):
+        raise ValueError(f"model={path!r} has about {n_params / 1e9:.1f}B parameters and needs a GPU "
+                         "(none is visible). Run on a GPU machine, or use the built-in tiny model "
+                         "(omit --model)")
+    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, local_files_only=True,
+                                                 dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return model.to(device).eval(), as_task_tokenizer(tok)
+
+
+def _config_params(cfg) -> int:
+    """Rough parameter count of a decoder config (embeddings + attention + MLP per layer)."""
+    h = getattr(cfg, "hidden_size", 0)
+    L = getattr(cfg, "num_hidden_layers", 0)
+    inter = getattr(cfg, "intermediate_size", 4 * h)
+    V = getattr(cfg, "vocab_size", 0)
+    emb = V * h * (1 if getattr(cfg, "tie_word_embeddings", False) else 2)
+    return int(emb + L * (4 * h * h + 3 * h * inter))
+
+
+def load_model(model: str | None, task: ArithmeticTask, seed: int = 0, pretrain_steps: int = 150,
+               device: str = "cpu", dtype=torch.float32, progress: bool = False):
+    """``(model, tokenizer)``: the tiny Qwen3 (pretrained briefly when ``pretrain_steps > 0``) when
+    ``model`` is None or ``"tiny"``, else :func:`load_local`."""
+    if model in (None, "tiny"):
+        tok = CharTokenizer()
+        m = tiny_qwen3(tok, seed=seed, dtype=torch.float32).to(device)
+        if pretrain_steps > 0:
+            pretrain(m, tok, task, steps=pretrain_steps, seed=seed, progress=progress)
+        m = m.to(dtype)
+        if dtype == torch.float64:
+            make_float64_exact(m)
+        return m.eval(), tok
+    return load_local(model, device=device if device != "cpu" else None)

@@ -1,0 +1,470 @@
+"""One OBLR-PO policy update on a Hugging Face causal LM (and, through the same code, GRPO,
+RLOO, OPO, Dr.GRPO: any estimator of the registry).
+
+One update, for a batch of ``B`` prompts with a group of ``G`` completions each:
+
+1. sample ``G`` completions per prompt with HF ``generate`` (seeded; plain ancestral sampling at
+   temperature 1 unless asked, so the samples follow ``π_θ`` exactly and T1 applies);
+2. rewards from the task;
+3. the within-group Gram ``K_b = [s_bi · s_bj]`` of per-sequence scores with ``score_gram`` (its
+   diagonal is ``S_bj``; proxies ``length`` / ``logit`` for comparison);
+4. advantages ``A = f(r, S, ℓ)`` from the registry (:mod:`oblr_theory.estimators`);
+5. the surrogate ``L(θ) = −(1/(BG)) Σ_bj A_bj log π_θ(y_bj | x_b)``, whose gradient is
+   ``−ĝ`` with ``ĝ = (1/(BG)) Σ_bj A_bj s_bj`` (THEORY.md section 1: the batch estimate);
+6. the T7 SNR from the per-group gradients ``u_b = (1/G) Σ_j A_bj s_bj``, EMA-smoothed, and the
+   T5 step ``η = clip(η_max · SNR/(1+SNR), η_min, η_max)``;
+7. an SGD or AdamW step with that learning rate.
+
+T7 needs only two numbers per batch, because ``snr_pieces_from_gram`` reads the ``B × B`` Gram
+of the ``u_b`` through its trace and its total (see :func:`group_sq_norms`,
+:func:`equivalent_group_gram`): ``tr K = Σ_b ||u_b||²`` with ``||u_b||² = A_bᵀ K_b A_b / G²``
+from the within-group Gram, and ``Σ_bc K_bc = B² ||ĝ||²`` from the gradient the surrogate's
+backward already produced. No cross-group Gram is formed, and under data parallelism both numbers
+are sums (or the norm of the all-reduced gradient), so they are exact across ranks.
+
+Cost: the Gram pass is one forward and one ghost backward; the surrogate is a second forward and
+backward. The update is therefore about ``1 + ghost/plain`` times a GRPO update; reusing the
+ghost pass's captured factors for ``Σ_j A_j s_j`` would remove the second pass (see the report
+in ``docs/bridge_part2.md``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .. import estimators
+from ..snr import EMASNR, snr_hat, snr_lr, snr_pieces_from_gram
+from .gram import score_gram
+from .logprobs import sequence_logprobs
+from .task import ArithmeticTask, Problem, as_task_tokenizer
+
+__all__ = ["Rollout", "encode_prompts", "completion_masks", "sample_rollout", "sampling_config",
+           "StepConfig", "StepDiagnostics", "OBLRPO", "surrogate_loss", "group_sq_norms",
+           "equivalent_group_gram", "batch_snr_pieces", "plugin_optimal_baseline", "train",
+           "expected_task_reward"]
+
+
+# ============================================================================== sampling
+@dataclass
+class Rollout:
+    """A batch of ``B`` prompts with ``G`` sampled completions each.
+
+    input_ids_bgt / attention_bgt / completion_bgt: (B, G, T) prompt + completion, left-padded
+    prompts, right padding after ``<eos>``; ``completion_bgt`` marks the scored tokens (the
+    completion up to and including its first ``<eos>``). rewards_bg: (B, G) float64.
+    """
+
+    problems: list
+    input_ids_bgt: torch.Tensor
+    attention_bgt: torch.Tensor
+    completion_bgt: torch.Tensor
+    texts_bg: list
+    rewards_bg: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.input_ids_bgt.shape)
+
+    @property
+    def lengths_bg(self) -> torch.Tensor:
+        return self.completion_bgt.sum(-1)
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids and attention mask, each (N, P)."""
+    tok = as_task_tokenizer(tokenizer)
+    rows = [tok.encode(p) for p in prompts]
+    if any(len(r) == 0 for r in rows):
+        raise ValueError("prompts must each encode to at least one token")
+    P = max(map(len, rows))
+    ids = torch.full((len(rows), P), tok.pad_token_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), P), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, P - len(r):] = torch.tensor(r)
+        attn[i, P - len(r):] = 1
+    return ids.to(device), attn.to(device)
+
+
+def completion_masks(sequences_nt: torch.Tensor, prompt_attn_np: torch.Tensor, eos_id: int):
+    """``(attention_nt, completion_nt)`` for generated rows ``[left-padded prompt | new tokens]``.
+
+    The completion is the new tokens up to and including the first ``eos_id`` (all of them when
+    none is ``eos``); tokens after it (generate's padding) are masked out of both masks.
+    """
+    N, T = sequences_nt.shape
+    P = prompt_attn_np.shape[1]
+    new_nt = sequences_nt[:, P:]
+    is_eos = (new_nt == eos_id).long()
+    before_eos = (is_eos.cumsum(-1) - is_eos) == 0  # positions up to and including the first eos
+    comp = torch.zeros((N, T), dtype=torch.bool, device=sequences_nt.device)
+    comp[:, P:] = before_eos
+    attn = torch.cat([prompt_attn_np.bool(), before_eos], dim=1)
+    return attn, comp
+
+
+def sampling_config(max_new_tokens: int, tokenizer, temperature: float = 1.0):
+    """A ``GenerationConfig`` that samples from ``π_θ`` itself: no top-k/top-p/penalties.
+
+    Checkpoints ship defaults such as ``top_k=20, top_p=0.95``; those change the sampling law,
+    and then ``E[s] ≠ 0`` under it and T1 fails. Every logits processor is switched off here.
+    """
+    from transformers import GenerationConfig
+
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    tok = as_task_tokenizer(tokenizer)
+    return GenerationConfig(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0,
+                            min_p=None, typical_p=1.0, repetition_penalty=1.0, num_beams=1,
+                            max_new_tokens=int(max_new_tokens), min_new_tokens=0,
+                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                            use_cache=True)
+
+
+@torch.no_grad()
+def sample_rollout(model, tokenizer, task: ArithmeticTask, problems: Sequence[Problem],
+                   group_size: int, max_new_tokens: int, seed: int,
+                   temperature: float = 1.0) -> Rollout:
+    """Sample ``G = group_size`` completions for each problem with HF ``generate``, seeded.
+
+    The torch RNG is forked, so the caller's random state is untouched and the same ``seed``
+    gives the same rollout.
+    """
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    tok = as_task_tokenizer(tokenizer)
+    device = next(model.parameters()).device
+    B, G = len(problems), int(group_size)
+    ids_np, attn_np = encode_prompts(tok, [p.prompt for p in problems], device)
+    ids_np, attn_np = ids_np.repeat_interleave(G, 0), attn_np.repeat_interleave(G, 0)  # (B·G, P)
+    devices = [device] if device.type == "cuda" else []
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        seqs_nt = model.generate(input_ids=ids_np, attention_mask=attn_np,
+                                 generation_config=sampling_config(max_new_tokens, tok, temperature))
+    model.train(was_training)
+    attn_nt, comp_nt = completion_masks(seqs_nt, attn_np, tok.eos_token_id)
+    P = ids_np.shape[1]
+    texts = [tok.decode(row[P:].tolist()) for row in seqs_nt]
+    texts_bg = [texts[b * G:(b + 1) * G] for b in range(B)]
+    rewards_bg = torch.as_tensor(task.rewards(texts_bg, problems), dtype=torch.float64, device=device)
+    T = seqs_nt.shape[1]
+    return Rollout(list(problems), seqs_nt.reshape(B, G, T), attn_nt.reshape(B, G, T),
+                   comp_nt.reshape(B, G, T), texts_bg, rewards_bg)
+
+
+@torch.no_grad()
+def expected_task_reward(model, tokenizer, problems: Sequence[Problem]) -> torch.Tensor:
+    """Exact ``J_x = π_θ(answer ⊕ <eos> | x)`` per problem, (X,) float64 (teacher forcing).
+
+    With :class:`~oblr_theory.bridge.task.CharTokenizer` a completion earns reward 1 iff it is the
+    answer's tokens followed by ``<eos>`` (a ``<pad>`` token never matches), so this is the exact
+    expected reward, provided ``max_new_tokens >= len(answer) + 1`` when sampling. With other
+    tokenizers it is a lower bound (other tokenisations of the answer also score).
+    """
+    tok = as_task_tokenizer(tokenizer)
+    device = next(model.parameters()).device
+    rows, starts = [], []
+    for p in problems:
+        prompt = tok.encode(p.prompt)
+        rows.append(prompt + tok.encode(p.answer) + [tok.eos_token_id])
+        starts.append(len(prompt))
+    T = max(map(len, rows))
+    X = len(rows)
+    ids = torch.full((X, 1, T), tok.pad_token_id, dtype=torch.long, device=device)
+    attn = torch.zeros((X, 1, T), dtype=torch.bool, device=device)
+    comp = torch.zeros((X, 1, T), dtype=torch.bool, device=device)
+    for i, (row, s) in enumerate(zip(rows, starts)):  # left padding, as in sampling
+        off = T - len(row)
+        ids[i, 0, off:] = torch.tensor(row, device=device)
+        attn[i, 0, off:] = True
+        comp[i, 0, off + s:] = True
+    logp = sequence_logprobs(model, ids, attn, comp).seq_logp_bg[:, 0]
+    return logp.double().exp()
+
+
+# ============================================================================== statistics
+def surrogate_loss(seq_logp_bg: torch.Tensor, advantages_bg: torch.Tensor) -> torch.Tensor:
+    """``L = −(1/(BG)) Σ_bj A_bj log π(y_bj|x_b)``; ``−∇L = ĝ = (1/(BG)) Σ_bj A_bj s_bj``.
+
+    The advantages are constants (detached): the estimator's gradient is the score-function
+    form of THEORY.md section 1, also for ``optimal``-type estimators whose ``A`` depends on
+    ``θ`` through ``S``.
+    """
+    if seq_logp_bg.shape != advantages_bg.shape:
+        raise ValueError(f"advantages_bg {tuple(advantages_bg.shape)} must match seq_logp_bg "
+                         f"{tuple(seq_logp_bg.shape)}")
+    B, G = seq_logp_bg.shape
+    return -(advantages_bg.detach().to(seq_logp_bg.dtype) * seq_logp_bg).sum() / (B * G)
+
+
+def group_sq_norms(gram_bgg: torch.Tensor, advantages_bg: torch.Tensor) -> torch.Tensor:
+    """``||u_b||² = A_bᵀ K_b A_b / G²`` for ``u_b = (1/G) Σ_j A_bj s_bj`` (T7's per-group gradient).
+
+    Valid only if: ``gram_bgg`` holds exact inner products (``ghost`` / ``loop``), not a proxy.
+    """
+    G = gram_bgg.shape[-1]
+    A = advantages_bg.to(gram_bgg.dtype)
+    return torch.einsum("bi,bij,bj->b", A, gram_bgg, A) / G**2
+
+
+def equivalent_group_gram(trace: torch.Tensor, total: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """A ``B × B`` matrix with trace ``tr K = Σ_b ||u_b||²`` and entry sum ``Σ_bc K_bc = B² ||ū||²``.
+
+    ``snr_pieces_from_gram`` (T7) depends on the Gram only through these two numbers
+    (``||ū||² = ΣK / B²``, ``Σ̂ = (tr K − B ||ū||²)/(B−1)``), so this matrix gives exactly the pieces
+    of the true Gram of the ``u_b`` without forming its off-diagonal entries.
+    """
+    B = int(batch_size)
+    if B < 2:
+        raise ValueError(f"batch_size must be >= 2 for T7, got {B}")
+    eye = torch.eye(B, dtype=torch.float64, device=trace.device)
+    off = (total - trace) / (B * (B - 1))
+    return eye * (trace / B) + (1 - eye) * off
+
+
+def batch_snr_pieces(group_sq_norm_sum, batch_size: int, mean_grad_sq_norm):
+    """T7 pieces from ``Σ_b ||u_b||²``, ``B`` and ``||ĝ||²`` (``ĝ`` the batch-mean gradient)."""
+    trace = torch.as_tensor(group_sq_norm_sum, dtype=torch.float64)
+    total = torch.as_tensor(mean_grad_sq_norm, dtype=torch.float64) * batch_size**2
+    return snr_pieces_from_gram(equivalent_group_gram(trace, total, batch_size))
+
+
+def plugin_optimal_baseline(rewards_bg: torch.Tensor, sq_norms_bg: torch.Tensor) -> torch.Tensor:
+    """T3 plug-in per group: ``b̂*_b = Σ_j S_bj r_bj / Σ_j S_bj`` (NaN where ``Σ_j S_bj = 0``)."""
+    den = sq_norms_bg.sum(-1)
+    return torch.where(den > 0, (sq_norms_bg * rewards_bg).sum(-1) / den.clamp_min(1e-300),
+                       torch.full_like(den, float("nan")))
+
+
+# ============================================================================== the update
+@dataclass
+class StepConfig:
+    """One update's knobs. ``estimator`` is any registry name; ``sq_norms`` chooses ``S``:
+    ``"ghost"`` / ``"loop"`` (exact) or the proxies ``"length"`` / ``"logit"``. ``lr_rule``:
+    ``"snr"`` (T5 with the T7 EMA) or ``"constant"`` (``η = eta_max``).
+    """
+
+    estimator: str = "optimal_loo"
+    estimator_params: dict = field(default_factory=dict)
+    aggregation: str = "seq-mean-token-sum"
+    sq_norms: str = "ghost"
+    lr_rule: str = "snr"
+    eta_max: float = 0.1
+    eta_min: float = 0.0
+    ema_beta: float = 0.9
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = None
+
+    def __post_init__(self):
+        estimators.spec(self.estimator)  # clear error for unknown names
+        for name, value, allowed in (("sq_norms", self.sq_norms, ("ghost", "loop", "length", "logit")),
+                                     ("lr_rule", self.lr_rule, ("snr", "constant")),
+                                     ("optimizer", self.optimizer, ("sgd", "adamw"))):
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} is not one of {allowed}")
+        if not (0 <= self.eta_min <= self.eta_max):
+            raise ValueError(f"need 0 <= eta_min <= eta_max, got {self.eta_min}, {self.eta_max}")
+
+
+@dataclass
+class StepDiagnostics:
+    """What one update saw and did (floats, JSON-ready)."""
+
+    reward_mean: float
+    reward_std: float
+    frac_groups_with_signal: float
+    b_star_mean: float
+    mean_baseline: float
+    b_star_minus_mean_abs: float
+    S_mean: float
+    S_std: float
+    S_min: float
+    S_max: float
+    corr_S_length: float
+    length_mean: float
+    adv_abs_mean: float
+    grad_sq_norm: float
+    grad_norm: float
+    snr_batch: float
+    snr_ema: float
+    grad_sq_norm_hat: float
+    noise_var_hat: float
+    lr: float
+    loss: float
+    time_gram_s: float
+    time_surrogate_s: float
+    time_step_s: float
+
+    def asdict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _corr(x: torch.Tensor, y: torch.Tensor) -> float:
+    x, y = x.double().flatten(), y.double().flatten()
+    if x.numel() < 2 or float(x.std()) == 0 or float(y.std()) == 0:
+        return float("nan")
+    return float(torch.corrcoef(torch.stack([x, y]))[0, 1])
+
+
+class OBLRPO:
+    """OBLR-PO (or any registry estimator) updates of ``model`` from rollouts.
+
+    ``reduce`` (optional) is the distributed hook: ``reduce(tensor) -> tensor`` sums a float64
+    tensor over ranks (identity on one process); the gradient itself is averaged by DDP or by
+    :mod:`oblr_theory.bridge.distributed`. Whole groups stay on one rank.
+    """
+
+    def __init__(self, model, config: StepConfig = StepConfig(), *, reduce=None, grad_sync=None):
+        self.model, self.cfg = model, config
+        self.estimator = estimators.get(config.estimator, aggregation=config.aggregation,
+                                        **config.estimator_params)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("model has no parameter with requires_grad")
+        self.params = params
+        if config.optimizer == "sgd":
+            self.opt = torch.optim.SGD(params, lr=config.eta_max, weight_decay=config.weight_decay)
+        else:
+            self.opt = torch.optim.AdamW(params, lr=config.eta_max, weight_decay=config.weight_decay)
+        self.ema = EMASNR(config.ema_beta)
+        self.reduce = reduce or (lambda t: t)
+        self.grad_sync = grad_sync or (lambda: None)
+        self.steps = 0
+
+    # ------------------------------------------------------------------ pieces of the update
+    @property
+    def needs_gram(self) -> bool:
+        return self.cfg.lr_rule == "snr" or "sq_norms" in self.estimator.needs
+
+    def sq_norms_and_gram(self, rollout: Rollout):
+        """``(S_bg, exact Gram (B, G, G) or None)`` for the configured source of ``S``."""
+        args = (rollout.input_ids_bgt, rollout.attention_bgt, rollout.completion_bgt)
+        exact = "loop" if self.cfg.sq_norms == "loop" else "ghost"
+        gram = score_gram(self.model, *args, method=exact).gram_bgg if self.cfg.lr_rule == "snr" \
+            or self.cfg.sq_norms in ("ghost", "loop") else None
+        if self.cfg.sq_norms in ("ghost", "loop"):
+            S = torch.diagonal(gram, dim1=-2, dim2=-1)
+        else:
+            S = torch.diagonal(score_gram(self.model, *args, method=self.cfg.sq_norms).gram_bgg,
+                               dim1=-2, dim2=-1)
+        return S, gram
+
+    def advantages(self, rollout: Rollout, S_bg: torch.Tensor | None) -> torch.Tensor:
+        """``A = f(r, S, ℓ)`` from the registry, float64, on the rollout's device."""
+        r = rollout.rewards_bg.to(torch.float64)
+        ell = rollout.lengths_bg.to(torch.float64)
+        S = S_bg.to(torch.float64) if S_bg is not None else None
+        return self.estimator.advantages(r, sq_norms=S if "sq_norms" in self.estimator.needs else None,
+                                         lengths=ell if "lengths" in self.estimator.needs else None)
+
+    def _grad_sq_norm(self) -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float64, device=self.params[0].device)
+        for p in self.params:
+            if p.grad is not None:
+                total += p.grad.detach().double().pow(2).sum()
+        return total
+
+    # ------------------------------------------------------------------ one update
+    def update(self, rollout: Rollout, apply: bool = True) -> StepDiagnostics:
+        """One policy update from ``rollout`` (generation excluded); returns diagnostics.
+
+        ``apply=False`` computes everything (gradient, SNR, EMA, learning rate) but leaves the
+        parameters unchanged: a measurement at fixed ``θ``.
+        """
+        B, G, _ = rollout.shape
+        t0 = time.perf_counter()
+        S_bg, gram = self.sq_norms_and_gram(rollout) if self.needs_gram else (None, None)
+        A_bg = self.advantages(rollout, S_bg)
+        t1 = time.perf_counter()
+
+        self.opt.zero_grad(set_to_none=True)
+        seq = sequence_logprobs(self.model, rollout.input_ids_bgt, rollout.attention_bgt,
+                                rollout.completion_bgt)
+        loss = surrogate_loss(seq.seq_logp_bg, A_bg)
+        loss.backward()
+        self.grad_sync()  # data parallel: average the gradient over ranks
+        t2 = time.perf_counter()
+
+        grad_sq = self._grad_sq_norm()  # ||ĝ||² (p.grad = −ĝ)
+        n_groups = int(self.reduce(torch.tensor(float(B), dtype=torch.float64)).item())
+        if self.cfg.lr_rule == "snr":
+            if n_groups < 2:
+                raise ValueError(f"lr_rule='snr' needs B >= 2 prompt groups per batch (T7), got {n_groups}")
+            trace = self.reduce(group_sq_norms(gram, A_bg).sum())
+            pieces = batch_snr_pieces(trace, n_groups, grad_sq)
+            snr_batch = float(snr_hat(pieces))
+            snr_ema = float(self.ema.update(pieces))
+            lr = float(snr_lr(torch.tensor(snr_ema, dtype=torch.float64), self.cfg.eta_max, self.cfg.eta_min))
+            gsq_hat, var_hat = float(pieces.grad_sq_norm_hat), float(pieces.noise_var_hat)
+        else:
+            snr_batch = snr_ema = gsq_hat = var_hat = float("nan")
+            lr = self.cfg.eta_max
+        if self.cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        if apply:
+            self.opt.step()
+        t3 = time.perf_counter()
+        self.steps += 1
+        return self._diagnostics(rollout, S_bg, A_bg, grad_sq, snr_batch, snr_ema, gsq_hat, var_hat,
+                                 lr, float(loss.detach()), (t1 - t0, t2 - t1, t3 - t2))
+
+    def _diagnostics(self, rollout, S_bg, A_bg, grad_sq, snr_batch, snr_ema, gsq_hat, var_hat, lr,
+                     loss, times) -> StepDiagnostics:
+        r = rollout.rewards_bg.double()
+        nan = float("nan")
+        ell = rollout.lengths_bg.double()
+        if S_bg is not None:
+            S = S_bg.double()
+            b_star = plugin_optimal_baseline(r, S)
+            ok = ~torch.isnan(b_star)
+            mean_b = r.mean(-1)
+            bs = (float(b_star[ok].mean()), float(mean_b[ok].mean()),
+                  float((b_star[ok] - mean_b[ok]).abs().mean())) if bool(ok.any()) else (nan,) * 3
+            s_stats = (float(S.mean()), float(S.std()) if S.numel() > 1 else nan, float(S.min()), float(S.max()))
+            corr = _corr(S, ell)
+        else:
+            bs, s_stats, corr = (nan,) * 3, (nan,) * 4, nan
+        return StepDiagnostics(
+            reward_mean=float(r.mean()), reward_std=float(r.std()) if r.numel() > 1 else nan,
+            frac_groups_with_signal=float((r.std(-1) > 0).double().mean()) if r.shape[-1] > 1 else nan,
+            b_star_mean=bs[0], mean_baseline=bs[1], b_star_minus_mean_abs=bs[2],
+            S_mean=s_stats[0], S_std=s_stats[1], S_min=s_stats[2], S_max=s_stats[3],
+            corr_S_length=corr, length_mean=float(ell.mean()), adv_abs_mean=float(A_bg.abs().mean()),
+            grad_sq_norm=float(grad_sq), grad_norm=float(grad_sq.sqrt()), snr_batch=snr_batch,
+            snr_ema=snr_ema, grad_sq_norm_hat=gsq_hat, noise_var_hat=var_hat, lr=lr, loss=loss,
+            time_gram_s=times[0], time_surrogate_s=times[1], time_step_s=times[2])
+
+
+def train(model, tokenizer, task: ArithmeticTask, config: StepConfig, steps: int, batch_size: int,
+          group_size: int, max_new_tokens: int, seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
+    """A short OBLR-PO run: ``steps`` updates on fresh i.i.d. prompts; one diagnostics row each.
+
+    Seeds (prompts and generation) come from ``SeedSequence(seed).spawn``.
+    """
+    from tqdm.auto import tqdm
+
+    algo = OBLRPO(model, config)
+    tok = as_task_tokenizer(tokenizer)
+    rows = []
+    children = np.random.SeedSequence(seed).spawn(steps)
+    for t in tqdm(range(steps), desc=f"train {config.estimator}", disable=not progress):
+        rng = np.random.default_rng(children[t])
+        problems = task.sample(batch_size, rng)
+        roll = sample_rollout(model, tok, task, problems, group_size, max_new_tokens,
+                              seed=int(rng.integers(2**31)))
+        model.train()
+        rows.append({"step": t, **algo.update(roll).asdict()})
+    model.eval()
+    return rows
