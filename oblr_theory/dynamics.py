@@ -1,0 +1,253 @@
+"""Training loops on the toy problems: any registered estimator x any learning-rate rule (T4–T7).
+
+One step of ascent on ``J``, for ``S`` seeds at once::
+
+    prompts x_b ~ p,  G responses per prompt ~ π_θ(·|x_b)            (b = 1..B)
+    u_b = (1/G) Σ_j A_j s_j          (per-group gradient, registry advantages)
+    ĝ   = (1/B) Σ_b u_b,             θ ← θ + η_t ĝ
+
+with ``η_t`` from a rule of :mod:`oblr_theory.snr`: ``"constant"`` (η), ``"oracle"`` (T5's
+``η* = ∇J·m / (L(||m||² + V))`` from the exact moments; ``= (1/L) SNR/(1+SNR)`` when unbiased)
+or ``"snr"`` (``clip(η_max SNR̂/(1+SNR̂), η_min, η_max)`` with the EMA estimate of T7 from the
+``B`` per-group gradients of the same batch).
+
+Responses are drawn from the problem's exact enumeration (``problem.outcomes(x)``, which every
+step needs anyway for the exact ``J(θ_t)`` and ``∇J(θ_t)``): bandits are sampled for all seeds
+at once by inverse CDF; token MDPs loop over seeds for the enumeration and are vectorised
+inside. Each seed has its own generator (``SeedSequence(seed)``), so a seed's trajectory does
+not depend on which other seeds run with it, and the same seed gives every method the same
+random stream (common random numbers).
+
+Recorded per step: exact ``J(θ_t)``, ``||∇J(θ_t)||²``, the learning rate, the estimated SNR,
+and (every ``exact_every`` steps) the exact ``V_t`` and exact SNR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from . import estimators, exact, snr, theory
+from .problems import SoftmaxBandit
+
+__all__ = ["RunConfig", "Trajectory", "run", "LR_RULES", "exact_state"]
+
+LR_RULES = ("constant", "oracle", "snr")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training setting. ``eta`` is the constant step (``"constant"``) or ``η_max``
+    (``"snr"``); ``smoothness`` is ``L`` for ``"oracle"`` (default: the bandit's
+    ``smoothness_bound()``); ``exact_every`` records exact ``V_t`` every that many steps (0: never;
+    forced to 1 by ``"oracle"``)."""
+
+    estimator: str
+    group_size: int = 8
+    batch_size: int = 4
+    num_steps: int = 200
+    lr_rule: str = "constant"
+    eta: float = 0.5
+    eta_min: float = 0.0
+    ema_beta: float = 0.9
+    smoothness: float | None = None
+    exact_every: int = 0
+    estimator_params: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        estimators.spec(self.estimator)
+        if self.lr_rule not in LR_RULES:
+            raise ValueError(f"lr_rule must be one of {LR_RULES}, got {self.lr_rule!r}")
+        for name, lo in (("group_size", 1), ("batch_size", 2), ("num_steps", 1), ("exact_every", 0)):
+            v = getattr(self, name)
+            if int(v) != v or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if not (np.isfinite(self.eta) and self.eta >= 0):
+            raise ValueError(f"eta must be finite and >= 0, got {self.eta!r}")
+
+
+@dataclass
+class Trajectory:
+    """Arrays over seeds ``S`` and steps ``T``: objective / grad_sq_norm ``(S, T+1)``;
+    lr, snr_hat, exact_var, exact_snr ``(S, T)`` (NaN where not computed); modal_prob ``(S, X)``
+    (the final policy's largest response probability per prompt); theta ``(S, d)`` final."""
+
+    seeds: np.ndarray
+    objective: np.ndarray
+    grad_sq_norm: np.ndarray
+    lr: np.ndarray
+    snr_hat: np.ndarray
+    exact_var: np.ndarray
+    exact_snr: np.ndarray
+    modal_prob: np.ndarray
+    theta: np.ndarray
+
+
+@dataclass(frozen=True)
+class ExactState:
+    """Exact facts at ``θ`` for one seed: J, ∇J (d,), per-prompt b* (X,), modal probability (X,),
+    and the enumerated outcomes (for sampling)."""
+
+    objective: float
+    grad: np.ndarray
+    b_star: np.ndarray
+    modal_prob: np.ndarray
+    outcomes: list
+
+
+def exact_state(problem) -> ExactState:
+    """Enumerate every prompt's outcomes once and derive ``J``, ``∇J``, ``b* = m_rS/m_S`` (T3)."""
+    outs = exact.all_outcomes(problem)
+    p = problem.prompt_probs
+    J = sum(px * (o.probs @ o.rewards) for px, o in zip(p, outs))
+    grad = sum(px * ((o.probs * o.rewards) @ o.scores) for px, o in zip(p, outs))
+    m_S = np.array([o.probs @ o.sq_norms for o in outs])
+    m_rS = np.array([o.probs @ (o.rewards * o.sq_norms) for o in outs])
+    mu = np.array([o.probs @ o.rewards for o in outs])
+    b_star = np.where(m_S > 0, m_rS / np.where(m_S > 0, m_S, 1.0), mu)
+    modal = np.array([o.probs.max() for o in outs])
+    return ExactState(float(J), np.asarray(grad, dtype=np.float64), b_star, modal, outs)
+
+
+# ------------------------------------------------------------------------------- sampling
+def _inverse_cdf(probs_nk, u_n):
+    """Index ``k`` with ``cdf_{k−1} ≤ u < cdf_k`` per row (clamped against round-off)."""
+    cdf = np.cumsum(probs_nk, axis=-1)
+    return np.minimum((u_n[..., None] >= cdf).sum(-1), probs_nk.shape[-1] - 1)
+
+
+def _draw(rngs, problem, B, G):
+    """Per seed: prompts (S, B) and uniforms (S, B, G) from each seed's own generator."""
+    prompts = np.stack([r.choice(problem.num_prompts, size=B, p=problem.prompt_probs) for r in rngs])
+    unif = np.stack([r.random((B, G)) for r in rngs])
+    return prompts, unif
+
+
+def _bandit_batch(problem: SoftmaxBandit, theta_sd, prompts_sb, unif_sbg):
+    """Vectorised over seeds: rewards, S and scores of the sampled arms, plus exact facts.
+
+    Returns rewards (S,B,G), sq_norms (S,B,G), coef (S,B,G,K) with ``s_j = e_{a_j} − π_{x_b}`` in
+    block ``x_b``, J (S,), grad (S,d), b_star (S,X), modal (S,X).
+    """
+    S = theta_sd.shape[0]
+    X, K = problem.num_prompts, problem.num_arms
+    z = theta_sd.reshape(S, X, K)
+    pi = np.exp(z - z.max(-1, keepdims=True))
+    pi /= pi.sum(-1, keepdims=True)  # (S, X, K)
+    r = problem.rewards  # (X, K)
+    Jx = np.einsum("sxk,xk->sx", pi, r)
+    J = Jx @ problem.prompt_probs
+    grad = (problem.prompt_probs[None, :, None] * pi * (r[None] - Jx[..., None])).reshape(S, -1)
+    sq_all = 1.0 - 2.0 * pi + (pi * pi).sum(-1, keepdims=True)  # (S, X, K): S(a), T8
+    m_S, m_rS = (pi * sq_all).sum(-1), (pi * sq_all * r[None]).sum(-1)
+    b_star = np.where(m_S > 0, m_rS / np.where(m_S > 0, m_S, 1.0), Jx)
+    pi_b = np.take_along_axis(pi, prompts_sb[..., None], axis=1)  # (S, B, K)
+    arms = _inverse_cdf(pi_b[:, :, None, :], unif_sbg)  # (S, B, G)
+    rewards = r[prompts_sb[..., None], arms]
+    sq = np.take_along_axis(np.take_along_axis(sq_all, prompts_sb[..., None], axis=1), arms, axis=2)
+    coef = np.eye(K)[arms] - pi_b[:, :, None, :]  # (S, B, G, K)
+    return rewards, sq, coef, J, grad, b_star, pi.max(-1)
+
+
+def _bandit_group_gradients(problem, prompts_sb, adv_sbg, coef_sbgk):
+    """``u_b = (1/G) Σ_j A_j (e_{a_j} − π)`` placed in prompt ``x_b``'s block, (S, B, d)."""
+    S, B, G, K = coef_sbgk.shape
+    blk = np.einsum("sbg,sbgk->sbk", adv_sbg, coef_sbgk) / G
+    onehot = np.eye(problem.num_prompts)[prompts_sb]  # (S, B, X)
+    return (onehot[..., None] * blk[:, :, None, :]).reshape(S, B, -1)
+
+
+def _generic_batch(problem, theta_sd, prompts_sb, unif_sbg):
+    """Token MDPs (any enumerable problem): per seed, enumerate then sample from the outcomes."""
+    S, (B, G) = theta_sd.shape[0], unif_sbg.shape[1:]
+    cols = {k: [] for k in ("r", "S", "ell", "scores", "J", "grad", "b", "modal")}
+    for s in range(S):
+        st = exact_state(problem.with_theta(theta_sd[s]))
+        idx = [_inverse_cdf(st.outcomes[x].probs[None], unif_sbg[s, b])
+               for b, x in enumerate(prompts_sb[s])]
+        outs = [st.outcomes[x] for x in prompts_sb[s]]
+        cols["r"].append(np.stack([o.rewards[i] for o, i in zip(outs, idx)]))
+        cols["S"].append(np.stack([o.sq_norms[i] for o, i in zip(outs, idx)]))
+        cols["ell"].append(np.stack([o.lengths[i] for o, i in zip(outs, idx)]))
+        cols["scores"].append(np.stack([o.scores[i] for o, i in zip(outs, idx)]))  # (B, G, d)
+        for k, v in (("J", st.objective), ("grad", st.grad), ("b", st.b_star), ("modal", st.modal_prob)):
+            cols[k].append(v)
+    return {k: np.array(v) for k, v in cols.items()}
+
+
+# ------------------------------------------------------------------------------- exact V
+def _exact_moments(problem, theta, cfg: RunConfig):
+    """Exact ``(E ĝ, V)`` of the batch estimate at ``θ`` (multiset engine; T1, T2)."""
+    m = exact.estimator_moments(problem.with_theta(theta), cfg.estimator, cfg.group_size,
+                                batch_size=cfg.batch_size, **cfg.estimator_params)
+    return m.mean, m.trace_var
+
+
+def _smoothness(problem, cfg):
+    if cfg.smoothness is not None:
+        return float(cfg.smoothness)
+    if hasattr(problem, "smoothness_bound"):
+        return problem.smoothness_bound()
+    raise ValueError("lr_rule='oracle' on a problem without smoothness_bound() needs smoothness=L")
+
+
+# ------------------------------------------------------------------------------- the loop
+def run(problem, cfg: RunConfig, seeds, progress=None) -> Trajectory:
+    """Train ``len(seeds)`` independent runs of ``cfg`` on ``problem`` from its ``θ``.
+
+    ``progress``: an optional callable ``progress(n_steps_done)`` (e.g. a tqdm ``update``).
+    """
+    seeds = np.asarray(list(seeds), dtype=np.int64)
+    if seeds.ndim != 1 or len(seeds) < 1:
+        raise ValueError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+    if cfg.lr_rule == "oracle":
+        cfg = replace(cfg, exact_every=1)
+        L = _smoothness(problem, cfg)
+    S, T, B, G = len(seeds), cfg.num_steps, cfg.batch_size, cfg.group_size
+    rngs = [np.random.default_rng(np.random.SeedSequence(int(s))) for s in seeds]
+    est = estimators.get(cfg.estimator, **{k: v for k, v in cfg.estimator_params.items()})  \
+        if cfg.estimator != "oracle_optimal" else None
+    theta = np.tile(problem.theta, (S, 1))
+    bandit = isinstance(problem, SoftmaxBandit)
+    out = {k: np.full((S, T + 1), np.nan) for k in ("objective", "grad_sq_norm")}
+    out.update({k: np.full((S, T), np.nan) for k in ("lr", "snr_hat", "exact_var", "exact_snr")})
+    ema = snr.EMASNR(cfg.ema_beta)
+    for t in range(T + 1):
+        prompts, unif = _draw(rngs, problem, B, G)
+        if bandit:
+            r, sq, coef, J, grad, b_star, modal = _bandit_batch(problem, theta, prompts, unif)
+            ell = np.ones_like(r)
+        else:
+            d = _generic_batch(problem, theta, prompts, unif)
+            r, sq, ell, J, grad, b_star, modal = d["r"], d["S"], d["ell"], d["J"], d["grad"], d["b"], d["modal"]
+        out["objective"][:, t], out["grad_sq_norm"][:, t] = J, np.einsum("sd,sd->s", grad, grad)
+        if t == T:
+            break
+        e = est if est is not None else estimators.get(
+            "oracle_optimal", b_star=np.take_along_axis(b_star, prompts, axis=1)[..., None])
+        adv = e.advantages(r, sq_norms=sq, lengths=ell)  # (S, B, G)
+        if bandit:
+            u = _bandit_group_gradients(problem, prompts, adv, coef)
+        else:
+            u = np.einsum("sbg,sbgd->sbd", adv, d["scores"]) / G
+        ghat = u.mean(axis=1)  # (S, d)
+        snr_t = ema.update(snr.snr_pieces(u))
+        out["snr_hat"][:, t] = snr_t
+        if cfg.exact_every and t % cfg.exact_every == 0:
+            for s in range(S):
+                mean, var = _exact_moments(problem, theta[s], cfg)
+                out["exact_var"][s, t] = var
+                out["exact_snr"][s, t] = grad[s] @ grad[s] / var if var > 0 else np.inf
+                if cfg.lr_rule == "oracle":
+                    gm = float(grad[s] @ mean)
+                    out["lr"][s, t] = 0.0 if gm <= 0 else theory.optimal_step_size(gm, mean @ mean, var, L)
+        if cfg.lr_rule == "constant":
+            out["lr"][:, t] = snr.constant_lr(snr_t, cfg.eta)
+        elif cfg.lr_rule == "snr":
+            out["lr"][:, t] = snr.snr_lr(snr_t, cfg.eta, cfg.eta_min)
+        theta = theta + out["lr"][:, t, None] * ghat
+        if progress is not None:
+            progress(1)
+    return Trajectory(seeds, out["objective"], out["grad_sq_norm"], out["lr"], out["snr_hat"],
+                      out["exact_var"], out["exact_snr"], np.asarray(modal), theta)
