@@ -128,46 +128,68 @@ class _ScoreAccumulator:
     a row shared by all sequences (bias, position) is a dense column-slice add; a row equal to
     each sequence's row at step 0 (prompt) goes into a dense running sum scattered once at the
     end; any other row (previous token, tabular prefix) is scattered now with ``np.add.at``.
+    Gains arrive vocabulary-major, ``(V, n)``.
     """
 
     def __init__(self, n: int, d: int, V: int, rows0_nk: np.ndarray):
-        self.scores = np.zeros((n, d))
-        self._flat = self.scores.reshape(-1)  # a view
+        self._scores_dn = np.zeros((d, n))  # parameter-major while accumulating
+        self._flat = self._scores_dn.reshape(-1)  # a view
         self._rows0_nk = rows0_nk
-        self._sticky_knv = np.zeros((rows0_nk.shape[1], n, V))
+        self._sticky_kvn = np.zeros((rows0_nk.shape[1], V, n))
         self._cols_v = np.arange(V)
         self._n, self._d = n, d
 
-    def add(self, rows_nk: np.ndarray, gain_nv: np.ndarray, alive_n: np.ndarray) -> None:
-        """Add this step's gains (zero rows for finished sequences)."""
-        V = self._cols_v.size
+    def add(self, rows_nk: np.ndarray, gain_vn: np.ndarray, alive_n: np.ndarray) -> None:
+        """Add this step's gains (zero columns for finished sequences)."""
+        V, n = self._cols_v.size, self._n
         for k in range(rows_nk.shape[1]):
             r_n = rows_nk[:, k]
             if np.all(r_n == r_n[0]):
-                self.scores[:, r_n[0]:r_n[0] + V] += gain_nv
+                self._scores_dn[r_n[0]:r_n[0] + V] += gain_vn
             elif np.array_equal(r_n, self._rows0_nk[:, k]):
-                self._sticky_knv[k] += gain_nv
+                self._sticky_kvn[k] += gain_vn
             else:
                 idx = np.flatnonzero(alive_n)
-                flat = (idx * self._d + r_n[idx])[:, None] + self._cols_v
-                np.add.at(self._flat, flat.reshape(-1), gain_nv[idx].reshape(-1))
+                flat = (r_n[idx] * n + idx) + (self._cols_v * n)[:, None]  # (V, m): entry (row+v, i)
+                np.add.at(self._flat, flat.reshape(-1), gain_vn[:, idx].reshape(-1))
 
     def finish(self) -> np.ndarray:
+        """The scores, (n, d): a transposed view of the parameter-major buffer (no copy)."""
+        n = self._n
         for k in range(self._rows0_nk.shape[1]):
-            if np.any(self._sticky_knv[k]):
-                flat = (np.arange(self._n) * self._d + self._rows0_nk[:, k])[:, None] + self._cols_v
-                np.add.at(self._flat, flat.reshape(-1), self._sticky_knv[k].reshape(-1))
-        return self.scores
+            if np.any(self._sticky_kvn[k]):
+                flat = (self._rows0_nk[:, k] * n + np.arange(n)) + (self._cols_v * n)[:, None]
+                np.add.at(self._flat, flat.reshape(-1), self._sticky_kvn[k].reshape(-1))
+        return self._scores_dn.T
+
+
+def _inverse_cdf_vn(pi_vn: np.ndarray, u_n: np.ndarray) -> np.ndarray:
+    """Categorical draws ``y = #{v < V−1 : u > F(v)}`` from vocabulary-major probabilities (V, n);
+    the running CDF is one row at a time (faster than ``cumsum`` over the short axis)."""
+    cdf_n = pi_vn[0].copy()
+    y = (u_n > cdf_n).astype(np.int64)
+    for v in range(1, pi_vn.shape[0] - 1):
+        cdf_n += pi_vn[v]
+        y += u_n > cdf_n
+    return y
 
 
 def _logits(problem: TokenMDP, theta_rv: np.ndarray, rows_nk: np.ndarray) -> np.ndarray:
     """``z_t = Σ_k θ_k[row_k]`` (n, V), as ``problem.step_logits``; a row shared by all
     sequences is read once and broadcast."""
+    return _logits_vn(problem, np.ascontiguousarray(theta_rv.T), rows_nk).T
+
+
+def _logits_vn(problem: TokenMDP, theta_vr: np.ndarray, rows_nk: np.ndarray) -> np.ndarray:
+    """The logits vocabulary-major, (V, n)."""
     V = problem.vocab_size
-    z = np.zeros((rows_nk.shape[0], V))
+    z = np.zeros((V, rows_nk.shape[0]))
     for k in range(rows_nk.shape[1]):
         r_n = rows_nk[:, k]
-        z += theta_rv[r_n[0] // V] if np.all(r_n == r_n[0]) else theta_rv[r_n // V]
+        if np.all(r_n == r_n[0]):
+            z += theta_vr[:, r_n[0] // V][:, None]
+        else:
+            z += np.take(theta_vr, r_n // V, axis=1)
     return z
 
 
@@ -177,11 +199,12 @@ def _rollout(problem: TokenMDP, prompts_n: np.ndarray, rng=None, tokens_nh=None)
     Per step t (T8): ``∂ log π(y_t)/∂θ_k[row_k] = e_{y_t} − π_t`` for every table k. The tables
     occupy disjoint blocks of θ, so ``||s_t||² = n_tables · ||e_{y_t} − π_t||²``. Finished
     sequences stay in the arrays with zero gains (no per-step compaction); the loop stops when
-    every sequence has finished.
+    every sequence has finished. Per-step arrays are vocabulary-major (V, n), so the softmax and
+    the inverse CDF reduce over the short axis with vectorised row operations.
     """
     V, H, d = problem.vocab_size, problem.horizon, problem.dim
     n = len(prompts_n)
-    theta_rv = problem.theta.reshape(-1, V)  # every table row is V consecutive parameters
+    theta_vr = np.ascontiguousarray(problem.theta.reshape(-1, V).T)  # every table row is V consecutive parameters
     tokens = np.full((n, H), -1, dtype=np.int64)
     lengths = np.zeros(n, dtype=np.int64)
     log_probs, proxy, proxy_mean = np.zeros(n), np.zeros(n), np.zeros(n)
@@ -195,27 +218,27 @@ def _rollout(problem: TokenMDP, prompts_n: np.ndarray, rng=None, tokens_nh=None)
         rows_nk = problem.param_rows(prompts_n, t, prev, code)  # (n, k); frozen for finished rows
         if acc is None:
             acc = _ScoreAccumulator(n, d, V, rows_nk)
-        z_nv = _logits(problem, theta_rv, rows_nk)
-        z_nv -= z_nv.max(axis=1, keepdims=True)
-        e_nv = np.exp(z_nv)
-        total_n = e_nv.sum(axis=1)
-        pi_nv = e_nv / total_n[:, None]
+        z_vn = _logits_vn(problem, theta_vr, rows_nk)
+        z_vn -= z_vn.max(axis=0)
+        e_vn = np.exp(z_vn)
+        total_n = e_vn.sum(axis=0)
+        pi_vn = e_vn / total_n
         if tokens_nh is None:
-            y = _inverse_cdf(pi_nv, rng.random(n))
+            y = _inverse_cdf_vn(pi_vn, rng.random(n))
         else:
             y = np.where(alive, tokens_nh[:, t], 0)
             if np.any((y < 0) | (y >= V)):
                 raise ValueError(f"tokens_nh has a token outside [0, {V}) at step {t} of an unfinished sequence")
         live = alive.astype(np.float64)
-        gain_nv = -pi_nv  # e_y − π_t, zero for finished sequences
-        gain_nv[ar, y] += 1.0
-        gain_nv *= live[:, None]
-        acc.add(rows_nk, gain_nv, alive)
-        pi_sq_n = np.einsum("nv,nv->n", pi_nv, pi_nv)
-        pi_y = pi_nv[ar, y]
+        gain_vn = -pi_vn  # e_y − π_t, zero for finished sequences
+        gain_vn[y, ar] += 1.0
+        gain_vn *= live
+        acc.add(rows_nk, gain_vn, alive)
+        pi_sq_n = np.einsum("vn,vn->n", pi_vn, pi_vn)
+        pi_y = pi_vn[y, ar]
         proxy += live * (1.0 - 2.0 * pi_y + pi_sq_n)
         proxy_mean += live * (1.0 - pi_sq_n)
-        log_probs += live * (z_nv[ar, y] - np.log(total_n))
+        log_probs += live * (z_vn[y, ar] - np.log(total_n))
         tokens[alive, t] = y[alive]
         lengths[alive] = t + 1
         keep = alive & (y != EOS)
