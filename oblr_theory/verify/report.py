@@ -61,7 +61,8 @@ class Row:
     ``kind``: ``exact`` (closed form vs multiset engine, or an exact fact), ``monte-carlo`` (a
     calibrated test of a true claim: passes when not rejected), ``negative-control`` (a calibrated
     test of a false claim: passes when rejected), ``symbolic`` (a sympy derivation).
-    ``exact``/``estimate`` are the compared numbers, ``statistic``/``threshold`` the test's.
+    ``exact``/``estimate`` are the compared numbers (norms for vectors), ``statistic``/``threshold``
+    the test's (``max|z|`` and its Bonferroni threshold; ``|difference|`` and the float64 tolerance).
     """
 
     claim: str
@@ -151,11 +152,11 @@ def test_row(label, statement, problem, test: TestResult, *, negative=False, exa
             note = (note + " " if note else "") + (
                 f"exact |bias|max={d['exact_bias_max_abs']:.3g} = {d['bias_over_detectable']:.3g}x the "
                 f"detectable bias at power {test.power:g}")
+    # vectors are shown by their norms (the per-coordinate errors are in details)
     if exact_value is None:
-        exact_value = float(np.max(np.abs(test.exact))) if test.exact.size > 1 else float(test.exact[0])
+        exact_value = float(np.linalg.norm(test.exact)) if test.exact.size > 1 else float(test.exact[0])
     if estimate is None:
-        estimate = (float(np.max(np.abs(test.estimate - test.exact))) if test.estimate.size > 1
-                    else float(test.estimate[0]))
+        estimate = float(np.linalg.norm(test.estimate)) if test.estimate.size > 1 else float(test.estimate[0])
     passed = (not test.passed) if negative else test.passed
     return Row(label, statement, problem, "negative-control" if negative else "monte-carlo",
                float(exact_value), float(estimate), test.statistic, test.threshold, passed, note=note, details=d)
