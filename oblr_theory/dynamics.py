@@ -71,7 +71,8 @@ class RunConfig:
 class Trajectory:
     """Arrays over seeds ``S`` and steps ``T``: objective / grad_sq_norm ``(S, T+1)``;
     lr, snr_hat, exact_var, exact_snr ``(S, T)`` (NaN where not computed); modal_prob ``(S, X)``
-    (the final policy's largest response probability per prompt); theta ``(S, d)`` final."""
+    (the final policy's largest response probability per prompt); theta ``(S, d)`` final;
+    thetas ``(S, T+1, d)`` the whole path when ``run(..., keep_theta=True)``, else None."""
 
     seeds: np.ndarray
     objective: np.ndarray
@@ -82,6 +83,7 @@ class Trajectory:
     exact_snr: np.ndarray
     modal_prob: np.ndarray
     theta: np.ndarray
+    thetas: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,7 @@ def _smoothness(problem, cfg):
 
 
 # ------------------------------------------------------------------------------- the loop
-def run(problem, cfg: RunConfig, seeds, progress=None) -> Trajectory:
+def run(problem, cfg: RunConfig, seeds, progress=None, keep_theta: bool = False) -> Trajectory:
     """Train ``len(seeds)`` independent runs of ``cfg`` on ``problem`` from its ``θ``.
 
     ``progress``: an optional callable ``progress(n_steps_done)`` (e.g. a tqdm ``update``).
@@ -213,7 +215,10 @@ def run(problem, cfg: RunConfig, seeds, progress=None) -> Trajectory:
     out = {k: np.full((S, T + 1), np.nan) for k in ("objective", "grad_sq_norm")}
     out.update({k: np.full((S, T), np.nan) for k in ("lr", "snr_hat", "exact_var", "exact_snr")})
     ema = snr.EMASNR(cfg.ema_beta)
+    path = np.empty((S, T + 1, theta.shape[1])) if keep_theta else None
     for t in range(T + 1):
+        if keep_theta:
+            path[:, t] = theta
         prompts, unif = _draw(rngs, problem, B, G)
         if bandit:
             r, sq, coef, J, grad, b_star, modal = _bandit_batch(problem, theta, prompts, unif)
@@ -250,4 +255,4 @@ def run(problem, cfg: RunConfig, seeds, progress=None) -> Trajectory:
         if progress is not None:
             progress(1)
     return Trajectory(seeds, out["objective"], out["grad_sq_norm"], out["lr"], out["snr_hat"],
-                      out["exact_var"], out["exact_snr"], np.asarray(modal), theta)
+                      out["exact_var"], out["exact_snr"], np.asarray(modal), theta, path)
