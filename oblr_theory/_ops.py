@@ -26,12 +26,27 @@ def loo_sum(x):
     Summed directly (``x @ (1 − I)``), not as ``Σ_k x_k − x_j``, which cancels catastrophically
     when ``x_j`` dominates the total.
     """
+    return x @ off_diagonal(x)
+
+
+def off_diagonal(x):
+    """The ``(G, G)`` matrix ``1 − I`` in ``x``'s array type, dtype and device."""
     G = x.shape[-1]
     if is_torch(x):
         import torch  # only reached when the caller already uses torch
 
-        return x @ (1 - torch.eye(G, dtype=x.dtype, device=x.device))
-    return x @ (1.0 - np.eye(G, dtype=x.dtype))
+        return 1 - torch.eye(G, dtype=x.dtype, device=x.device)
+    return 1.0 - np.eye(G, dtype=x.dtype)
+
+
+def loo_rows(x):
+    """``(..., G) -> (..., G, G)``: row j holds ``x_k`` for ``k ≠ j`` and 0 at ``k = j``."""
+    return x[..., None, :] * off_diagonal(x)
+
+
+def max_keep(x):
+    """``max`` over the last axis, keeping it: ``(..., G) -> (..., 1)``."""
+    return x.amax(-1, keepdim=True) if is_torch(x) else x.max(-1, keepdims=True)
 
 
 def mean(x, axis=None):

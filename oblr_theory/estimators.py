@@ -187,11 +187,18 @@ def _loo_mean(r):
 
 def _weighted_baseline(r, w, leave_one_out: bool):
     """``Σ_k w_k r_k / Σ_k w_k`` (inclusive) or over ``k ≠ j`` (leave-one-out), with the
-    documented fallback to the (leave-one-out) plain mean where the weights sum to zero."""
+    documented fallback to the (leave-one-out) plain mean where the weights sum to zero.
+
+    The weights are first divided by the largest weight in the sum: the ratio is unchanged, and
+    tiny (subnormal) weights cannot lose precision in the products and sums."""
     if leave_one_out:
-        num, den, fallback = _ops.loo_sum(w * r), _ops.loo_sum(w), _loo_mean(r)
+        w_gk, fallback = _ops.loo_rows(w), _loo_mean(r)  # (..., G, G): row j = weights k ≠ j
     else:
-        num, den, fallback = _ops.sum_keep(w * r), _ops.sum_keep(w), _ops.sum_keep(r) / r.shape[-1]
+        w_gk, fallback = w[..., None, :], _ops.sum_keep(r) / r.shape[-1]  # (..., 1, G)
+    r_k = r[..., None, :]
+    top = _ops.max_keep(w_gk)
+    w_gk = w_gk / _ops.where(top > 0, top, _ops.ones_like(top))
+    num, den = (w_gk * r_k).sum(-1), w_gk.sum(-1)  # (..., G) or (..., 1)
     ok = den > 0
     safe_den = _ops.where(ok, den, _ops.ones_like(den))
     return _ops.where(ok, num / safe_den, fallback + 0 * num)
