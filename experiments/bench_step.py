@@ -1,0 +1,175 @@
+"""Benchmark: one OBLR-PO update against one GRPO update on the same batch (generation excluded).
+
+Both run through ``oblr_theory.bridge.step.OBLRPO.update`` on the same model, batch and rewards:
+
+- ``grpo``: estimator ``grpo``, constant learning rate: forward + backward of the surrogate and an
+  optimizer step (no Gram);
+- ``oblr_po``: estimator ``optimal_loo`` with the exact ``S`` from the ghost Gram and the T7/T5
+  SNR learning rate: ghost Gram pass + forward + backward + SNR + optimizer step;
+- ``ghost``: the ghost Gram pass alone (what OBLR-PO adds).
+
+Timings are medians over ``--repeats`` interleaved rounds after ``--warmup`` rounds; on a GPU,
+each call is synchronised and the peak memory (``max_memory_allocated``) is recorded. The target
+of ISSUE 7 is ``oblr_po / grpo <= 1.3``. Prints one JSON document.
+
+    python experiments/bench_step.py                         # small Qwen3 on CPU
+    python experiments/bench_step.py --shape 0.6B --device cuda --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from oblr_theory.bridge.gram import score_gram  # noqa: E402
+from oblr_theory.bridge.models import qwen3_shaped  # noqa: E402
+from oblr_theory.bridge.step import OBLRPO, Rollout, StepConfig  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+@dataclass
+class Config:
+    shape: str = "custom"  # "custom" (the fields below) or a QWEN3_SHAPES key, e.g. "0.6B"
+    layers: int | None = None  # depth override for --shape
+    hidden: int = 256
+    n_layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    head_dim: int = 64
+    intermediate: int = 768
+    vocab: int = 2048
+    batch: int = 4  # B prompts
+    group: int = 8  # G responses per prompt
+    prompt_len: int = 16
+    completion_len: int = 64  # longest completion; lengths are uniform in [len/2, len]
+    dtype: str = "float32"
+    device: str = "cpu"
+    repeats: int = 5
+    warmup: int = 1
+    seed: int = 0
+
+
+def build_model(cfg: Config):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    dtype = DTYPES[cfg.dtype]
+    if cfg.shape != "custom":
+        return qwen3_shaped(cfg.shape, cfg.vocab, seed=cfg.seed, dtype=dtype,
+                            num_hidden_layers=cfg.layers).to(cfg.device)
+    qc = Qwen3Config(vocab_size=cfg.vocab, hidden_size=cfg.hidden, num_hidden_layers=cfg.n_layers,
+                     num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
+                     head_dim=cfg.head_dim, intermediate_size=cfg.intermediate,
+                     tie_word_embeddings=True, max_position_embeddings=4096, pad_token_id=0,
+                     eos_token_id=1)
+    torch.manual_seed(cfg.seed)
+    return Qwen3ForCausalLM(qc).to(dtype).to(cfg.device)
+
+
+def build_batch(cfg: Config) -> Rollout:
+    """Random prompts and completions (lengths uniform in [L/2, L]), right padding, 0/1 rewards."""
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    B, G, P, L = cfg.batch, cfg.group, cfg.prompt_len, cfg.completion_len
+    T = P + L
+    ids = torch.randint(2, cfg.vocab, (B, G, T), generator=g)
+    ids[:, :, :P] = ids[:, :1, :P]  # one prompt per group
+    lengths = torch.randint(max(1, L // 2), L + 1, (B, G), generator=g)
+    pos = torch.arange(T)
+    attn = pos < (P + lengths).unsqueeze(-1)
+    comp = attn & (pos >= P)
+    rewards = torch.randint(0, 2, (B, G), generator=g).double()
+    rewards[:, 0], rewards[:, 1] = 1.0, 0.0  # every group has signal
+    d = cfg.device
+    return Rollout([None] * B, ids.to(d), attn.to(d), comp.to(d), [[""] * G] * B, rewards.to(d))
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: str) -> tuple[float, float]:
+    """(seconds, peak bytes above the start on GPU, else NaN)."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    dt = time.perf_counter() - t
+    peak = (torch.cuda.max_memory_allocated() - base) if device.startswith("cuda") else float("nan")
+    return dt, float(peak)
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
+                                       cwd=os.path.dirname(os.path.abspath(__file__))).strip()
+    except Exception:  # not a git checkout
+        return "unknown"
+
+
+def run(cfg: Config) -> dict:
+    model = build_model(cfg).train()
+    roll = build_batch(cfg)
+    grpo = OBLRPO(model, StepConfig(estimator="grpo", lr_rule="constant", eta_max=1e-6))
+    oblr = OBLRPO(model, StepConfig(estimator="optimal_loo", lr_rule="snr", eta_max=1e-6))
+    args = (roll.input_ids_bgt, roll.attention_bgt, roll.completion_bgt)
+    jobs = {"grpo": lambda: grpo.update(roll), "oblr_po": lambda: oblr.update(roll),
+            "ghost": lambda: score_gram(model, *args, method="ghost")}
+    times = {k: [] for k in jobs}
+    peaks = {k: [] for k in jobs}
+    for r in range(cfg.warmup + cfg.repeats):
+        for k, fn in jobs.items():
+            dt, peak = _timed(fn, cfg.device)
+            if r >= cfg.warmup:
+                times[k].append(dt)
+                peaks[k].append(peak)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["oblr_po"] / med["grpo"]
+    return {
+        "benchmark": "bench_step",
+        "config": asdict(cfg),
+        "params": sum(p.numel() for p in model.parameters()),
+        "tokens": int(roll.attention_bgt.sum()),
+        "device": torch.cuda.get_device_name() if cfg.device.startswith("cuda") else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "median_s": med,
+        "all_s": times,
+        "peak_bytes": {k: max(v) for k, v in peaks.items()},
+        "ratio_oblr_po_over_grpo": ratio,
+        "ratio_ghost_over_grpo": med["ghost"] / med["grpo"],
+        "target_ratio": 1.3,
+        "meets_target": bool(ratio <= 1.3),
+        "note": "oblr_po = ghost Gram pass + surrogate forward/backward (two passes); the "
+                "single-pass version needs the Gram pass's factors (docs/bridge_part2.md)",
+        "git_revision": git_revision(),
+    }
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for f, default in asdict(Config()).items():
+        kind = type(default) if default is not None else int
+        ap.add_argument("--" + f.replace("_", "-"), type=kind, default=default)
+    ns = ap.parse_args(argv)
+    cfg = Config(**vars(ns))
+    if cfg.dtype not in DTYPES:
+        raise SystemExit(f"--dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was requested but no CUDA GPU is visible")
+    print(json.dumps(run(cfg), indent=2))
+
+
+if __name__ == "__main__":
+    main()
