@@ -1,8 +1,6 @@
 """The exact engine: multiset enumeration against brute force over ordered tuples, and speed."""
 
 import itertools
-import time
-
 import numpy as np
 import pytest
 
@@ -68,13 +66,13 @@ def test_multiset_weights_sum_to_one():
         assert np.exp(exact.multiset_log_weights(idx, np.log(p))).sum() == pytest.approx(1, abs=1e-13)
 
 
-def test_ten_armed_bandit_group_of_eight_is_fast():
-    """Issue target: 24,310 multisets per prompt in well under a second (smoke: timing, not a claim)."""
+def test_smoke_ten_armed_bandit_group_of_eight():
+    """Smoke: the issue's size runs (24,310 multisets); its speed is measured by
+    experiments/bench_exact.py, not here."""
     b = random_bandit(3, K=10)
-    t = time.perf_counter()
-    exact.estimator_moments(b, "optimal_loo", 8)
+    m = exact.estimator_moments(b, "optimal_loo", 8)
     assert exact.num_multisets(10, 8) == 24_310
-    assert time.perf_counter() - t < 1.0
+    assert np.isfinite(m.trace_var) and m.trace_var > 0
 
 
 def test_prompt_moments_and_b_star():
