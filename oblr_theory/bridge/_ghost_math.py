@@ -25,9 +25,11 @@ ACC = torch.float64  # the Gram is always accumulated in float64 (it is tiny)
 def _gram_of_rows(x_bgk: torch.Tensor) -> torch.Tensor:
     """``K[b, i, j] = x_bi · x_bj`` for per-sample vectors ``x`` of shape (B, G, K).
 
-    Computed in the dtype of ``x`` (float32 or float64), returned as float64.
+    Accumulated in float64: the dot products run over up to ``d_in·d_out`` entries, where
+    float32 accumulation would lose about four digits.
     """
-    return (x_bgk @ x_bgk.transpose(1, 2)).to(ACC)
+    x_bgk = x_bgk.to(ACC)
+    return x_bgk @ x_bgk.transpose(1, 2)
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -153,4 +155,4 @@ def embedding_rows(inv_gt: torch.Tensor, n_rows: int, b_gtd: torch.Tensor) -> to
 def pair_gram(x_gk: torch.Tensor, y_gk: torch.Tensor) -> torch.Tensor:
     """Cross Gram ``K[i, j] = x_i · y_j`` for (G, ...) per-sample tensors, float64 (G, G)."""
     G = x_gk.shape[0]
-    return (x_gk.reshape(G, -1) @ y_gk.reshape(G, -1).T).to(ACC)
+    return x_gk.reshape(G, -1).to(ACC) @ y_gk.reshape(G, -1).to(ACC).T

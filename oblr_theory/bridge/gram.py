@@ -85,6 +85,16 @@ def _check_model(model: nn.Module, method: str) -> None:
         )
 
 
+def _gram_float64(flat_gk: list[torch.Tensor], chunk: int = 2**22) -> torch.Tensor:
+    """``K[i, j] = x_i · x_j`` accumulated in float64, ``chunk`` entries of each vector at a time."""
+    n = flat_gk[0].numel()
+    out_gg = torch.zeros(len(flat_gk), len(flat_gk), dtype=torch.float64, device=flat_gk[0].device)
+    for c0 in range(0, n, chunk):
+        m_gk = torch.stack([x[c0 : c0 + chunk] for x in flat_gk]).to(torch.float64)
+        out_gg += m_gk @ m_gk.T
+    return out_gg
+
+
 def gram_loop(
     model: nn.Module, input_ids: torch.Tensor, attn_bgt: torch.Tensor, comp_bgt: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,11 +124,8 @@ def gram_loop(
             cols = [per_seq[j][k] for j in range(len(per_seq))]
             if all(c is None for c in cols):
                 continue
-            wd = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
-            m_gk = torch.stack(
-                [(c if c is not None else torch.zeros_like(p)).reshape(-1).to(wd) for c in cols]
-            )
-            gram_bgg[b] += (m_gk @ m_gk.T).to(torch.float64)
+            flat_gk = [(c if c is not None else torch.zeros_like(p)).reshape(-1) for c in cols]
+            gram_bgg[b] += _gram_float64(flat_gk)
         del per_seq
     return gram_bgg, torch.stack(token_rows)
 

@@ -187,4 +187,36 @@ def test_bfloat16_close_to_float64():
     ref = score_gram(model64, *batch).gram_bgg
     got = score_gram(model16, *batch).gram_bgg
     assert got.dtype == torch.float64
-    assert rel_err(got, ref) < 0.1
+    assert rel_err(got, ref) < 0.05
+
+
+def test_norm_with_zero_weight_entries():
+    """A zero in a norm weight switches that norm to the recomputed-x̂ rule; still exact."""
+    model = tiny_model("qwen3", tied=False)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_norm.weight[3] = 0.0
+        model.model.layers[1].input_layernorm.weight[:5] = 0.0
+    ghost, loop = both(model, make_batch(pad_side="left"))
+    assert rel_err(ghost.gram_bgg, loop.gram_bgg) < TOL
+
+
+class OffsetRMSNorm(torch.nn.Module):
+    """Gemma-style ``y = x̂ (1 + w)``: not y = x̂ w, so the ghost norm rule must refuse it."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.weight = torch.nn.Parameter(inner.weight.detach().clone() - 1.0)
+        self.eps = inner.variance_epsilon
+
+    def forward(self, x):
+        xhat = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xhat * (1.0 + self.weight)
+
+
+def test_non_affine_norm_raises_naming_module():
+    model = tiny_model("qwen3")
+    model.model.norm = OffsetRMSNorm(model.model.norm)
+    with pytest.raises(ValueError, match=r"'model\.norm' \(OffsetRMSNorm\) is not elementwise-affine"):
+        score_gram(model, *make_batch())
+    loop = score_gram(model, *make_batch(), method="loop")  # the reference handles any module
+    assert bool((loop.sq_norms_bg > 0).all())
