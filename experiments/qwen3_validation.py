@@ -1,0 +1,220 @@
+"""Theory against practice on a Qwen3 causal LM at a fixed θ (ISSUE 7, T1-T3, T5, T7, T8).
+
+Runs offline on the built-in arithmetic task with a tiny Qwen3 (briefly pretrained, float64 on a
+CPU) by default; ``--model PATH`` uses a local Hugging Face checkpoint (safetensors, bf16 on a
+GPU). Stages, each resumable (finished pieces are kept under ``OUT/work`` and skipped on rerun):
+
+1. the fixed θ (its parameter checksum is part of the configuration);
+2. per prompt: ``M·G`` sampled completions, their ghost Gram, lengths and logit proxy;
+3. per batch ``m`` (group ``m`` of every prompt): the cross-prompt ghost Gram (T7 SNR);
+4. where completions can be enumerated (``max_new_tokens <= 2``): the exact reference;
+5. statistics with delete-one-batch jackknife errors and z-tests.
+
+Writes ``OUT/report.json`` (configuration, seed, git revision, statistics, errors, claims),
+``OUT/claims.csv`` and ``OUT/statistics.csv`` (tidy: one row per quantity), atomically.
+Figures: ``python paper_figures/qwen3_validation.py OUT``.
+
+    python experiments/qwen3_validation.py --out results/qwen3_validation
+    python experiments/qwen3_validation.py --model ./Qwen3-4B-Base --device cuda --out ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from oblr_theory.bridge import validate as V  # noqa: E402
+from oblr_theory.bridge.models import load_model  # noqa: E402
+from oblr_theory.bridge.task import ArithmeticTask  # noqa: E402
+
+
+@dataclass
+class Config:
+    model: str | None = None  # None: the built-in tiny Qwen3; else a local checkpoint directory
+    prompts: int = 8  # P
+    groups: int = 16  # M (independent groups per prompt)
+    group_size: int = 8  # G
+    max_operand: int = 9
+    max_answer: int | None = 9  # single-digit answers: completions enumerable with 2 tokens
+    max_new_tokens: int | None = None  # default: longest answer + 1 (eos)
+    pretrain_steps: int = 50
+    seed: int = 0
+    alpha: float = 0.05  # family-wise false-failure rate of the z-tests
+    ema_beta: float = 0.9
+    eta_max: float = 1.0
+    batch_gram: bool = True
+    exact: bool = True
+    device: str = "cpu"
+    dtype: str = "float64"
+
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
+                                       cwd=os.path.dirname(os.path.abspath(__file__))).strip()
+    except Exception:
+        return "unknown"
+
+
+def atomic_write(path: str, data: bytes | str) -> None:
+    """Write to a temporary file in the same folder, then rename (never a half-written file)."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def atomic_npz(path: str, arrays: dict) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
+
+
+def param_checksum(model) -> str:
+    h = hashlib.sha1()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def run(cfg: Config, out: str, progress: bool = True) -> dict:
+    from tqdm.auto import tqdm
+
+    work = os.path.join(out, "work")
+    os.makedirs(work, exist_ok=True)
+    task = ArithmeticTask(max_operand=cfg.max_operand, max_answer=cfg.max_answer)
+    H = cfg.max_new_tokens or task.max_answer_chars + 1
+    torch.manual_seed(cfg.seed)
+    model, tok = load_model(cfg.model, task, seed=cfg.seed, pretrain_steps=cfg.pretrain_steps,
+                            device=cfg.device, dtype=DTYPES[cfg.dtype], progress=progress)
+    model.eval()
+    ident = {**asdict(cfg), "max_new_tokens": H, "theta": param_checksum(model)}
+    ident_path = os.path.join(work, "config.json")
+    data_keys = ("model", "prompts", "groups", "group_size", "max_operand", "max_answer",
+                 "max_new_tokens", "pretrain_steps", "seed", "theta", "dtype")
+    if os.path.exists(ident_path):
+        old = json.load(open(ident_path))
+        diff = {k: (old.get(k), ident[k]) for k in data_keys if old.get(k) != ident[k]}
+        if diff:
+            raise SystemExit(f"{work} holds samples from another configuration {diff}; "
+                             "use a fresh --out folder")
+    atomic_write(ident_path, json.dumps(ident, indent=2))
+
+    seeds = np.random.SeedSequence(cfg.seed).spawn(cfg.prompts + 1)
+    problems = task.sample(cfg.prompts, np.random.default_rng(seeds[-1]))
+    n = cfg.groups * cfg.group_size
+    samples = []
+    for p in tqdm(range(cfg.prompts), desc="prompts (sample + ghost Gram)", disable=not progress):
+        path = os.path.join(work, f"prompt_{p:04d}.npz")
+        if not os.path.exists(path):
+            s = V.collect_prompt(model, tok, task, problems[p], n, H,
+                                 seed=int(np.random.default_rng(seeds[p]).integers(2**31)))
+            atomic_npz(path, s.to_npz())
+        with np.load(path) as z:
+            samples.append(V.PromptSamples(**{k: z[k] for k in z.files}))
+    batch_grams = None
+    if cfg.batch_gram:
+        batch_grams = []
+        for m in tqdm(range(cfg.groups), desc="batches (cross-prompt Gram)", disable=not progress):
+            path = os.path.join(work, f"batch_{m:04d}.npz")
+            if not os.path.exists(path):
+                atomic_npz(path, {"gram": V.batch_gram(model, samples, m, cfg.group_size, tok.pad_token_id)})
+            with np.load(path) as z:
+                batch_grams.append(z["gram"])
+    exact_ref = None
+    if cfg.exact and H <= 2 and tok.vocab_size ** H <= 50_000:
+        path = os.path.join(work, "exact.json")
+        if not os.path.exists(path):
+            ref = V.exact_reference(model, tok, task, problems, H, cfg.group_size, progress=progress)
+            atomic_write(path, json.dumps(ref, indent=2))
+        exact_ref = json.load(open(path))
+
+    arr = lambda k: np.stack([getattr(s, k) for s in samples])  # noqa: E731
+    data = (arr("rewards_n"), arr("sq_norms_n"), arr("lengths_n"), arr("logit_n"), arr("gram_nn"))
+    fn = lambda keep: V.statistics(*data, cfg.group_size, keep, batch_grams, cfg.ema_beta, cfg.eta_max)  # noqa: E731
+    full, se = V.jackknife(fn, cfg.groups, progress=progress)
+    claims = V.analyse(full, se, cfg.group_size, cfg.alpha, exact_ref)
+    report = {
+        "experiment": "qwen3_validation",
+        "config": ident,
+        "git_revision": git_revision(),
+        "problems": [dataclasses.asdict(p) for p in problems],
+        "reward_mean": float(data[0].mean()),
+        "statistics": full,
+        "standard_errors": se,
+        "exact_reference": exact_ref,
+        "claims": [asdict(c) for c in claims],
+        "verdict": {"tested": sum(c.holds is not None for c in claims),
+                    "hold": sum(bool(c.holds) for c in claims),
+                    "fail": [f"{c.section}:{c.estimator}:{c.quantity}" for c in claims if c.holds is False]},
+    }
+    atomic_write(os.path.join(out, "report.json"), json.dumps(report, indent=2, default=float))
+    atomic_write(os.path.join(out, "claims.csv"), _csv([asdict(c) for c in claims]))
+    atomic_write(os.path.join(out, "statistics.csv"),
+                 _csv([{"quantity": k, "value": v, "se": se.get(k, float("nan")), "seed": cfg.seed,
+                        "git_revision": report["git_revision"]} for k, v in full.items()]))
+    return report
+
+
+def summary(report: dict) -> str:
+    lines = [f"reward mean {report['reward_mean']:.3f}; claims tested {report['verdict']['tested']}, "
+             f"hold {report['verdict']['hold']}, fail {report['verdict']['fail']}"]
+    for c in report["claims"]:
+        z = "" if c["z"] != c["z"] else f" z={c['z']:+.2f} (|z|<{c['threshold']:.2f}: {c['holds']})"
+        pred = "" if c["predicted"] != c["predicted"] else f" predicted {c['predicted']:.4g}"
+        lines.append(f"  [{c['section']}] {c['estimator']:>11} {c['quantity']}: "
+                     f"{c['measured']:.4g} ± {c['se']:.2g}{pred}{z}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "results") + "/qwen3_validation")
+    for f in dataclasses.fields(Config):
+        default = f.default
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            kind = {"model": str, "max_answer": int, "max_new_tokens": int}.get(f.name, type(default))
+            ap.add_argument(flag, type=kind, default=default)
+    ap.add_argument("--quiet", action="store_true")
+    ns = vars(ap.parse_args(argv))
+    out, quiet = ns.pop("out"), ns.pop("quiet")
+    cfg = Config(**ns)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was requested but no CUDA GPU is visible")
+    report = run(cfg, out, progress=not quiet)
+    print(summary(report))
+    print(f"wrote {out}/report.json, claims.csv, statistics.csv")
+
+
+if __name__ == "__main__":
+    main()

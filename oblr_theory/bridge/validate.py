@@ -1,0 +1,449 @@
+"""Theory against practice at a fixed ``θ`` on a causal LM (T1, T2, T3, T5, T7, T8).
+
+Design. ``P`` prompts, ``M`` independent groups of ``G`` completions per prompt, sampled from
+``π_θ``; the ghost Gram of *all* ``n = M·G`` completions of a prompt, ``K_p = [s_i · s_k]``
+(``(P, n, n)``), and the batch Grams ``(P·G) × (P·G)`` of batch ``m`` = group ``m`` of every
+prompt. Everything below is a function of these Grams, the rewards ``r``, the lengths ``ℓ``
+and the logit proxy ``λ`` (T8); no gradient is materialised.
+
+For an estimator with advantages ``A_m`` on group ``m``, the per-group gradient is
+``u_m = (1/G) Σ_j A_mj s_mj``; with the coefficient matrix ``C`` (``M × n``, block ``A_m/G``)
+their Gram is ``C K Cᵀ`` (``M × M``). Then, per prompt:
+
+- measured variance ``V̂_x = Σ̂ = (1/(M−1)) Σ_m ||u_m − ū||²`` (T7, unbiased for ``V_x``);
+- per-sample moments from the ``n`` samples: ``μ̂, σ̂², m̂_S, m̂_rS, m̂_r2S`` (sample means) and
+  ``||g||²^ = Σ_{i≠k} r_i r_k K_ik / (n(n−1))`` (a U-statistic, unbiased), and from them the
+  predicted ``V_x`` of T2 (reinforce, rloo, dr_grpo, fixed ``b``) and T3 (``b*``, mean excess),
+  computed by :mod:`oblr_theory.theory`;
+- bias (T1): ``⟨E ĝ_e, E ĝ_f⟩`` is estimated without bias from pairs of *different* groups,
+  ``(1/(M(M−1))) Σ_{m≠m'} u^e_m · u^f_m'``; the scale ``c_e = ⟨E ĝ_e, g⟩/||g||²`` (reference
+  ``g``: reinforce, unbiased by the score identity alone; ``||g||²`` from the sample
+  U-statistic) and the relative bias ``||E ĝ_e − g||²/||g||²`` follow (ratios of
+  sums over prompts). T1 predicts ``c = 1`` for unbiased estimators and ``(G−1)/G`` for dr_grpo.
+
+Uncertainty: the ``M`` batches (group ``m`` of every prompt) are i.i.d., so every statistic gets a
+delete-one-batch jackknife standard error, and ``z = (measured − predicted)/SE``; a claim holds
+when ``|z|`` is below the Bonferroni threshold for the stated family-wise false-failure rate.
+
+Where the completions can be enumerated (short answers, ``max_new_tokens ≤ 2``),
+:func:`exact_reference` computes the exact per-prompt moments and the exact ``V_x`` (closed forms
+on exact moments; the multiset engine :func:`oblr_theory.exact.group_moments` for any estimator
+when the number of multisets allows), so the sampled statistics are checked against exact ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import stats as sps
+
+from .. import estimators, exact, theory
+from ..problems.base import Outcomes
+from ..snr import EMASNR, snr_fraction, snr_hat, snr_pieces_from_gram
+from .gram import score_gram
+from .step import encode_prompts, sample_rollout
+
+__all__ = ["ESTIMATORS", "CLOSED_FORMS", "PromptSamples", "collect_prompt", "batch_gram",
+           "advantages", "group_gram", "cross_group_mean_inner", "sample_moments", "analyse",
+           "jackknife", "exact_reference", "enumerate_completions", "z_threshold"]
+
+#: (label, registry name, source of S): the estimators compared. ``logit_loo`` is
+#: ``optimal_loo`` with the logit proxy in place of S (verl's optimal token baseline, T8).
+ESTIMATORS = (("reinforce", "reinforce", "exact"), ("rloo", "rloo", "exact"),
+              ("dr_grpo", "dr_grpo", "exact"), ("grpo", "grpo", "exact"), ("opo", "opo", "exact"),
+              ("opo_loo", "opo_loo", "exact"), ("optimal", "optimal", "exact"),
+              ("optimal_loo", "optimal_loo", "exact"), ("logit_loo", "optimal_loo", "logit"))
+#: Estimators whose one-group variance T2 gives in closed form from per-sample moments.
+CLOSED_FORMS = ("reinforce", "rloo", "dr_grpo")
+
+
+# ============================================================================== collection
+@dataclass
+class PromptSamples:
+    """``n = M·G`` completions of one prompt at fixed ``θ``.
+
+    rewards_n, sq_norms_n (exact S, Gram diagonal), lengths_n, logit_n (T8 proxy): (n,);
+    gram_nn: (n, n) ghost Gram; ids_nt / attn_nt / comp_nt: the sequences (for batch Grams).
+    """
+
+    rewards_n: np.ndarray
+    sq_norms_n: np.ndarray
+    lengths_n: np.ndarray
+    logit_n: np.ndarray
+    gram_nn: np.ndarray
+    ids_nt: np.ndarray
+    attn_nt: np.ndarray
+    comp_nt: np.ndarray
+
+    def to_npz(self) -> dict:
+        return self.__dict__.copy()
+
+
+def collect_prompt(model, tokenizer, task, problem, n: int, max_new_tokens: int, seed: int,
+                   method: str = "ghost") -> PromptSamples:
+    """Sample ``n`` completions of ``problem`` and measure their exact Gram and proxies."""
+    roll = sample_rollout(model, tokenizer, task, [problem], n, max_new_tokens, seed=seed)
+    args = (roll.input_ids_bgt, roll.attention_bgt, roll.completion_bgt)
+    gram = score_gram(model, *args, method=method)
+    logit = score_gram(model, *args, method="logit")
+    f64 = lambda t: t.detach().double().cpu().numpy()  # noqa: E731
+    return PromptSamples(
+        rewards_n=f64(roll.rewards_bg[0]), sq_norms_n=f64(gram.sq_norms_bg[0]),
+        lengths_n=f64(roll.lengths_bg[0]), logit_n=f64(logit.sq_norms_bg[0]),
+        gram_nn=f64(gram.gram_bgg[0]), ids_nt=roll.input_ids_bgt[0].cpu().numpy(),
+        attn_nt=roll.attention_bgt[0].cpu().numpy(), comp_nt=roll.completion_bgt[0].cpu().numpy())
+
+
+def batch_gram(model, samples: list[PromptSamples], m: int, group_size: int, pad_id: int,
+               method: str = "ghost") -> np.ndarray:
+    """Gram ``(P·G, P·G)`` of batch ``m`` (group ``m`` of every prompt), across prompts.
+
+    Rows are right-padded to a common length (the real tokens stay contiguous, so positions and
+    log-probs are unchanged).
+    """
+    sl = slice(m * group_size, (m + 1) * group_size)
+    T = max(s.ids_nt.shape[1] for s in samples)
+    pad = lambda a, v: np.pad(a[sl], ((0, 0), (0, T - a.shape[1])), constant_values=v)  # noqa: E731
+    ids = np.concatenate([pad(s.ids_nt, pad_id) for s in samples])
+    attn = np.concatenate([pad(s.attn_nt, False) for s in samples])
+    comp = np.concatenate([pad(s.comp_nt, False) for s in samples])
+    dev = next(model.parameters()).device
+    t = lambda a: torch.as_tensor(a, device=dev)[None]  # noqa: E731  (1, P·G, T)
+    return score_gram(model, t(ids), t(attn), t(comp), method=method).gram_bgg[0].double().cpu().numpy()
+
+
+# ============================================================================== statistics
+def advantages(name: str, source: str, r_mg, S_mg, ell_mg, logit_mg, **params) -> np.ndarray:
+    """Registry advantages per group (``(..., G)`` arrays); ``source="logit"`` swaps S for λ."""
+    weights = S_mg if source == "exact" else logit_mg
+    return estimators.get(name, **params).advantages(r_mg, sq_norms=weights, lengths=ell_mg)
+
+
+def _coef(A_mg: np.ndarray) -> np.ndarray:
+    """``C`` (M, M·G): row m holds ``A_m / G`` on the columns of group m."""
+    M, G = A_mg.shape
+    C = np.zeros((M, M * G))
+    for m in range(M):
+        C[m, m * G:(m + 1) * G] = A_mg[m] / G
+    return C
+
+
+def group_gram(gram_nn: np.ndarray, A_mg: np.ndarray, B_mg: np.ndarray | None = None) -> np.ndarray:
+    """``[u^A_m · u^B_m']`` (M, M) with ``u_m = (1/G) Σ_j A_mj s_mj`` (T7's per-group gradients)."""
+    Ca = _coef(A_mg)
+    Cb = Ca if B_mg is None else _coef(B_mg)
+    return Ca @ gram_nn @ Cb.T
+
+
+def cross_group_mean_inner(K_mm: np.ndarray) -> float:
+    """``(1/(M(M−1))) Σ_{m≠m'} K_mm'``: unbiased for ``⟨E u^A, E u^B⟩`` (independent groups)."""
+    M = K_mm.shape[0]
+    return float((K_mm.sum() - np.trace(K_mm)) / (M * (M - 1)))
+
+
+def sample_moments(r_n, S_n, gram_nn) -> dict[str, float]:
+    """Per-sample moments of one prompt from ``n`` i.i.d. samples (T2's ingredients).
+
+    ``μ̂, σ̂²`` (unbiased), ``m̂_S, m̂_rS, m̂_r2S`` (sample means), ``||g||²^`` (U-statistic
+    ``Σ_{i≠k} r_i r_k K_ik / (n(n−1))``, unbiased for ``||E[r s]||²``) and ``b̂* = m̂_rS/m̂_S``.
+    """
+    n = len(r_n)
+    rr = np.outer(r_n, r_n) * gram_nn
+    gsq = (rr.sum() - np.trace(rr)) / (n * (n - 1))
+    m_S = S_n.mean()
+    return dict(mu=r_n.mean(), var_r=r_n.var(ddof=1), m_S=m_S, m_rS=(r_n * S_n).mean(),
+                m_r2S=(r_n**2 * S_n).mean(), grad_sq_norm=gsq,
+                b_star=(r_n * S_n).mean() / m_S if m_S > 0 else r_n.mean())
+
+
+def predicted_variance(mom: dict, label: str, G: int) -> float:
+    """T2/T3 closed forms (:func:`oblr_theory.theory.prompt_variance`) on measured or exact moments.
+
+    ``fixed_mean`` / ``fixed_b_star`` are the fixed baselines ``b = μ`` and ``b = b*`` (T3's
+    optimum); NaN for estimators without a closed form. A U-statistic ``||g||²^ < 0`` is clipped
+    at 0 (the closed forms need ``||g||² ≥ 0``).
+    """
+    from types import SimpleNamespace
+
+    m = SimpleNamespace(**{**mom, "grad_sq_norm": max(float(mom["grad_sq_norm"]), 0.0)})
+    if label in CLOSED_FORMS:
+        return float(theory.prompt_variance(m, label, G))
+    if label == "fixed_mean":
+        return float(theory.prompt_variance(m, "constant", G, baseline=m.mu))
+    if label == "fixed_b_star":
+        return float(theory.prompt_variance(m, "oracle_optimal", G))
+    return float("nan")
+
+
+def statistics(r_pn, S_pn, ell_pn, logit_pn, gram_pnn, G: int, keep_m=None,
+               batch_grams=None, ema_beta: float = 0.9, eta_max: float = 1.0) -> dict[str, float]:
+    """All scalar statistics of one data set (optionally without some batches), flat dict.
+
+    ``keep_m`` (bool, (M,)) drops batches for the jackknife. Keys: ``V_measured/<e>``,
+    ``V_predicted/<e>``, ``scale/<e>``, ``rel_bias_sq/<e>``, ``moment/<k>``, ``removed/<a>_vs_<b>``,
+    ``corr/...``, ``snr/<e>/...`` (means over prompts unless stated).
+    """
+    P, n = r_pn.shape
+    M = n // G
+    keep_m = np.ones(M, bool) if keep_m is None else np.asarray(keep_m, bool)
+    keep_n = np.repeat(keep_m, G)
+    out: dict[str, list] = {}
+    put = lambda k, v: out.setdefault(k, []).append(v)  # noqa: E731
+    for p in range(P):
+        r, S, ell, lam = (a[p][keep_n] for a in (r_pn, S_pn, ell_pn, logit_pn))
+        K = gram_pnn[p][np.ix_(keep_n, keep_n)]
+        mom = sample_moments(r, S, K)
+        for k, v in mom.items():
+            put(f"moment/{k}", v)
+        for lab in CLOSED_FORMS + ("fixed_mean", "fixed_b_star"):
+            put(f"V_predicted/{lab}", predicted_variance(mom, lab, G))
+        shp = (-1, G)
+        A = {lab: advantages(name, src, r.reshape(shp), S.reshape(shp), ell.reshape(shp), lam.reshape(shp))
+             for lab, name, src in ESTIMATORS}
+        ref = A["reinforce"]  # unbiased by the score identity alone (T1 with b = 0)
+        for lab, A_mg in A.items():
+            Ku = group_gram(K, A_mg)
+            put(f"V_measured/{lab}", float(snr_pieces_from_gram(Ku).trace_cov_hat))
+            put(f"inner/{lab}_ref", cross_group_mean_inner(group_gram(K, A_mg, ref)))
+            put(f"inner/{lab}_{lab}", cross_group_mean_inner(Ku))
+        for a, b in ((S, ell), (S, lam)):
+            put("corr/S_length" if b is ell else "corr/S_logit", _pearson(a, b))
+        put("corr/S_length_spearman", _spearman(S, ell))
+        put("corr/S_logit_spearman", _spearman(S, lam))
+    res = {k: float(np.nanmean(v)) if np.any(np.isfinite(v)) else float("nan") for k, v in out.items()}
+    for k in ("corr/S_length", "corr/S_logit"):
+        res[f"{k}_defined_prompts"] = float(np.sum(np.isfinite(out[k])))
+    sum_ref = float(np.sum(out["moment/grad_sq_norm"]))  # Σ_p ||g_p||² (sample U-statistics)
+    for lab, _, _ in ESTIMATORS:
+        me_ref, me_me = np.sum(out[f"inner/{lab}_ref"]), np.sum(out[f"inner/{lab}_{lab}"])
+        res[f"scale/{lab}"] = float(me_ref / sum_ref)
+        res[f"rel_bias_sq/{lab}"] = float((me_me - 2 * me_ref + sum_ref) / sum_ref)
+    for base in ("rloo", "dr_grpo", "opo_loo", "logit_loo", "reinforce"):
+        vb = res[f"V_measured/{base}"]
+        res[f"removed/optimal_loo_vs_{base}"] = (vb - res["V_measured/optimal_loo"]) / vb
+    res["T3/mean_excess_over_b_star"] = res["V_predicted/fixed_mean"] - res["V_predicted/fixed_b_star"]
+    res["T3/b_star_minus_mu"] = res["moment/b_star"] - res["moment/mu"]
+    for lab in CLOSED_FORMS:  # jackknifed jointly, so its SE is the SE of the difference
+        res[f"diff_V/{lab}"] = res[f"V_measured/{lab}"] - res[f"V_predicted/{lab}"]
+    if batch_grams is not None:
+        res.update(_snr_stats(r_pn, S_pn, ell_pn, logit_pn, batch_grams, G, keep_m, ema_beta, eta_max))
+    return res
+
+
+def _pearson(a, b) -> float:
+    return float(sps.pearsonr(a, b)[0]) if np.std(a) > 0 and np.std(b) > 0 else float("nan")
+
+
+def _spearman(a, b) -> float:
+    return float(sps.spearmanr(a, b)[0]) if np.std(a) > 0 and np.std(b) > 0 else float("nan")
+
+
+def _snr_stats(r_pn, S_pn, ell_pn, logit_pn, batch_grams, G, keep_m, beta, eta_max) -> dict:
+    """T7 per batch (B = P prompt groups), EMA over batches, T5 step ``η_max SNR/(1+SNR)``."""
+    P = r_pn.shape[0]
+    res = {}
+    for lab, name, src in ESTIMATORS:
+        ema, nums, dens, snrs = EMASNR(beta), [], [], []
+        for m in np.flatnonzero(keep_m):
+            sl = slice(m * G, (m + 1) * G)
+            A = advantages(name, src, r_pn[:, sl], S_pn[:, sl], ell_pn[:, sl], logit_pn[:, sl])  # (P, G)
+            Ku = group_gram(batch_grams[m], A)  # (P, P): one group per prompt
+            pieces = snr_pieces_from_gram(Ku)
+            nums.append(float(pieces.grad_sq_norm_hat))
+            dens.append(float(pieces.noise_var_hat))
+            snrs.append(float(snr_hat(pieces)))
+            ema.update(pieces)
+        pooled = max(np.mean(nums), 0.0) / np.mean(dens) if np.mean(dens) > 0 else float("inf")
+        res[f"snr/{lab}/batch_mean"] = float(np.mean(snrs))
+        res[f"snr/{lab}/ema"] = float(ema.snr)
+        res[f"snr/{lab}/pooled"] = float(pooled)
+        res[f"snr/{lab}/grad_sq_norm_hat"] = float(np.mean(nums))
+        res[f"snr/{lab}/noise_var_hat"] = float(np.mean(dens))
+        res[f"lr/{lab}/T5_fraction"] = float(snr_fraction(np.float64(pooled)))
+        res[f"lr/{lab}/eta"] = eta_max * res[f"lr/{lab}/T5_fraction"]
+    res["snr/batch_size"] = float(P)
+    return res
+
+
+def jackknife(fn, M: int, progress: bool = False) -> tuple[dict, dict]:
+    """Delete-one jackknife over the ``M`` i.i.d. batches: ``(estimates, standard errors)``.
+
+    ``SE² = ((M−1)/M) Σ_i (θ_(i) − θ̄_(·))²``; ``fn(keep_m)`` returns a flat dict of scalars.
+    """
+    from tqdm.auto import tqdm
+
+    full = fn(np.ones(M, bool))
+    reps = []
+    for i in tqdm(range(M), desc="jackknife", disable=not progress):
+        keep = np.ones(M, bool)
+        keep[i] = False
+        reps.append(fn(keep))
+    se = {}
+    for k in full:
+        v = np.array([r[k] for r in reps])
+        se[k] = float(np.sqrt((M - 1) / M * np.sum((v - v.mean()) ** 2))) if np.all(np.isfinite(v)) else float("nan")
+    return full, se
+
+
+def z_threshold(alpha: float, family: int) -> float:
+    """Two-sided Bonferroni z threshold for family-wise false-failure rate ``alpha``."""
+    return float(sps.norm.ppf(1 - alpha / (2 * max(family, 1))))
+
+
+# ============================================================================== exact reference
+def enumerate_completions(vocab_size: int, eos: int, horizon: int) -> list[list[int]]:
+    """Every completion of at most ``horizon`` tokens: ending at the first ``eos``, or of length
+    ``horizon`` without one (``Σ_{k<H} (V−1)^k + (V−1)^H`` sequences)."""
+    others = [v for v in range(vocab_size) if v != eos]
+    out, frontier = [], [[]]
+    for k in range(horizon):
+        nxt = []
+        for pre in frontier:
+            out.append(pre + [eos])
+            nxt.extend(pre + [v] for v in others)
+        frontier = nxt
+    return out + frontier
+
+
+def _lm_outcomes(model, tok, task, problem, horizon: int) -> Outcomes:
+    """Exact outcomes of one prompt: probabilities, rewards, S, lengths, and scores in isometric
+    coordinates (``K = U Λ Uᵀ``, scores ``U Λ^{1/2}``: every inner product exact)."""
+    comps = enumerate_completions(tok.vocab_size, tok.eos_token_id, horizon)
+    prompt = tok.encode(problem.prompt)
+    P, n = len(prompt), len(comps)
+    T = P + horizon
+    ids = np.full((n, T), tok.pad_token_id)
+    attn = np.zeros((n, T), bool)
+    comp = np.zeros((n, T), bool)
+    for i, c in enumerate(comps):
+        ids[i, :P + len(c)] = prompt + c
+        attn[i, :P + len(c)] = True
+        comp[i, P:P + len(c)] = True
+    dev = next(model.parameters()).device
+    t = lambda a: torch.as_tensor(a, device=dev)[None]  # noqa: E731
+    g = score_gram(model, t(ids), t(attn), t(comp), method="ghost")
+    K = g.gram_bgg[0].double().cpu().numpy()
+    logp = g.seq_logp_bg[0].double().cpu().numpy()
+    lam, U = np.linalg.eigh((K + K.T) / 2)
+    scores = U * np.sqrt(np.clip(lam, 0, None))
+    rewards = task.rewards([[tok.decode(c) for c in comps]], [problem])[0]
+    return Outcomes(probs=np.exp(logp), rewards=rewards, scores=scores, sq_norms=np.diag(K).copy(),
+                    lengths=np.array([len(c) for c in comps], float), log_probs=logp)
+
+
+def exact_reference(model, tok, task, problems, horizon: int, group_size: int,
+                    max_multisets: int = 2_000_000, progress: bool = False) -> dict:
+    """Exact per-prompt moments and one-group ``V_x`` (means over prompts), flat dict.
+
+    ``V_exact/<e>``: closed forms on exact moments for reinforce/rloo/dr_grpo/fixed baselines,
+    and the multiset engine for every estimator when ``C(n+G−1, G) ≤ max_multisets``.
+    ``prob_total`` is ``max_x |Σ_y π(y|x) − 1|`` (a check of the enumeration).
+    """
+    from tqdm.auto import tqdm
+
+    acc: dict[str, list] = {}
+    put = lambda k, v: acc.setdefault(k, []).append(v)  # noqa: E731
+    dev = []
+    for prob in tqdm(problems, desc="exact", disable=not progress):
+        o = _lm_outcomes(model, tok, task, prob, horizon)
+        dev.append(abs(o.probs.sum() - 1))
+        p = o.probs / o.probs.sum()
+        g = (p * o.rewards) @ o.scores
+        mu = p @ o.rewards
+        mom = dict(mu=mu, var_r=p @ (o.rewards - mu) ** 2, m_S=p @ o.sq_norms, m_rS=p @ (o.rewards * o.sq_norms),
+                   m_r2S=p @ (o.rewards**2 * o.sq_norms), grad_sq_norm=float(g @ g))
+        mom["b_star"] = mom["m_rS"] / mom["m_S"]
+        for k, v in mom.items():
+            put(f"moment/{k}", float(v))
+        for lab in CLOSED_FORMS + ("fixed_mean", "fixed_b_star"):
+            put(f"V_exact/{lab}", predicted_variance(mom, lab, group_size))
+        keep = p > 0
+        if exact.num_multisets(int(keep.sum()), group_size) <= max_multisets:
+            ex = Outcomes(p, o.rewards, o.scores, o.sq_norms, o.lengths, o.log_probs)
+            for lab, name, src in ESTIMATORS:
+                if src != "exact":
+                    continue
+                _, v = exact.group_moments(ex, estimators.get(name), group_size)
+                put(f"V_multiset/{lab}", v)
+    res = {k: float(np.mean(v)) for k, v in acc.items()}
+    res["prob_total_max_dev"] = float(max(dev))
+    res["outcomes_per_prompt"] = float(len(enumerate_completions(tok.vocab_size, tok.eos_token_id, horizon)))
+    return res
+
+
+# ============================================================================== report
+@dataclass
+class Claim:
+    """One theory-vs-practice row."""
+
+    section: str
+    quantity: str
+    estimator: str
+    measured: float
+    se: float
+    predicted: float
+    z: float
+    threshold: float
+    holds: bool | None
+    note: str = ""
+
+
+def analyse(full: dict, se: dict, G: int, alpha: float = 0.05, exact_ref: dict | None = None) -> list[Claim]:
+    """Turn statistics (and optionally the exact reference) into claim rows with z-tests."""
+    rows: list[Claim] = []
+
+    def claim(section, quantity, est, meas_key, pred, note="", family=1, pred_se=0.0):
+        m, s = full[meas_key], se.get(meas_key, float("nan"))
+        thr = z_threshold(alpha, family)
+        sd = np.hypot(s, pred_se)
+        z = (m - pred) / sd if np.isfinite(pred) and sd > 0 else float("nan")
+        holds = bool(abs(z) < thr) if np.isfinite(z) else None
+        rows.append(Claim(section, quantity, est, m, s, pred, z, thr, holds, note))
+
+    nf = len(CLOSED_FORMS)
+    for lab in CLOSED_FORMS:  # T2: predicted (from measured moments) vs measured across groups
+        claim("T2", "V_measured - V_predicted", lab, f"diff_V/{lab}", 0.0,
+              f"predicted {full[f'V_predicted/{lab}']:.4g}, measured {full[f'V_measured/{lab}']:.4g}", nf)
+    for lab, _, _ in ESTIMATORS:  # T1: scale of E ĝ along g
+        pred = 1.0 if lab in theory.UNBIASED or lab in ("logit_loo",) else (G - 1) / G if lab == "dr_grpo" else float("nan")
+        claim("T1", "scale c = <E g_hat, g>/||g||^2", lab, f"scale/{lab}", pred,
+              "ratio estimator: no closed form" if not np.isfinite(pred) else "", len(ESTIMATORS))
+    # negative control: grpo's scale is ~E[1/std(r)] ≠ 1 (T1: biased); the claim is that the
+    # measurement detects it (|z| above the threshold)
+    m, s_ = full["scale/grpo"], se.get("scale/grpo", float("nan"))
+    thr = z_threshold(alpha, 1)
+    z = (m - 1.0) / s_ if s_ > 0 else float("nan")
+    rows.append(Claim("T1", "negative control: grpo scale differs from 1", "grpo", m, s_, 1.0, z, thr,
+                      bool(abs(z) > thr) if np.isfinite(z) else None, "holds when the bias is detected"))
+    claim("T1", "relative bias ||E g_hat - g||^2/||g||^2", "dr_grpo", "rel_bias_sq/dr_grpo", 1 / G**2, "T1: 1/G^2")
+    claim("T1", "relative bias ||E g_hat - g||^2/||g||^2", "grpo", "rel_bias_sq/grpo", float("nan"), "measured only")
+    for base in ("rloo", "dr_grpo", "opo_loo", "logit_loo", "reinforce"):
+        claim("T3", f"variance removed by optimal_loo vs {base} (fraction)", "optimal_loo",
+              f"removed/optimal_loo_vs_{base}", float("nan"), "measured only")
+    claim("T3", "b* - mu (mean over prompts)", "-", "T3/b_star_minus_mu", float("nan"),
+          "T3: < 0 when wrong answers have larger S")
+    claim("T3", "V(mu) - V(b*) = Cov(S,r)^2/(G m_S) from measured moments", "-",
+          "T3/mean_excess_over_b_star", float("nan"), "excess variance of the mean baseline")
+    for k in ("S_length", "S_logit", "S_length_spearman", "S_logit_spearman"):
+        claim("T8", f"corr({k.replace('_spearman', '')}) {'spearman' if 'spearman' in k else 'pearson'}", "-",
+              f"corr/{k}", float("nan"), "mean over prompts")
+    for lab, _, _ in ESTIMATORS:
+        if f"snr/{lab}/pooled" in full:
+            claim("T7", "SNR (pooled over batches)", lab, f"snr/{lab}/pooled", float("nan"))
+            claim("T5", "eta / eta_max = SNR/(1+SNR)", lab, f"lr/{lab}/T5_fraction", float("nan"))
+    if exact_ref is not None:
+        keys = [k for k in ("mu", "m_S", "m_rS", "grad_sq_norm", "b_star")]
+        fam = len(keys) + len(CLOSED_FORMS) + 2
+        for k in keys:
+            claim("exact", f"moment {k}: sampled vs exact", "-", f"moment/{k}", exact_ref[f"moment/{k}"], "", fam)
+        for lab in CLOSED_FORMS + ("fixed_b_star", "fixed_mean"):
+            key = f"V_measured/{lab}" if lab in CLOSED_FORMS else f"V_predicted/{lab}"
+            claim("exact", f"V ({'measured' if lab in CLOSED_FORMS else 'predicted'}) vs exact", lab, key,
+                  exact_ref[f"V_exact/{lab}"], "", fam)
+        for lab, _, src in ESTIMATORS:
+            if f"V_multiset/{lab}" in exact_ref:
+                claim("exact", "V measured vs exact multiset engine", lab, f"V_measured/{lab}",
+                      exact_ref[f"V_multiset/{lab}"], "", len(ESTIMATORS))
+    return rows
