@@ -3,6 +3,8 @@ evaluation seeds, each method at its tuned step size (reads comparison.jsonl).""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import matplotlib.pyplot as plt
 
@@ -27,4 +29,25 @@ def main(results_dir: str, figures_dir: str) -> list[str]:
         ax.set(title=fam, xlabel="step", ylabel="J(θ_t) (exact)")
         ax.legend(fontsize=6.5, loc="lower right")
     fig.suptitle("Tuned on seeds 10000+, evaluated on seeds 0..n−1 (mean, 10–90% band)", fontsize=10)
-    return save(fig, figures_dir, "learning_curves")
+    paths = save(fig, figures_dir, "learning_curves")
+    table = os.path.join(figures_dir, "learning_curves.md")
+    with open(table, "w") as fh:
+        fh.write(summary_table(rows))
+    return paths + [table]
+
+
+def summary_table(rows) -> str:
+    """Markdown: per family and method, tuned η, final J (mean ± sd), runs reaching 90% of J*
+    and their median steps, collapse fraction."""
+    lines = ["| family | method | η | final J (mean ± sd) | reached 90% | median steps to 90% | collapsed |",
+             "|---|---|---|---|---|---|---|"]
+    for fam in dict.fromkeys(r["family"] for r in rows):
+        for method in dict.fromkeys(r["method"] for r in rows if r["family"] == fam):
+            runs = [r for r in rows if r["family"] == fam and r["method"] == method]
+            final = np.array([r["final_objective"] for r in runs])
+            hit = [r["steps_to_90"] for r in runs if r["steps_to_90"] is not None]
+            med = f"{np.median(hit):.0f}" if hit else "—"
+            coll = np.mean([r["collapsed"] for r in runs])
+            lines.append(f"| {fam} | {method} | {runs[0]['eta']:g} | {final.mean():.3f} ± {final.std(ddof=1):.3f} | "
+                         f"{len(hit)}/{len(runs)} | {med} | {coll:.0%} |")
+    return "\n".join(lines) + "\n"

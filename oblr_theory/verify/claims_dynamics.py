@@ -89,13 +89,14 @@ def _t5(ctx, G=4) -> list[Row]:
             eta_emp, f_emp = onestep.best_step(P, law, 200.0 / L)
             # effective curvature of the quadratic model: L_eff = −E[ĝᵀHĝ] / E||ĝ||²
             l_eff = -float(law.weights @ np.einsum("nd,de,ne->n", law.values, H, law.values)) / (m @ m + V)
-            eta_2nd = theory.optimal_step_size(grad @ m, m @ m, V, l_eff) if l_eff > 0 else float("inf")
+            eta_2nd = theory.optimal_step_size(grad @ m, m @ m, V, l_eff) if l_eff > 0 else float("nan")
+            second = (f"η*(L_eff={l_eff:.3g}) = {eta_2nd:.3g}, best/η*(L_eff) = {eta_emp / eta_2nd:.3f}" if l_eff > 0
+                      else f"L_eff = {l_eff:.3g} ≤ 0: J is convex along ĝ on average, no interior 2nd-order optimum")
             rows.append(fact_row("T5", f"argmax_η E J(θ+ηĝ) ≥ η* = ∇J·m/(L(||m||²+V)) ({name})",
                                  f"bandit K=3 #{i}, G={G}, B=1", eta_emp - eta_star, eta_emp >= eta_star,
                                  threshold=0.0, estimate=eta_emp,
-                                 note=f"η*(L={L:g} global) = {eta_star:.3g}, best η = {eta_emp:.3g}, "
-                                      f"η*(L_eff={l_eff:.3g}) = {eta_2nd:.3g}; ratio best/η*(L_eff) = "
-                                      f"{eta_emp / eta_2nd:.3f}",
+                                 note=f"η*(L={L:g} global) = {eta_star:.3g}, best η on [0, 200/L] = "
+                                      f"{eta_emp:.3g} (ratio {eta_emp / eta_star:.3g}); {second}",
                                  details={"eta_star": eta_star, "eta_best": eta_emp, "eta_eff": eta_2nd,
                                           "L": L, "L_eff": l_eff}))
     return rows
