@@ -14,13 +14,15 @@ Metrics per evaluation run: final ``J``, the first step with ``J ≥ 0.9 J*`` (9
 policy (mean over prompts of the modal response's probability ≥ 0.95), i.e. stuck on a wrong
 answer.
 
-Writes tune.jsonl (family x method x η x tuning seed) and comparison.jsonl (family x method x
-evaluation seed, with the learning curve), resumable and atomic.
+Writes tune.jsonl (family x method x η x tuning seed), tuned.json (the chosen η per family and
+method) and comparison.jsonl (family x method x η x evaluation seed, with the learning curve),
+resumable and atomic; changing the grid re-tunes and re-evaluates only what is new.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -94,12 +96,12 @@ def evaluate(out, family, spec, best, rev, quick):
     seeds = list(range(spec["eval_seeds"]))
     for method in tqdm(METHODS, desc=f"eval {family}", leave=False):
         eta = best[method]
-        todo = [s for s in seeds if not store.done(f"{family}/{method}/seed={s}")]
+        todo = [s for s in seeds if not store.done(f"{family}/{method}/eta={eta}/seed={s}")]
         if not todo:
             continue
         tr = dynamics.run(P, config(method, eta, spec["steps"]), todo)
         est, rule = METHODS[method]
-        store.add([dict(key=f"{family}/{method}/seed={s}", family=family, method=method, estimator=est,
+        store.add([dict(key=f"{family}/{method}/eta={eta}/seed={s}", family=family, method=method, estimator=est,
                         lr_rule=rule, eta=eta, seed=int(s), group_size=GROUP, batch_size=BATCH,
                         steps=spec["steps"], optimum=J_star, initial_objective=float(tr.objective[i, 0]),
                         quick=quick, rev=rev, **summarise_run(tr, i, J_star)) for i, s in enumerate(todo)])
@@ -113,8 +115,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     spec = QUICK if args.quick else FULL
     rev = git_revision()
+    tuned_path = os.path.join(args.out, "tuned.json")
+    tuned = json.load(open(tuned_path)) if os.path.exists(tuned_path) else {}
     for family in args.families.split(","):
         best = tune(args.out, family, spec, rev)
+        tuned[family] = best
+        tmp = tuned_path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(tuned, fh, indent=1)
+        os.replace(tmp, tuned_path)  # the figures keep only the rows at these step sizes
         evaluate(args.out, family, spec, best, rev, args.quick)
     return 0
 

@@ -12,7 +12,7 @@ from _common import COLORS, load, nan, save
 
 
 def main(results_dir: str, figures_dir: str) -> list[str]:
-    rows = load(results_dir, "comparison.jsonl")
+    rows = tuned_rows(results_dir)
     fams = list(dict.fromkeys(r["family"] for r in rows))
     fig, axes = plt.subplots(1, len(fams), figsize=(5.2 * len(fams), 4.2), squeeze=False)
     for ax, fam in zip(axes[0], fams):
@@ -34,6 +34,18 @@ def main(results_dir: str, figures_dir: str) -> list[str]:
     with open(table, "w") as fh:
         fh.write(summary_table(rows))
     return paths + [table]
+
+
+def tuned_rows(results_dir):
+    """comparison.jsonl rows at each method's tuned step size (tuned.json) only."""
+    import json
+
+    rows = load(results_dir, "comparison.jsonl")
+    path = os.path.join(results_dir, "tuned.json")
+    if not os.path.exists(path):
+        return rows
+    tuned = json.load(open(path))
+    return [r for r in rows if tuned.get(r["family"], {}).get(r["method"], r["eta"]) == r["eta"]]
 
 
 def summary_table(rows) -> str:
