@@ -22,14 +22,29 @@ import torch
 ACC = torch.float64  # the Gram is always accumulated in float64 (it is tiny)
 
 
-def _gram_of_rows(x_bgk: torch.Tensor) -> torch.Tensor:
-    """``K[b, i, j] = x_bi · x_bj`` for per-sample vectors ``x`` of shape (B, G, K).
+BLOCK = 2**16  # float32 partial dot products run over at most this many entries
 
-    Accumulated in float64: the dot products run over up to ``d_in·d_out`` entries, where
-    float32 accumulation would lose about four digits.
+
+def _cross_rows(x_bgk: torch.Tensor, y_bgk: torch.Tensor) -> torch.Tensor:
+    """``K[b, i, j] = x_bi · y_bj`` for (B, G, K) tensors, returned in float64.
+
+    Float64 inputs are multiplied directly. Lower precision is multiplied in float32 in blocks of
+    ``BLOCK`` entries whose partial sums are added in float64: a float32 dot product over the
+    ``d_in·d_out`` entries of a weight would lose about four digits.
     """
-    x_bgk = x_bgk.to(ACC)
-    return x_bgk @ x_bgk.transpose(1, 2)
+    if x_bgk.dtype == ACC:
+        return x_bgk @ y_bgk.to(ACC).transpose(1, 2)
+    out_bgg = torch.zeros(x_bgk.shape[0], x_bgk.shape[1], y_bgk.shape[1], dtype=ACC, device=x_bgk.device)
+    for k0 in range(0, x_bgk.shape[-1], BLOCK):
+        xk = x_bgk[..., k0 : k0 + BLOCK].float()
+        yk = y_bgk[..., k0 : k0 + BLOCK].float()
+        out_bgg += (xk @ yk.transpose(1, 2)).to(ACC)
+    return out_bgg
+
+
+def _gram_of_rows(x_bgk: torch.Tensor) -> torch.Tensor:
+    """``K[b, i, j] = x_bi · x_bj`` for per-sample vectors ``x`` of shape (B, G, K), float64."""
+    return _cross_rows(x_bgk, x_bgk)
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -155,4 +170,4 @@ def embedding_rows(inv_gt: torch.Tensor, n_rows: int, b_gtd: torch.Tensor) -> to
 def pair_gram(x_gk: torch.Tensor, y_gk: torch.Tensor) -> torch.Tensor:
     """Cross Gram ``K[i, j] = x_i · y_j`` for (G, ...) per-sample tensors, float64 (G, G)."""
     G = x_gk.shape[0]
-    return x_gk.reshape(G, -1).to(ACC) @ y_gk.reshape(G, -1).to(ACC).T
+    return _cross_rows(x_gk.reshape(1, G, -1), y_gk.reshape(1, G, -1))[0]
