@@ -2,8 +2,8 @@
 
     oblr-theory verify [--quick] [--json PATH] [--seed N] [--alpha A] [--jobs J] [--only LABELS]
 
-The claims come from the modules named in :data:`CLAIM_MODULES` (those that exist are imported;
-each exposes ``claims(quick: bool, seed: int) -> list[Claim]``, see :mod:`.report`). The suite's
+The claims come from the modules named in :data:`CLAIM_MODULES` (each
+exposes ``claims(quick: bool, seed: int) -> list[Claim]``, see :mod:`.report`). The suite's
 family-wise false-failure rate ``--alpha`` (default 1e-6) is split evenly over all calibrated
 tests in the run (Bonferroni), so any seed passes with probability ≥ 1 − α when every claim
 holds. The exit code is 0 only if every claim holds and every negative control is caught.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import multiprocessing as mp
 import os
 import platform
@@ -31,21 +30,18 @@ from .report import Claim, Context, Row, format_table, write_json
 
 __all__ = ["main", "run_suite", "collect_claims", "CLAIM_MODULES"]
 
-#: Claim modules, imported when present. Adding a module is one entry here.
+#: Claim modules, all required. Adding a module is one entry here.
 CLAIM_MODULES = (
     "oblr_theory.verify.claims_static",     # T1, T2, T3, T8 and section 6 (exact + Monte Carlo)
-    "oblr_theory.verify.claims_stepsize",   # T4, T5, T7 placeholders until claims_dynamics lands
-    "oblr_theory.verify.claims_dynamics",   # T4–T7 (dynamics engineer)
-    "oblr_theory.verify.claims_symbolic",   # sympy derivations, when oblr_theory.symbolic provides derive()
+    "oblr_theory.verify.claims_dynamics",   # T4–T7 (one-step bound, step size, convergence, SNR)
+    "oblr_theory.verify.claims_symbolic",   # sympy derivations (oblr_theory.symbolic.derive)
 )
 
 
 def collect_claims(quick: bool, seed: int, modules=CLAIM_MODULES) -> list[Claim]:
-    """All claims of the modules that exist, in module order; keys must be unique."""
+    """All claims of the modules, in module order; keys must be unique."""
     out: list[Claim] = []
     for name in modules:
-        if importlib.util.find_spec(name) is None:
-            continue
         out.extend(importlib.import_module(name).claims(quick, seed))
     keys = [c.key for c in out]
     dup = sorted({k for k in keys if keys.count(k) > 1})
@@ -141,7 +137,7 @@ def run_suite(quick: bool = False, seed: int = 0, alpha: float = DEFAULT_ALPHA, 
     meta = {"seed": seed, "quick": quick, "alpha": alpha, "alpha_per_test": alpha_test, "num_tests": num_tests,
             "power": power, "scale": scale, "jobs": jobs, "version": __version__, "git_revision": git_revision(),
             "python": platform.python_version(), "numpy": np.__version__,
-            "modules": [m for m in modules if importlib.util.find_spec(m) is not None]}
+            "modules": list(modules)}
     return {"meta": meta, "summary": summary, "rows": [r.to_dict() for r in rows], "_rows": rows}
 
 

@@ -1,6 +1,6 @@
 """The `verify` report: the claim interface, one :class:`Row` per checked claim, printing and JSON.
 
-A *claim module* (``claims_static``, ``claims_stepsize``, ``claims_dynamics``, ...) exposes
+A *claim module* (``claims_static``, ``claims_dynamics``, ``claims_symbolic``) exposes
 ``claims(quick: bool, seed: int) -> list[Claim]``. A :class:`Claim` is cheap to build; its
 ``run(ctx)`` does the work and returns rows. ``num_tests`` is how many calibrated statistical
 tests ``run`` performs: the runner splits the suite's family-wise false-failure rate ``α`` over
