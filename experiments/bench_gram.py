@@ -228,7 +228,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="default float32 (CPU); --gpu runs bfloat16 and float32")
     p.add_argument("--gpu", action="store_true", help="Qwen3-0.6B shape on cuda, bf16 and fp32")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds (loop: 1)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (loop: 1)")
     p.add_argument("--no-loop", action="store_true", help="skip the per-sequence loop")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     return p.parse_args(argv)
