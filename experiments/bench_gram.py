@@ -15,7 +15,7 @@ before the call, each job in its own fresh process so that allocator caches don'
 Prints one JSON document (a list of results in ``--gpu`` mode, one per dtype).
 
     python experiments/bench_gram.py                      # small Qwen3 on CPU, about a minute
-    python experiments/bench_gram.py --gpu                # Qwen3-0.6B shape, random weights, bf16 and fp32
+    python experiments/bench_gram.py --gpu    # Qwen3-0.6B shape, random weights, bf16 and fp32
 """
 
 from __future__ import annotations
@@ -124,7 +124,10 @@ def time_jobs(cfg: BenchConfig, jobs, repeats: int) -> tuple[dict, dict]:
                 times[job].append(time.perf_counter() - t0)
             if gram is not None:
                 grams[job] = gram
-    stats = {j: {"median": statistics.median(v), "min": min(v), "rounds": len(v)} for j, v in times.items()}
+    stats = {
+        j: {"median": statistics.median(v), "min": min(v), "rounds": len(v)}
+        for j, v in times.items()
+    }
     return stats, grams
 
 
@@ -222,8 +225,9 @@ def parse_args(argv=None):
     d = BenchConfig()
     for name in ("hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate", "vocab",
                  "batch", "group", "seq_len", "prompt_len", "seed"):
+        gpu_default = GPU_SHAPE.get(name, getattr(d, name))
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
-                       help=f"default {getattr(d, name)} (CPU) / {GPU_SHAPE.get(name, getattr(d, name))} (--gpu)")
+                       help=f"default {getattr(d, name)} (CPU) / {gpu_default} (--gpu)")
     p.add_argument("--untied", action="store_true", help="separate lm_head and embed_tokens")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="default float32 (CPU); --gpu runs bfloat16 and float32")

@@ -25,7 +25,7 @@ ACC = torch.float64  # the Gram is always accumulated in float64 (it is tiny)
 BLOCK = 2**16  # float32 partial dot products run over at most this many entries
 
 
-def _cross_rows(x_bgk: torch.Tensor, y_bgk: torch.Tensor) -> torch.Tensor:
+def cross_rows(x_bgk: torch.Tensor, y_bgk: torch.Tensor) -> torch.Tensor:
     """``K[b, i, j] = x_bi · y_bj`` for (B, G, K) tensors, returned in float64.
 
     Float64 inputs are multiplied directly. Lower precision is multiplied in float32 in blocks of
@@ -34,7 +34,8 @@ def _cross_rows(x_bgk: torch.Tensor, y_bgk: torch.Tensor) -> torch.Tensor:
     """
     if x_bgk.dtype == ACC:
         return x_bgk @ y_bgk.to(ACC).transpose(1, 2)
-    out_bgg = torch.zeros(x_bgk.shape[0], x_bgk.shape[1], y_bgk.shape[1], dtype=ACC, device=x_bgk.device)
+    B, G, H = x_bgk.shape[0], x_bgk.shape[1], y_bgk.shape[1]
+    out_bgg = torch.zeros(B, G, H, dtype=ACC, device=x_bgk.device)
     for k0 in range(0, x_bgk.shape[-1], BLOCK):
         xk = x_bgk[..., k0 : k0 + BLOCK].float()
         yk = y_bgk[..., k0 : k0 + BLOCK].float()
@@ -42,12 +43,12 @@ def _cross_rows(x_bgk: torch.Tensor, y_bgk: torch.Tensor) -> torch.Tensor:
     return out_bgg
 
 
-def _gram_of_rows(x_bgk: torch.Tensor) -> torch.Tensor:
+def gram_of_rows(x_bgk: torch.Tensor) -> torch.Tensor:
     """``K[b, i, j] = x_bi · x_bj`` for per-sample vectors ``x`` of shape (B, G, K), float64."""
-    return _cross_rows(x_bgk, x_bgk)
+    return cross_rows(x_bgk, x_bgk)
 
 
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
     """Gram factors of half-precision layers are combined in float32."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
@@ -71,7 +72,7 @@ def linear_gram_ghost(a_bgtd: torch.Tensor, b_bgto: torch.Tensor, max_elems: int
     Groups are processed in chunks so that a chunk's ``(GT)²`` kernels stay under ``max_elems``.
     """
     B, G, T, _ = a_bgtd.shape
-    wd = _work_dtype(a_bgtd.dtype)
+    wd = work_dtype(a_bgtd.dtype)
     per_group = (G * T) ** 2
     step = max(1, max_elems // max(per_group, 1))
     out_bgg = torch.empty(B, G, G, dtype=ACC, device=a_bgtd.device)
@@ -109,11 +110,13 @@ def linear_gram_materialised(
     out_bgg = torch.zeros(B, G, G, dtype=ACC, device=a_bgtd.device)
     for r0 in range(0, d_out, step):
         w_nrd = linear_grads_rows(a_ntd, b_nto, slice(r0, r0 + step))
-        out_bgg += _gram_of_rows(w_nrd.to(_work_dtype(w_nrd.dtype)).reshape(B, G, -1))
+        out_bgg += gram_of_rows(w_nrd.to(work_dtype(w_nrd.dtype)).reshape(B, G, -1))
     return out_bgg
 
 
-def linear_gram(a_bgtd: torch.Tensor, b_bgto: torch.Tensor, max_elems: int, route: str) -> torch.Tensor:
+def linear_gram(
+    a_bgtd: torch.Tensor, b_bgto: torch.Tensor, max_elems: int, route: str
+) -> torch.Tensor:
     """Gram of a linear weight by ``route`` in {"auto", "ghost", "materialise"}."""
     B, G, T, d_in = a_bgtd.shape
     if route == "auto":
@@ -128,13 +131,15 @@ def bias_grads(b_bgto: torch.Tensor) -> torch.Tensor:
     return b_bgto.sum(dim=2)
 
 
-def norm_weight_grads(b_bgp_: torch.Tensor, xhat_bgp_: torch.Tensor, param_dims: int) -> torch.Tensor:
+def norm_weight_grads(
+    b_bgp_: torch.Tensor, xhat_bgp_: torch.Tensor, param_dims: int
+) -> torch.Tensor:
     """Per-sample affine-norm weight gradients ``∇w_n = Σ_pos b_n ⊙ x̂_n``.
 
     Inputs (B, G, *pos, *param_shape); the ``pos`` axes (positions, heads) are summed.
     Returns (B, G, *param_shape).
     """
-    wd = _work_dtype(b_bgp_.dtype)
+    wd = work_dtype(b_bgp_.dtype)
     prod = b_bgp_.to(wd) * xhat_bgp_.to(wd)
     pos_axes = tuple(range(2, prod.dim() - param_dims))
     return prod.sum(dim=pos_axes) if pos_axes else prod
@@ -143,7 +148,7 @@ def norm_weight_grads(b_bgp_: torch.Tensor, xhat_bgp_: torch.Tensor, param_dims:
 def norm_bias_grads(b_bgp_: torch.Tensor, param_dims: int) -> torch.Tensor:
     """Per-sample affine-norm bias gradients ``∇c_n = Σ_pos b_n``: (B, G, *param_shape)."""
     pos_axes = tuple(range(2, b_bgp_.dim() - param_dims))
-    wd = _work_dtype(b_bgp_.dtype)
+    wd = work_dtype(b_bgp_.dtype)
     return b_bgp_.to(wd).sum(dim=pos_axes) if pos_axes else b_bgp_.to(wd)
 
 
@@ -160,7 +165,7 @@ def embedding_rows(inv_gt: torch.Tensor, n_rows: int, b_gtd: torch.Tensor) -> to
     Returns (G, |U|, d) in the work dtype.
     """
     G, T, d = b_gtd.shape
-    wd = _work_dtype(b_gtd.dtype)
+    wd = work_dtype(b_gtd.dtype)
     flat_idx = (torch.arange(G, device=inv_gt.device).unsqueeze(1) * n_rows + inv_gt).reshape(-1)
     rows = torch.zeros(G * n_rows, d, dtype=wd, device=b_gtd.device)
     rows.index_add_(0, flat_idx, b_gtd.reshape(G * T, d).to(wd))
@@ -170,4 +175,4 @@ def embedding_rows(inv_gt: torch.Tensor, n_rows: int, b_gtd: torch.Tensor) -> to
 def pair_gram(x_gk: torch.Tensor, y_gk: torch.Tensor) -> torch.Tensor:
     """Cross Gram ``K[i, j] = x_i · y_j`` for (G, ...) per-sample tensors, float64 (G, G)."""
     G = x_gk.shape[0]
-    return _cross_rows(x_gk.reshape(1, G, -1), y_gk.reshape(1, G, -1))[0]
+    return cross_rows(x_gk.reshape(1, G, -1), y_gk.reshape(1, G, -1))[0]

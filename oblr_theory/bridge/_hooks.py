@@ -136,7 +136,8 @@ class GhostRecorder:
 
     def _on_forward(self, name, module, kind, own, args, kwargs, output) -> None:
         x = args[0] if args else next(iter(kwargs.values()))
-        if not isinstance(output, torch.Tensor) or output.shape[:1] != (self.N,) or x.shape[0] != self.N:
+        ok = isinstance(output, torch.Tensor) and output.shape[:1] == (self.N,)
+        if not ok or x.shape[0] != self.N:
             raise ValueError(
                 f"module '{name}' ({type(module).__name__}) did not see the flattened batch "
                 f"(B*G = {self.N}) as its leading dimension; the ghost method needs every "
@@ -177,7 +178,8 @@ class GhostRecorder:
             out0 = output[:1].detach()
             eps = torch.finfo(output.dtype).eps
             scale = float(out0.abs().max().clamp(min=1.0))
-            ok = expect0.shape == out0.shape and float((expect0 - out0).abs().max()) <= 64 * eps * scale
+            ok = expect0.shape == out0.shape
+            ok = ok and float((expect0 - out0).abs().max()) <= 64 * eps * scale
         if not ok:
             raise ValueError(
                 f"module '{name}' ({type(module).__name__}) is not elementwise-affine in its weight "
@@ -296,7 +298,8 @@ class GhostRecorder:
             if pname == "weight":
                 a_bgtd, b_bgto = self._factors(use, g_bg_)
                 return gm.linear_gram(a_bgtd, b_bgto, self.max_elems, self.route)
-            return gm._gram_of_rows(gm.bias_grads(g_bg_.reshape(self.B, self.G, -1, g_bg_.shape[-1])).to(gm._work_dtype(g_bg_.dtype)))
+            g_bgto = g_bg_.reshape(self.B, self.G, -1, g_bg_.shape[-1])
+            return gm.gram_of_rows(gm.bias_grads(g_bgto.to(gm.work_dtype(g_bgto.dtype))))
         if use.kind == "embedding":
             g_bg_ = self._embedding_grad(use, g_bg_)
             out = []
@@ -309,7 +312,7 @@ class GhostRecorder:
             grads = self._norm_weight_grads(use, g_bg_, p)
         else:
             grads = gm.norm_bias_grads(g_bg_, p.dim())
-        return gm._gram_of_rows(grads.reshape(self.B, self.G, -1))
+        return gm.gram_of_rows(grads.reshape(self.B, self.G, -1))
 
     @staticmethod
     def _norm_weight_grads(use: _Use, g_bg_: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -335,7 +338,7 @@ class GhostRecorder:
                 mine_store, other_store = state.emb_rows, state.lin_rows
             else:
                 mine = gm.linear_grads_rows(a_bgtd[b], b_bgto[b], uniq_u)
-                mine = mine.to(gm._work_dtype(mine.dtype))
+                mine = mine.to(gm.work_dtype(mine.dtype))
                 mine_store, other_store = state.lin_rows, state.emb_rows
             if b in other_store:
                 k = gm.pair_gram(mine, other_store.pop(b))
@@ -344,7 +347,7 @@ class GhostRecorder:
                 mine_store[b] = mine
         self._add(cross)
 
-    def _full_grads(self, use: _Use, pname: str, p: torch.Tensor, g_bg_: torch.Tensor) -> torch.Tensor:
+    def _full_grads(self, use: _Use, pname: str, p: torch.Tensor, g_bg_: torch.Tensor):
         """Per-sample gradients of one use, materialised: (N, *p.shape)."""
         N = self.N
         g_n_ = g_bg_.reshape(N, *g_bg_.shape[2:])
@@ -368,7 +371,7 @@ class GhostRecorder:
             grads = gm.norm_bias_grads(g_bg_, p.dim())
         return grads.reshape(N, *p.shape)
 
-    def _accumulate_shared(self, use: _Use, pname: str, p: torch.Tensor, g_bg_: torch.Tensor) -> None:
+    def _accumulate_shared(self, use: _Use, pname: str, p: torch.Tensor, g_bg_: torch.Tensor):
         if self.N * p.numel() > 4 * self.max_elems:
             names = sorted({u.name for u in self.uses_by_param[id(p)]})
             raise ValueError(
@@ -376,14 +379,14 @@ class GhostRecorder:
                 f"method would need {self.N} x {p.numel()} per-sample entries. Use method='loop'"
             )
         full = self._full_grads(use, pname, p, g_bg_)
-        full = full.to(gm._work_dtype(full.dtype))
+        full = full.to(gm.work_dtype(full.dtype))
         pid = id(p)
         self.shared[pid] = full if pid not in self.shared else self.shared[pid] + full
 
     def finalize(self, device, dtype=gm.ACC) -> torch.Tensor:
         """The total Gram ``(B, G, G)``: hooked contributions plus shared-parameter buffers."""
         for full in self.shared.values():
-            self._add(gm._gram_of_rows(full.reshape(self.B, self.G, -1)))
+            self._add(gm.gram_of_rows(full.reshape(self.B, self.G, -1)))
         self.shared.clear()
         if self.gram_bgg is None:
             return torch.zeros(self.B, self.G, self.G, dtype=dtype, device=device)
