@@ -158,7 +158,8 @@ def run(cfg: Config, out: str, progress: bool = True) -> dict:
 
     arr = lambda k: np.stack([getattr(s, k) for s in samples])  # noqa: E731
     data = (arr("rewards_n"), arr("sq_norms_n"), arr("lengths_n"), arr("logit_n"), arr("gram_nn"))
-    fn = lambda keep: V.statistics(*data, cfg.group_size, keep, batch_grams, cfg.ema_beta, cfg.eta_max)  # noqa: E731
+    pre = V.precompute(*data, cfg.group_size, batch_grams)
+    fn = lambda keep: V.statistics(pre, keep, cfg.ema_beta, cfg.eta_max)  # noqa: E731
     full, se = V.jackknife(fn, cfg.groups, progress=progress)
     claims = V.analyse(full, se, cfg.group_size, cfg.alpha, exact_ref)
     report = {

@@ -320,12 +320,16 @@ class OBLRPO:
     """OBLR-PO (or any registry estimator) updates of ``model`` from rollouts.
 
     ``reduce`` (optional) is the distributed hook: ``reduce(tensor) -> tensor`` sums a float64
-    tensor over ranks (identity on one process); the gradient itself is averaged by DDP or by
-    :mod:`oblr_theory.bridge.distributed`. Whole groups stay on one rank.
+    tensor over ranks (identity on one process); the gradient itself is averaged by DDP
+    (``forward_model``, the wrapper that runs the surrogate's forward and backward; the Gram
+    always runs on the unwrapped ``model``) or by ``grad_sync()``. Whole groups stay on one rank
+    (:mod:`oblr_theory.bridge.distributed`).
     """
 
-    def __init__(self, model, config: StepConfig = StepConfig(), *, reduce=None, grad_sync=None):
+    def __init__(self, model, config: StepConfig = StepConfig(), *, reduce=None, grad_sync=None,
+                 forward_model=None):
         self.model, self.cfg = model, config
+        self.forward_model = forward_model if forward_model is not None else model
         self.estimator = estimators.get(config.estimator, aggregation=config.aggregation,
                                         **config.estimator_params)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -388,7 +392,7 @@ class OBLRPO:
         t1 = time.perf_counter()
 
         self.opt.zero_grad(set_to_none=True)
-        seq = sequence_logprobs(self.model, rollout.input_ids_bgt, rollout.attention_bgt,
+        seq = sequence_logprobs(self.forward_model, rollout.input_ids_bgt, rollout.attention_bgt,
                                 rollout.completion_bgt)
         loss = surrogate_loss(seq.seq_logp_bg, A_bg)
         loss.backward()

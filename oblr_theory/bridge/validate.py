@@ -41,12 +41,13 @@ from scipy import stats as sps
 
 from .. import estimators, exact, theory
 from ..problems.base import Outcomes
-from ..snr import EMASNR, snr_fraction, snr_hat, snr_pieces_from_gram
+from ..snr import EMASNR, SNRPieces, snr_fraction, snr_hat, snr_pieces_from_gram
 from .gram import score_gram
 from .step import encode_prompts, sample_rollout
 
 __all__ = ["ESTIMATORS", "CLOSED_FORMS", "PromptSamples", "collect_prompt", "batch_gram",
            "advantages", "group_gram", "cross_group_mean_inner", "sample_moments", "analyse",
+           "precompute", "statistics",
            "jackknife", "exact_reference", "enumerate_completions", "z_threshold"]
 
 #: (label, registry name, source of S): the estimators compared. ``logit_loo`` is
@@ -177,39 +178,104 @@ def predicted_variance(mom: dict, label: str, G: int) -> float:
     return float("nan")
 
 
-def statistics(r_pn, S_pn, ell_pn, logit_pn, gram_pnn, G: int, keep_m=None,
-               batch_grams=None, ema_beta: float = 0.9, eta_max: float = 1.0) -> dict[str, float]:
+@dataclass
+class _Prompt:
+    """Per-prompt pieces that the jackknife re-uses: samples, and (M, M) group-level Grams."""
+
+    r: np.ndarray
+    S: np.ndarray
+    ell: np.ndarray
+    lam: np.ndarray
+    K_u: dict  # label -> [u^e_m · u^e_m'] (M, M)
+    K_ref: dict  # label -> [u^e_m · u^ref_m'] (M, M)
+    W: np.ndarray  # block sums Σ_{i∈m, k∈m'} r_i r_k K_ik (M, M)
+
+
+@dataclass
+class Precomputed:
+    """Everything :func:`statistics` needs; built once by :func:`precompute`."""
+
+    prompts: list
+    G: int
+    M: int
+    snr: dict | None  # label -> (nums (M,), dens (M,)) T7 pieces per batch
+
+
+def precompute(r_pn, S_pn, ell_pn, logit_pn, gram_pnn, G: int, batch_grams=None) -> Precomputed:
+    """Advantages and group-level Grams once (``C K Cᵀ``); the jackknife then drops rows/columns.
+
+    Valid because every estimator's advantages use only its own group, so deleting batch ``m``
+    deletes row and column ``m`` of each group-level Gram and nothing else changes.
+    """
+    P, n = r_pn.shape
+    if n % G:
+        raise ValueError(f"samples per prompt ({n}) must be a multiple of group_size={G}")
+    M = n // G
+    if M < 3:
+        raise ValueError(f"need M >= 3 groups per prompt for the jackknife, got {M}")
+    prompts = []
+    for p in range(P):
+        r, S, ell, lam, K = r_pn[p], S_pn[p], ell_pn[p], logit_pn[p], gram_pnn[p]
+        shp = (M, G)
+        A = {lab: advantages(name, src, r.reshape(shp), S.reshape(shp), ell.reshape(shp), lam.reshape(shp))
+             for lab, name, src in ESTIMATORS}
+        ref = A["reinforce"]  # unbiased by the score identity alone (T1 with b = 0)
+        rr = np.outer(r, r) * K
+        W = rr.reshape(M, G, M, G).sum(axis=(1, 3))
+        prompts.append(_Prompt(r, S, ell, lam, {k: group_gram(K, a) for k, a in A.items()},
+                               {k: group_gram(K, a, ref) for k, a in A.items()}, W))
+    snr = None
+    if batch_grams is not None:
+        snr = {}
+        for lab, name, src in ESTIMATORS:
+            nums, dens = np.zeros(M), np.zeros(M)
+            for m in range(M):
+                sl = slice(m * G, (m + 1) * G)
+                A = advantages(name, src, r_pn[:, sl], S_pn[:, sl], ell_pn[:, sl], logit_pn[:, sl])  # (P, G)
+                pieces = snr_pieces_from_gram(group_gram(batch_grams[m], A))  # B = P groups
+                nums[m], dens[m] = float(pieces.grad_sq_norm_hat), float(pieces.noise_var_hat)
+            snr[lab] = (nums, dens)
+    return Precomputed(prompts, G, M, snr)
+
+
+def _kept_moments(pr: _Prompt, keep_m: np.ndarray, G: int) -> dict:
+    """:func:`sample_moments` on the kept groups, from block sums (no n × n work)."""
+    keep_n = np.repeat(keep_m, G)
+    r, S = pr.r[keep_n], pr.S[keep_n]
+    n = len(r)
+    gsq = (pr.W[np.ix_(keep_m, keep_m)].sum() - np.sum(r * r * S)) / (n * (n - 1))
+    m_S = S.mean()
+    return dict(mu=r.mean(), var_r=r.var(ddof=1), m_S=m_S, m_rS=(r * S).mean(), m_r2S=(r**2 * S).mean(),
+                grad_sq_norm=gsq, b_star=(r * S).mean() / m_S if m_S > 0 else r.mean())
+
+
+def statistics(pre: Precomputed, keep_m=None, ema_beta: float = 0.9, eta_max: float = 1.0) -> dict[str, float]:
     """All scalar statistics of one data set (optionally without some batches), flat dict.
 
     ``keep_m`` (bool, (M,)) drops batches for the jackknife. Keys: ``V_measured/<e>``,
     ``V_predicted/<e>``, ``scale/<e>``, ``rel_bias_sq/<e>``, ``moment/<k>``, ``removed/<a>_vs_<b>``,
     ``corr/...``, ``snr/<e>/...`` (means over prompts unless stated).
     """
-    P, n = r_pn.shape
-    M = n // G
+    G, M = pre.G, pre.M
     keep_m = np.ones(M, bool) if keep_m is None else np.asarray(keep_m, bool)
     keep_n = np.repeat(keep_m, G)
+    ix = np.ix_(keep_m, keep_m)
     out: dict[str, list] = {}
     put = lambda k, v: out.setdefault(k, []).append(v)  # noqa: E731
-    for p in range(P):
-        r, S, ell, lam = (a[p][keep_n] for a in (r_pn, S_pn, ell_pn, logit_pn))
-        K = gram_pnn[p][np.ix_(keep_n, keep_n)]
-        mom = sample_moments(r, S, K)
+    for pr in pre.prompts:
+        mom = _kept_moments(pr, keep_m, G)
         for k, v in mom.items():
             put(f"moment/{k}", v)
         for lab in CLOSED_FORMS + ("fixed_mean", "fixed_b_star"):
             put(f"V_predicted/{lab}", predicted_variance(mom, lab, G))
-        shp = (-1, G)
-        A = {lab: advantages(name, src, r.reshape(shp), S.reshape(shp), ell.reshape(shp), lam.reshape(shp))
-             for lab, name, src in ESTIMATORS}
-        ref = A["reinforce"]  # unbiased by the score identity alone (T1 with b = 0)
-        for lab, A_mg in A.items():
-            Ku = group_gram(K, A_mg)
+        for lab, _, _ in ESTIMATORS:
+            Ku = pr.K_u[lab][ix]
             put(f"V_measured/{lab}", float(snr_pieces_from_gram(Ku).trace_cov_hat))
-            put(f"inner/{lab}_ref", cross_group_mean_inner(group_gram(K, A_mg, ref)))
+            put(f"inner/{lab}_ref", cross_group_mean_inner(pr.K_ref[lab][ix]))
             put(f"inner/{lab}_{lab}", cross_group_mean_inner(Ku))
-        for a, b in ((S, ell), (S, lam)):
-            put("corr/S_length" if b is ell else "corr/S_logit", _pearson(a, b))
+        S, ell, lam = pr.S[keep_n], pr.ell[keep_n], pr.lam[keep_n]
+        put("corr/S_length", _pearson(S, ell))
+        put("corr/S_logit", _pearson(S, lam))
         put("corr/S_length_spearman", _spearman(S, ell))
         put("corr/S_logit_spearman", _spearman(S, lam))
     res = {k: float(np.nanmean(v)) if np.any(np.isfinite(v)) else float("nan") for k, v in out.items()}
@@ -227,8 +293,8 @@ def statistics(r_pn, S_pn, ell_pn, logit_pn, gram_pnn, G: int, keep_m=None,
     res["T3/b_star_minus_mu"] = res["moment/b_star"] - res["moment/mu"]
     for lab in CLOSED_FORMS:  # jackknifed jointly, so its SE is the SE of the difference
         res[f"diff_V/{lab}"] = res[f"V_measured/{lab}"] - res[f"V_predicted/{lab}"]
-    if batch_grams is not None:
-        res.update(_snr_stats(r_pn, S_pn, ell_pn, logit_pn, batch_grams, G, keep_m, ema_beta, eta_max))
+    if pre.snr is not None:
+        res.update(_snr_stats(pre, keep_m, ema_beta, eta_max))
     return res
 
 
@@ -240,30 +306,27 @@ def _spearman(a, b) -> float:
     return float(sps.spearmanr(a, b)[0]) if np.std(a) > 0 and np.std(b) > 0 else float("nan")
 
 
-def _snr_stats(r_pn, S_pn, ell_pn, logit_pn, batch_grams, G, keep_m, beta, eta_max) -> dict:
-    """T7 per batch (B = P prompt groups), EMA over batches, T5 step ``η_max SNR/(1+SNR)``."""
-    P = r_pn.shape[0]
+def _snr_stats(pre: Precomputed, keep_m, beta, eta_max) -> dict:
+    """T7 per batch (B = P prompt groups), EMA over the kept batches in order, pooled SNR
+    ``max(mean n, 0)/mean v``, and T5's step ``η_max SNR/(1+SNR)`` from the pooled SNR."""
     res = {}
-    for lab, name, src in ESTIMATORS:
-        ema, nums, dens, snrs = EMASNR(beta), [], [], []
+    for lab, (nums, dens) in pre.snr.items():
+        ema = EMASNR(beta)
+        snrs = []
         for m in np.flatnonzero(keep_m):
-            sl = slice(m * G, (m + 1) * G)
-            A = advantages(name, src, r_pn[:, sl], S_pn[:, sl], ell_pn[:, sl], logit_pn[:, sl])  # (P, G)
-            Ku = group_gram(batch_grams[m], A)  # (P, P): one group per prompt
-            pieces = snr_pieces_from_gram(Ku)
-            nums.append(float(pieces.grad_sq_norm_hat))
-            dens.append(float(pieces.noise_var_hat))
+            pieces = SNRPieces(nums[m], dens[m], None, None, len(pre.prompts))
             snrs.append(float(snr_hat(pieces)))
             ema.update(pieces)
-        pooled = max(np.mean(nums), 0.0) / np.mean(dens) if np.mean(dens) > 0 else float("inf")
+        n_, d_ = nums[keep_m].mean(), dens[keep_m].mean()
+        pooled = max(n_, 0.0) / d_ if d_ > 0 else float("inf")
         res[f"snr/{lab}/batch_mean"] = float(np.mean(snrs))
         res[f"snr/{lab}/ema"] = float(ema.snr)
         res[f"snr/{lab}/pooled"] = float(pooled)
-        res[f"snr/{lab}/grad_sq_norm_hat"] = float(np.mean(nums))
-        res[f"snr/{lab}/noise_var_hat"] = float(np.mean(dens))
+        res[f"snr/{lab}/grad_sq_norm_hat"] = float(n_)
+        res[f"snr/{lab}/noise_var_hat"] = float(d_)
         res[f"lr/{lab}/T5_fraction"] = float(snr_fraction(np.float64(pooled)))
         res[f"lr/{lab}/eta"] = eta_max * res[f"lr/{lab}/T5_fraction"]
-    res["snr/batch_size"] = float(P)
+    res["snr/batch_size"] = float(len(pre.prompts))
     return res
 
 
