@@ -130,12 +130,18 @@ def _supervised_batch(task: ArithmeticTask, tok, n: int, rng: np.random.Generato
 
 
 def pretrain(model, tokenizer, task: ArithmeticTask, steps: int = 150, batch_size: int = 64,
-             lr: float = 3e-3, seed: int = 0, progress: bool = False) -> list[float]:
+             lr: float = 3e-3, seed: int = 0, progress: bool = False,
+             stop_at_reward: float | None = None, check_every: int = 10) -> list[float]:
     """Brief supervised training on correct answers (cross-entropy on answer tokens only).
 
     Returns the loss per step. Stopping early leaves a policy that is right on some prompts and
     some samples only, i.e. rewards with variance, which the validation needs.
+    ``stop_at_reward``: stop once the exact expected reward over all problems
+    (:func:`~oblr_theory.bridge.step.expected_task_reward`) reaches it (checked every
+    ``check_every`` steps), so models of any size end at a comparable policy.
     """
+    from .step import expected_task_reward
+
     from tqdm.auto import tqdm
 
     tok = as_task_tokenizer(tokenizer)
@@ -151,6 +157,11 @@ def pretrain(model, tokenizer, task: ArithmeticTask, steps: int = 150, batch_siz
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+        if stop_at_reward is not None and len(losses) % check_every == 0:
+            model.eval()
+            if float(expected_task_reward(model, tok, task.all_problems()).mean()) >= stop_at_reward:
+                break
+            model.train()
     model.eval()
     for p in model.parameters():
         p.grad = None
@@ -207,13 +218,27 @@ def _config_params(cfg) -> int:
 
 def load_model(model: str | None, task: ArithmeticTask, seed: int = 0, pretrain_steps: int = 150,
                device: str = "cpu", dtype=torch.float32, progress: bool = False):
-    """``(model, tokenizer)``: the tiny Qwen3 (pretrained briefly when ``pretrain_steps > 0``) when
-    ``model`` is None or ``"tiny"``, else :func:`load_local`."""
-    if model in (None, "tiny"):
+    """``(model, tokenizer)`` for a model spec:
+
+    - ``None`` / ``"tiny"``: the tiny Qwen3, pretrained for ``pretrain_steps`` steps;
+    - ``"shape:0.6B"`` (any ``QWEN3_SHAPES`` key, optionally ``"shape:0.6B:4"`` for 4 layers): a
+      Qwen3-shaped model with the character vocabulary, pretrained until its expected reward
+      reaches 0.3 (checked every 2 steps, at most ``pretrain_steps`` steps, AdamW lr 1e-4);
+    - a local checkpoint directory: :func:`load_local` (no pretraining).
+    """
+    if model in (None, "tiny") or str(model).startswith("shape:"):
         tok = CharTokenizer()
-        m = tiny_qwen3(tok, seed=seed, dtype=torch.float32).to(device)
+        if model in (None, "tiny"):
+            m = tiny_qwen3(tok, seed=seed, dtype=torch.float32).to(device)
+            kw = dict(lr=3e-3)
+        else:
+            parts = str(model).split(":")
+            layers = int(parts[2]) if len(parts) > 2 else None
+            m = qwen3_shaped(parts[1], tok.vocab_size, tok.pad_token_id, tok.eos_token_id, seed=seed,
+                             dtype=torch.float32, num_hidden_layers=layers).to(device)
+            kw = dict(lr=1e-4, stop_at_reward=0.3, check_every=2)
         if pretrain_steps > 0:
-            pretrain(m, tok, task, steps=pretrain_steps, seed=seed, progress=progress)
+            pretrain(m, tok, task, steps=pretrain_steps, seed=seed, progress=progress, **kw)
         m = m.to(dtype)
         if dtype == torch.float64:
             make_float64_exact(m)

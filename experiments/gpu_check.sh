@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# GPU check for ISSUE 7 (torch bridge part 2), under 8 minutes on one H100/H200:
+#   1. bench_step: OBLR-PO update vs GRPO update on the same batch, Qwen3-0.6B shape with the
+#      real Qwen3 vocabulary (151936), random weights, bf16 and fp32;
+#   2. qwen3_validation: theory vs practice at fixed θ on the built-in task with a Qwen3-0.6B-shaped
+#      model (character vocabulary, pretrained on GPU until its expected reward reaches 0.3), fp32;
+#   3. the validation figure.
+# Outputs go under $OUT (or results/gpu_check). Each stage has its own timeout, so one slow stage
+# cannot eat the others' time. QUICK=1 runs the same pipeline on a CPU with tiny sizes (a dry run
+# of the script's logic, not a GPU measurement).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR="${OUT:-results/gpu_check}"
+mkdir -p "$OUT_DIR"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+if [[ "${QUICK:-0}" == "1" ]]; then
+  DEV=cpu; SHAPE=(--hidden 64 --n-layers 2 --heads 4 --kv-heads 2 --head-dim 16 --intermediate 128)
+  BENCH=(--vocab 512 --batch 2 --group 4 --prompt-len 8 --completion-len 16 --repeats 2)
+  VAL=(--model tiny --prompts 3 --groups 4 --group-size 4 --pretrain-steps 20 --device cpu --dtype float64)
+  T_BENCH=300; T_VAL=300
+else
+  DEV=cuda; SHAPE=(--shape 0.6B)
+  BENCH=(--vocab 151936 --batch 4 --group 8 --prompt-len 64 --completion-len 192 --repeats 5)
+  VAL=(--model shape:0.6B --prompts 8 --groups 16 --group-size 8 --pretrain-steps 200 --device cuda --dtype float32)
+  T_BENCH=120; T_VAL=200
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/gpu.csv" 2>&1 || true
+  python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible')" || exit 2
+fi
+
+status=0
+for dt in bfloat16 float32; do
+  [[ "$DEV" == "cpu" && "$dt" == "bfloat16" ]] && continue
+  echo "== bench_step ($dt)"
+  timeout "$T_BENCH" python experiments/bench_step.py "${SHAPE[@]}" "${BENCH[@]}" --device "$DEV" --dtype "$dt" \
+    > "$OUT_DIR/bench_step_$dt.json" 2> "$OUT_DIR/bench_step_$dt.log" || { echo "bench_step $dt failed (see log)"; status=1; }
+  python - "$OUT_DIR/bench_step_$dt.json" <<'PY' || true
+import json, sys
+d = json.load(open(sys.argv[1]))
+print({k: d[k] for k in ("device", "params", "tokens", "median_s", "ratio_oblr_po_over_grpo", "ratio_ghost_over_grpo", "meets_target")})
+PY
+done
+
+echo "== qwen3_validation"
+timeout "$T_VAL" python experiments/qwen3_validation.py "${VAL[@]}" --out "$OUT_DIR/qwen3_validation" --quiet \
+  > "$OUT_DIR/qwen3_validation.txt" 2> "$OUT_DIR/qwen3_validation.log" || { echo "validation failed (see log)"; status=1; }
+head -40 "$OUT_DIR/qwen3_validation.txt"
+python paper_figures/qwen3_validation.py "$OUT_DIR/qwen3_validation" || status=1
+echo "outputs in $OUT_DIR (exit $status)"
+exit $status
