@@ -1,27 +1,44 @@
 """OBLR-PO against reinforce, rloo, dr_grpo, grpo and opo on three toy families (issue 5, item 5).
 
-    python experiments/comparison.py [--quick] [--out results]
+    python experiments/comparison.py [--quick] [--out results] [--families a,b]
 
-Protocol. Every method is an (estimator, learning-rate rule) pair. Its step size (the constant
-``η`` of a constant rule, or ``η_max`` of the SNR rule) is tuned on a small grid on TUNING seeds
-(10000+i) by the mean of ``J(θ_t)`` over the run (area under the learning curve), then the
-tuned setting is evaluated on separate EVALUATION seeds (0..S−1). The same seed gives every
-method the same random stream. OBLR-PO = gradient-weighted baseline + SNR learning rate
-(``optimal_loo`` and the shrunk variant ``optimal_loo_shrink``); ``rloo+snr`` isolates the rule.
+Protocol. Every method is an (estimator, learning-rate rule) pair. Its one step-size parameter
+(the constant ``η`` of a constant rule, or ``η_max`` of the SNR rule) is tuned by the *same*
+procedure for every method: a geometric grid ``FULL["etas"]``, TUNING seeds ``10000+i``, score
+= mean of the exact ``J(θ_t)`` over the run (area under the learning curve), ties to the smaller
+step. The tuned setting is then evaluated on separate EVALUATION seeds ``0..S−1``; nothing is
+tuned on them. The same seed gives every method the same random stream (common random numbers).
 
-Metrics per evaluation run: final ``J``, the first step with ``J ≥ 0.9 J*`` (90% of the optimum,
-``J* = E_x max_y r``), and collapse: the run ends below ``0.9 J*`` with a near-deterministic
-policy (mean over prompts of the modal response's probability ≥ 0.95), i.e. stuck on a wrong
-answer.
+Methods. Constant-step baselines ``reinforce``, ``rloo``, ``dr_grpo``, ``grpo``, ``opo``;
+OBLR-PO = gradient-weighted baseline + SNR learning rate (``oblr_po``: ``optimal_loo``;
+``oblr_po_shrink``: ``optimal_loo_shrink``, λ = 1/2). Two ablations split OBLR-PO in two:
+``rloo+snr`` (the SNR rule alone, T5) and ``optimal_loo`` / ``optimal_loo_shrink`` with a
+constant step (the baseline alone, T3).
 
-Writes tune.jsonl (family x method x η x tuning seed), tuned.json (the chosen η per family and
-method) and comparison.jsonl (family x method x η x evaluation seed, with the learning curve),
-resumable and atomic; changing the grid re-tunes and re-evaluates only what is new.
+SNR rule (T5 online, :func:`oblr_theory.snr.snr_lr`): ``η_t = clip(η_max SNR̂_t/(1+SNR̂_t),
+η_min, η_max)`` with ``SNR̂_t`` the T7 estimate from the ``B`` per-group gradients of the batch,
+numerator and denominator smoothed by separate EMAs (``β = EMA_BETA``, about ``1/(1−β) = 10``
+batches, bias-corrected), and the floor ``η_min = ETA_MIN_FRACTION · η_max`` (a fixed fraction,
+so the rule keeps one tuned parameter, as the constant rules do).
+
+Metrics per evaluation run: final ``J``; the first step with ``J ≥ 0.9 J*`` (``J* = E_x max_y r``,
+:func:`oblr_theory.families.optimum`); collapse: some prompt's final policy puts
+``≥ COLLAPSE_MODAL`` of its mass on one response whose reward is below that prompt's best
+(deterministic on a wrong or partial answer, from which the gradient ``∝ π(1−π)`` can hardly
+escape); ``collapsed_prompts`` is the fraction of such prompts.
+
+Files (resumable, atomic): tune.jsonl (family x method x η x tuning seed), tuned.json (per
+family and method: the chosen η, the grid, whether it sits at the grid's edge, the setting id)
+and comparison.jsonl (family x method x η x evaluation seed, with the learning curve). Every key
+carries a *setting id*, a hash of the family's problem at ``θ_0`` (parameters and every
+response's reward) and of the run configuration, so a changed family or config never reuses
+stale rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -32,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from oblr_theory import dynamics, families  # noqa: E402
+from oblr_theory import dynamics, exact, families  # noqa: E402
 from oblr_theory.results import ResultStore, git_revision  # noqa: E402
 
 METHODS = {
@@ -41,11 +58,14 @@ METHODS = {
     "dr_grpo": ("dr_grpo", "constant"),
     "grpo": ("grpo", "constant"),
     "opo": ("opo", "constant"),
+    "optimal_loo": ("optimal_loo", "constant"),
+    "optimal_loo_shrink": ("optimal_loo_shrink", "constant"),
     "rloo+snr": ("rloo", "snr"),
     "oblr_po": ("optimal_loo", "snr"),
     "oblr_po_shrink": ("optimal_loo_shrink", "snr"),
 }
-FULL = dict(etas=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], tune_seeds=4, eval_seeds=16, steps=300)
+#: η grid: geometric, factor 2, from 1/4 to 256 (wide enough that tuned steps are interior).
+FULL = dict(etas=[float(2.0**k) for k in range(-2, 9)], tune_seeds=4, eval_seeds=16, steps=250)
 QUICK = dict(etas=[0.5, 2.0, 8.0], tune_seeds=2, eval_seeds=4, steps=40)
 GROUP, BATCH, EMA_BETA, ETA_MIN_FRACTION = 8, 4, 0.9, 0.05
 COLLAPSE_MODAL = 0.95
@@ -57,35 +77,64 @@ def config(method, eta, steps):
                               ema_beta=EMA_BETA)
 
 
-def summarise_run(tr, i, J_star):
+def setting_id(problem, method, steps) -> str:
+    """A short hash of the problem at ``θ_0`` (θ, prompt law, every response's reward) and of the
+    run configuration of ``method`` (estimator, rule, G, B, steps, EMA, η_min fraction)."""
+    h = hashlib.sha1()
+    h.update(repr(problem).encode())
+    h.update(np.asarray(problem.theta, dtype=np.float64).tobytes())
+    h.update(np.asarray(problem.prompt_probs, dtype=np.float64).tobytes())
+    for o in exact.all_outcomes(problem):
+        h.update(np.asarray(o.rewards, dtype=np.float64).tobytes())
+    h.update(json.dumps([METHODS[method], GROUP, BATCH, steps, EMA_BETA, ETA_MIN_FRACTION]).encode())
+    return h.hexdigest()[:10]
+
+
+def collapse(problem, theta):
+    """Per prompt: ``True`` where the policy at ``theta`` puts ``≥ COLLAPSE_MODAL`` on one response
+    whose reward is below the prompt's best, shape ``(X,)``."""
+    outs = exact.all_outcomes(problem.with_theta(theta))
+    return np.array([o.probs.max() >= COLLAPSE_MODAL and o.rewards[np.argmax(o.probs)] < o.rewards.max()
+                     for o in outs])
+
+
+def summarise_run(problem, tr, i, J_star):
     J = tr.objective[i]
     hit = np.nonzero(J >= 0.9 * J_star)[0]
-    final = float(J[-1])
-    collapsed = bool(final < 0.9 * J_star and tr.modal_prob[i].mean() >= COLLAPSE_MODAL)
+    coll = collapse(problem, tr.theta[i])
     stride = max(1, len(J) // 100)
-    return dict(final_objective=final, steps_to_90=int(hit[0]) if len(hit) else None, collapsed=collapsed,
+    return dict(final_objective=float(J[-1]), steps_to_90=int(hit[0]) if len(hit) else None,
+                collapsed=bool(coll.any()), collapsed_prompts=float(coll.mean()),
                 mean_objective=float(J.mean()), curve_steps=np.arange(len(J))[::stride], curve=J[::stride],
                 lr_curve=tr.lr[i][::stride], snr_hat_curve=tr.snr_hat[i][::stride])
 
 
 def tune(out, family, spec, rev):
+    """Grid search on the tuning seeds; returns ``{method: dict(eta, grid, at_edge, setting)}``."""
     store = ResultStore(os.path.join(out, "tune.jsonl"))
     P = families.make(family)
     seeds = [10_000 + i for i in range(spec["tune_seeds"])]
-    for method in tqdm(METHODS, desc=f"tune {family}", leave=False):
-        for eta in spec["etas"]:
-            todo = [s for s in seeds if not store.done(f"{family}/{method}/eta={eta}/seed={s}")]
-            if todo:
-                tr = dynamics.run(P, config(method, eta, spec["steps"]), todo)
-                store.add([dict(key=f"{family}/{method}/eta={eta}/seed={s}", family=family, method=method,
-                                eta=eta, seed=int(s), steps=spec["steps"], mean_objective=float(tr.objective[i].mean()),
-                                final_objective=float(tr.objective[i, -1]), rev=rev) for i, s in enumerate(todo)])
+    ids = {m: setting_id(P, m, spec["steps"]) for m in METHODS}
+    jobs = [(m, eta) for m in METHODS for eta in spec["etas"]]
+    for method, eta in tqdm(jobs, desc=f"tune {family}", leave=False):
+        key = f"{family}/{method}/{ids[method]}/eta={eta}"
+        todo = [s for s in seeds if not store.done(f"{key}/seed={s}")]
+        if todo:
+            tr = dynamics.run(P, config(method, eta, spec["steps"]), todo)
+            store.add([dict(key=f"{key}/seed={s}", family=family, method=method, setting=ids[method],
+                            eta=eta, seed=int(s), steps=spec["steps"], mean_objective=float(tr.objective[i].mean()),
+                            final_objective=float(tr.objective[i, -1]), rev=rev) for i, s in enumerate(todo)])
     best = {}
     for method in METHODS:
         score = {eta: np.mean([r["mean_objective"] for r in store.rows if r["family"] == family
-                               and r["method"] == method and r["eta"] == eta and r["seed"] in seeds
-                               and r["steps"] == spec["steps"]]) for eta in spec["etas"]}
-        best[method] = max(spec["etas"], key=lambda e: (score[e], -e))
+                               and r["method"] == method and r.get("setting") == ids[method]
+                               and r["eta"] == eta and r["seed"] in seeds]) for eta in spec["etas"]}
+        eta = max(spec["etas"], key=lambda e: (score[e], -e))
+        at_edge = eta in (min(spec["etas"]), max(spec["etas"]))
+        best[method] = dict(eta=eta, grid=list(spec["etas"]), at_edge=at_edge, setting=ids[method],
+                            tune_score=float(score[eta]))
+        if at_edge:
+            tqdm.write(f"note: {family}/{method}: tuned η = {eta:g} is at the edge of the grid")
     return best
 
 
@@ -95,16 +144,19 @@ def evaluate(out, family, spec, best, rev, quick):
     J_star = families.optimum(P)
     seeds = list(range(spec["eval_seeds"]))
     for method in tqdm(METHODS, desc=f"eval {family}", leave=False):
-        eta = best[method]
-        todo = [s for s in seeds if not store.done(f"{family}/{method}/eta={eta}/seed={s}")]
+        eta, sid = best[method]["eta"], best[method]["setting"]
+        key = f"{family}/{method}/{sid}/eta={eta}"
+        todo = [s for s in seeds if not store.done(f"{key}/seed={s}")]
         if not todo:
             continue
         tr = dynamics.run(P, config(method, eta, spec["steps"]), todo)
         est, rule = METHODS[method]
-        store.add([dict(key=f"{family}/{method}/eta={eta}/seed={s}", family=family, method=method, estimator=est,
-                        lr_rule=rule, eta=eta, seed=int(s), group_size=GROUP, batch_size=BATCH,
-                        steps=spec["steps"], optimum=J_star, initial_objective=float(tr.objective[i, 0]),
-                        quick=quick, rev=rev, **summarise_run(tr, i, J_star)) for i, s in enumerate(todo)])
+        store.add([dict(key=f"{key}/seed={s}", family=family, method=method, setting=sid, estimator=est,
+                        lr_rule=rule, eta=eta, eta_at_edge=best[method]["at_edge"], seed=int(s),
+                        group_size=GROUP, batch_size=BATCH, ema_beta=EMA_BETA,
+                        eta_min_fraction=ETA_MIN_FRACTION, steps=spec["steps"], optimum=J_star,
+                        initial_objective=float(tr.objective[i, 0]), quick=quick, rev=rev,
+                        **summarise_run(P, tr, i, J_star)) for i, s in enumerate(todo)])
 
 
 def main(argv=None) -> int:
@@ -117,13 +169,14 @@ def main(argv=None) -> int:
     rev = git_revision()
     tuned_path = os.path.join(args.out, "tuned.json")
     tuned = json.load(open(tuned_path)) if os.path.exists(tuned_path) else {}
-    for family in args.families.split(","):
+    for family in tqdm(args.families.split(","), desc="families"):
         best = tune(args.out, family, spec, rev)
         tuned[family] = best
+        os.makedirs(args.out, exist_ok=True)
         tmp = tuned_path + ".tmp"
         with open(tmp, "w") as fh:
             json.dump(tuned, fh, indent=1)
-        os.replace(tmp, tuned_path)  # the figures keep only the rows at these step sizes
+        os.replace(tmp, tuned_path)  # the figures keep only the rows of these settings and steps
         evaluate(args.out, family, spec, best, rev, args.quick)
     return 0
 
