@@ -33,6 +33,7 @@ def main(results_dir: str, figures_dir: str) -> list[str]:
         ax.axhline(0.9 * sub[0]["optimum"], color="k", ls=":", lw=0.8, label="90% of J*")
         ax.set(title=fam, xlabel="step (symlog)", ylabel="J(θ_t) (exact)")
         ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlim(left=0)
         ax.legend(fontsize=6.5, loc="lower right")
     fig.suptitle("Tuned on seeds 10000+, evaluated on seeds 0..n−1 (mean, 10–90% band)", fontsize=10)
     paths = save(fig, figures_dir, "learning_curves")
