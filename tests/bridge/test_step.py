@@ -179,3 +179,15 @@ def test_smoke_oblr_po_raises_mean_reward():
     J1 = float(expected_task_reward(model, TOK, problems).mean())
     assert all(np.isfinite(r["lr"]) and 0 <= r["lr"] <= 0.1 for r in rows)
     assert J1 > J0, (J0, J1)
+
+
+def test_adamw_step_uses_the_snr_learning_rate(model64, rollout):
+    """AdamW: the T5 rate is set on the optimizer and the parameters move (SGD: see the smoke test)."""
+    import copy
+
+    m = copy.deepcopy(model64)
+    before = [p.detach().clone() for p in m.parameters()]
+    algo = OBLRPO(m, StepConfig(optimizer="adamw", eta_max=1e-3, eta_min=1e-5))
+    diag = algo.update(rollout)
+    assert 1e-5 <= diag.lr <= 1e-3 and algo.opt.param_groups[0]["lr"] == diag.lr
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.parameters()))
