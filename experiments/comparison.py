@@ -38,7 +38,6 @@ stale rows.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -50,7 +49,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from oblr_theory import dynamics, exact, families  # noqa: E402
-from oblr_theory.results import ResultStore, git_revision  # noqa: E402
+from oblr_theory.results import ResultStore, git_revision, problem_fingerprint  # noqa: E402
 
 METHODS = {
     "reinforce": ("reinforce", "constant"),
@@ -78,16 +77,9 @@ def config(method, eta, steps):
 
 
 def setting_id(problem, method, steps) -> str:
-    """A short hash of the problem at ``θ_0`` (θ, prompt law, every response's reward) and of the
-    run configuration of ``method`` (estimator, rule, G, B, steps, EMA, η_min fraction)."""
-    h = hashlib.sha1()
-    h.update(repr(problem).encode())
-    h.update(np.asarray(problem.theta, dtype=np.float64).tobytes())
-    h.update(np.asarray(problem.prompt_probs, dtype=np.float64).tobytes())
-    for o in exact.all_outcomes(problem):
-        h.update(np.asarray(o.rewards, dtype=np.float64).tobytes())
-    h.update(json.dumps([METHODS[method], GROUP, BATCH, steps, EMA_BETA, ETA_MIN_FRACTION]).encode())
-    return h.hexdigest()[:10]
+    """A short hash of the problem at ``θ_0`` and of the run configuration of ``method``
+    (estimator, rule, G, B, steps, EMA, η_min fraction)."""
+    return problem_fingerprint(problem, METHODS[method], GROUP, BATCH, steps, EMA_BETA, ETA_MIN_FRACTION)
 
 
 def collapse(problem, theta):

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from oblr_theory import estimator_map, estimators, exact, families, montecarlo, theory  # noqa: E402
-from oblr_theory.results import ResultStore, git_revision  # noqa: E402
+from oblr_theory.results import ResultStore, git_revision, problem_fingerprint  # noqa: E402
 
 QUICK = {"hard_arm_bandit": (2, 3, 4, 6, 8), "length_mdp": (2, 3, 4), "sparse_mdp": (2, 3)}
 MC_GROUPS = {"hard_arm_bandit": (2, 4, 8, 16), "length_mdp": (2, 4, 8), "sparse_mdp": (2, 4)}
@@ -32,10 +32,13 @@ def run_map(out, quick, rev):
     sizes = QUICK if quick else estimator_map.FAMILY_GROUP_SIZES
     for fam, Gs in sizes.items():
         problem = families.make(fam)
-        todo = [G for G in Gs if not store.done(f"{fam}/G={G}/{estimators.names()[-1]}")]
+        fp = problem_fingerprint(problem, estimators.names())
+        store.prune_family(fam, fp)
+        todo = [G for G in Gs if not store.done(f"{fam}/{fp}/G={G}/{estimators.names()[-1]}")]
         for G in tqdm(todo, desc=f"map {fam}", leave=False):
             rows = estimator_map.map_rows(problem, fam, [G])
-            store.add([dict(r, key=f"{fam}/G={G}/{r['estimator']}", quick=quick, rev=rev) for r in rows])
+            store.add([dict(r, key=f"{fam}/{fp}/G={G}/{r['estimator']}", setting=fp, quick=quick, rev=rev)
+                       for r in rows])
 
 
 def run_mc(out, quick, rev, seeds=(0,)):
@@ -46,10 +49,12 @@ def run_mc(out, quick, rev, seeds=(0,)):
         problem = families.make(fam)
         Gs = [G for G in Gs if G in QUICK[fam] or not quick]
         b_star = exact.prompt_moments(problem).b_star
+        fp = problem_fingerprint(problem, n)
+        store.prune_family(fam, fp)
         for G in tqdm(Gs, desc=f"mc {fam}", leave=False):
             for name in estimators.names():
                 for seed in seeds:
-                    key = f"{fam}/G={G}/{name}/seed={seed}"
+                    key = f"{fam}/{fp}/G={G}/{name}/seed={seed}"
                     if store.done(key) or G < estimators.spec(name).min_group:
                         continue
                     rng = np.random.default_rng(np.random.SeedSequence([seed, G]))
@@ -58,7 +63,7 @@ def run_mc(out, quick, rev, seeds=(0,)):
                     dev = u - u.mean(axis=0)
                     v_hat = float((dev * dev).sum() / (n - 1))
                     d2 = (dev * dev).sum(axis=1)
-                    store.add([dict(key=key, family=fam, group_size=G, estimator=name, seed=seed, n=n,
+                    store.add([dict(key=key, setting=fp, family=fam, group_size=G, estimator=name, seed=seed, n=n,
                                     trace_var_mc=v_hat, std_error=float(d2.std(ddof=1) / np.sqrt(n)),
                                     quick=quick, rev=rev)])
 
@@ -70,15 +75,17 @@ def run_baseline_shift(out, quick, rev):
     num = 40 if quick else 300
     rng_scales = np.random.default_rng(0).uniform(0.2, 3.0, size=num)
     rows = []
+    fp = problem_fingerprint(base, num)
+    store.prune_family("length_mdp", fp)
     for seed in range(num):
-        key = f"length_mdp/theta_seed={seed}"
+        key = f"length_mdp/{fp}/theta_seed={seed}"
         if store.done(key):
             continue
         theta = rng_scales[seed] * np.random.default_rng(seed).standard_normal(base.dim)
         m = exact.prompt_moments(base.with_theta(theta))
         excess = theory.mean_baseline_excess(m.m_rS, m.m_S, m.mu, 8)
         mean_len = m.m_len
-        rows.append(dict(key=key, family="length_mdp", seed=seed, scale=float(rng_scales[seed]), mu=m.mu,
+        rows.append(dict(key=key, setting=fp, family="length_mdp", seed=seed, scale=float(rng_scales[seed]), mu=m.mu,
                          b_star=m.b_star, mean_length=mean_len, excess_var_G8=excess,
                          var_bstar_G8=theory.prompt_variance(m, "oracle_optimal", 8), quick=quick, rev=rev))
     if rows:

@@ -4,13 +4,14 @@ and seed), each with its config, seed and git revision; written atomically (temp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 
 import numpy as np
 
-__all__ = ["ResultStore", "git_revision", "jsonable"]
+__all__ = ["ResultStore", "git_revision", "jsonable", "problem_fingerprint", "atomic_write_text"]
 
 
 def git_revision() -> str:
@@ -37,6 +38,36 @@ def jsonable(x):
     return x
 
 
+def problem_fingerprint(problem, *extra) -> str:
+    """A short hash of an enumerable problem at its current ``θ`` (its repr, θ, prompt law and every
+    response's reward) and of ``extra`` (JSON-able settings): result keys carry it, so rows computed
+    for another problem design or configuration are never silently reused on resume."""
+    from .exact import all_outcomes
+
+    h = hashlib.sha1(repr(problem).encode())
+    h.update(np.asarray(problem.theta, dtype=np.float64).tobytes())
+    h.update(np.asarray(problem.prompt_probs, dtype=np.float64).tobytes())
+    for o in all_outcomes(problem):
+        h.update(np.asarray(o.rewards, dtype=np.float64).tobytes())
+    h.update(json.dumps(jsonable(list(extra))).encode())
+    return h.hexdigest()[:10]
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary file in the same folder, then rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 class ResultStore:
     """Rows of ``path`` (a ``.jsonl`` file), keyed by ``row["key"]``; ``add`` rewrites atomically."""
 
@@ -51,6 +82,17 @@ class ResultStore:
     def done(self, key: str) -> bool:
         return key in self._keys
 
+    def prune_family(self, family: str, setting: str) -> int:
+        """Drop the rows of ``family`` computed for another ``setting`` (an older problem design or
+        configuration, see :func:`problem_fingerprint`); returns how many were dropped."""
+        keep = [r for r in self.rows if r.get("family") != family or r.get("setting") == setting]
+        dropped = len(self.rows) - len(keep)
+        if dropped:
+            self.rows = keep
+            self._keys = {r["key"] for r in keep}
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+        return dropped
+
     def add(self, rows) -> None:
         """Append rows (each with a unique ``key``) and rewrite the file atomically."""
         rows = [jsonable(r) for r in rows]
@@ -59,10 +101,4 @@ class ResultStore:
                 raise ValueError("every result row needs a 'key'")
         self.rows.extend(r for r in rows if r["key"] not in self._keys)
         self._keys.update(r["key"] for r in rows)
-        folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".jsonl")
-        with os.fdopen(fd, "w") as fh:
-            for r in self.rows:
-                fh.write(json.dumps(r) + "\n")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
