@@ -4,7 +4,10 @@
 
 Problem: the V = 16, H = 12 log-linear token MDP of ``oblr-theory verify`` (16^12 sequences, far
 too many to enumerate). Ours: :func:`oblr_theory.montecarlo.sample_sequences`, all sequences
-advanced together, scores added analytically (``e_y − π_t`` at each active table row).
+advanced together, scores added analytically (``e_y − π_t`` at each active table row). Ours is
+called on ``--chunk`` sequences at a time; the default is the library's own chunk bound,
+``MAX_CHUNK_ENTRIES // dim`` sequences (8064 here: a 32 MB score array per call, as
+``iter_groups`` uses), since per-step Python overhead is paid once per call.
 
 Baseline (measured in the same run, on sequences our sampler drew, so both compute the same
 scores): one sequence at a time, the straightforward torch route. For each sequence the active
@@ -109,13 +112,15 @@ def git_revision() -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sequences", type=int, default=200_000, help="sequences sampled and scored by ours")
-    p.add_argument("--chunk", type=int, default=4_096, help="sequences per sampler call")
+    p.add_argument("--chunk", type=int, default=None,
+                   help="sequences per sampler call (default: MAX_CHUNK_ENTRIES // dim, the library's chunk bound)")
     p.add_argument("--baseline-sequences", type=int, default=400, help="sequences scored by the torch baselines")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     problem = make_problem()
+    chunk = args.chunk if args.chunk is not None else max(1, mc.MAX_CHUNK_ENTRIES // problem.dim)
     rng = np.random.default_rng(np.random.SeedSequence(args.seed))
-    ours, last = bench_ours(problem, args.sequences, args.chunk, rng)
+    ours, last = bench_ours(problem, args.sequences, chunk, rng)
     m = min(args.baseline_sequences, len(last.prompts))
     full, autograd_only, err, torch_version = bench_torch(problem, last, m)
     out = {
@@ -127,7 +132,7 @@ def main(argv=None) -> int:
         "ratio_vs_autograd_only": ours / autograd_only,
         "target_ratio": TARGET_RATIO, "meets_target": bool(ours / full >= TARGET_RATIO),
         "max_abs_score_difference": err,
-        "sequences": args.sequences, "baseline_sequences": m, "chunk": args.chunk, "seed": args.seed,
+        "sequences": args.sequences, "baseline_sequences": m, "chunk": chunk, "seed": args.seed,
         "cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
         "python": platform.python_version(), "numpy": np.__version__, "torch": torch_version,
         "git_revision": git_revision(),
