@@ -65,7 +65,7 @@ def build_model(cfg: Config):
     dtype = DTYPES[cfg.dtype]
     if cfg.shape != "custom":
         return qwen3_shaped(cfg.shape, cfg.vocab, seed=cfg.seed, dtype=dtype,
-                            num_hidden_layers=cfg.layers).to(cfg.device)
+                            num_hidden_layers=cfg.layers, device=cfg.device)
     qc = Qwen3Config(vocab_size=cfg.vocab, hidden_size=cfg.hidden, num_hidden_layers=cfg.n_layers,
                      num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
                      head_dim=cfg.head_dim, intermediate_size=cfg.intermediate,

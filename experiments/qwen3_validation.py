@@ -188,7 +188,8 @@ def summary(report: dict) -> str:
     lines = [f"reward mean {report['reward_mean']:.3f}; claims tested {report['verdict']['tested']}, "
              f"hold {report['verdict']['hold']}, fail {report['verdict']['fail']}"]
     for c in report["claims"]:
-        z = "" if c["z"] != c["z"] else f" z={c['z']:+.2f} (|z|<{c['threshold']:.2f}: {c['holds']})"
+        cmp = ">" if c["quantity"].startswith("negative control") else "<"
+        z = "" if c["z"] != c["z"] else f" z={c['z']:+.2f} (|z|{cmp}{c['threshold']:.2f}: {c['holds']})"
         pred = "" if c["predicted"] != c["predicted"] else f" predicted {c['predicted']:.4g}"
         lines.append(f"  [{c['section']}] {c['estimator']:>11} {c['quantity']}: "
                      f"{c['measured']:.4g} ± {c['se']:.2g}{pred}{z}")

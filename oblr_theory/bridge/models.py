@@ -78,12 +78,14 @@ def param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _qwen3(vocab_size: int, pad: int, eos: int, seed: int, dtype, **shape):
+def _qwen3(vocab_size: int, pad: int, eos: int, seed: int, dtype, device="cpu", **shape):
+    """A seeded Qwen3 built directly on ``device`` (no CPU copy of a large model)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     cfg = Qwen3Config(vocab_size=vocab_size, pad_token_id=pad, eos_token_id=eos, bos_token_id=None,
                       attention_dropout=0.0, **shape)
-    with torch.random.fork_rng(devices=[]):
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
         torch.manual_seed(seed)
         model = Qwen3ForCausalLM(cfg)
     model = model.to(dtype)
@@ -98,7 +100,7 @@ def tiny_qwen3(tokenizer: CharTokenizer | None = None, spec: TinyQwen3Spec = Tin
 
 
 def qwen3_shaped(size: str, vocab_size: int, pad: int = 0, eos: int = 1, seed: int = 0,
-                 dtype=torch.bfloat16, num_hidden_layers: int | None = None):
+                 dtype=torch.bfloat16, num_hidden_layers: int | None = None, device="cpu"):
     """A Qwen3 model with a published shape (``QWEN3_SHAPES``) and random weights.
 
     ``num_hidden_layers`` optionally truncates the depth (same per-layer shape, less time).
@@ -108,7 +110,7 @@ def qwen3_shaped(size: str, vocab_size: int, pad: int = 0, eos: int = 1, seed: i
     shape = dict(QWEN3_SHAPES[size], max_position_embeddings=4096)
     if num_hidden_layers is not None:
         shape["num_hidden_layers"] = int(num_hidden_layers)
-    return _qwen3(vocab_size, pad, eos, seed, dtype, **shape)
+    return _qwen3(vocab_size, pad, eos, seed, dtype, device=device, **shape)
 
 
 def _supervised_batch(task: ArithmeticTask, tok, n: int, rng: np.random.Generator, device):
@@ -235,7 +237,7 @@ def load_model(model: str | None, task: ArithmeticTask, seed: int = 0, pretrain_
             parts = str(model).split(":")
             layers = int(parts[2]) if len(parts) > 2 else None
             m = qwen3_shaped(parts[1], tok.vocab_size, tok.pad_token_id, tok.eos_token_id, seed=seed,
-                             dtype=torch.float32, num_hidden_layers=layers).to(device)
+                             dtype=torch.float32, num_hidden_layers=layers, device=device)
             kw = dict(lr=1e-4, stop_at_reward=0.3, check_every=2)
         if pretrain_steps > 0:
             pretrain(m, tok, task, steps=pretrain_steps, seed=seed, progress=progress, **kw)
