@@ -4,8 +4,9 @@ The unit of independence is the prompt group (T7), so a batch of ``B`` groups is
 groups: rank ``k`` of ``R`` owns ``B/R`` groups, samples them, scores them and computes their
 advantages locally (every estimator's advantage map works within one group). What crosses ranks:
 
-- the gradient ``ĝ = (1/B) Σ_b u_b``: DDP averages the local means (equal local ``B``), so every
-  rank holds the global ``ĝ`` and ``||ĝ||²``;
+- the gradient ``ĝ = (1/B) Σ_b u_b``: DDP (two-pass update) or an all-reduce of the ghost-factor
+  gradients (single-pass update) averages the local means (equal local ``B``), so every rank
+  holds the global ``ĝ`` and ``||ĝ||²``;
 - ``Σ_b ||u_b||²`` and ``B`` (sums, all-reduced), which with ``||ĝ||²`` give the T7 pieces
   exactly (see :mod:`oblr_theory.bridge.step`); hence the same SNR and learning rate on every
   rank, and the same statistics as one process on the whole batch.
@@ -30,7 +31,7 @@ import torch.distributed as dist
 
 from .step import OBLRPO, Rollout, StepConfig
 
-__all__ = ["init", "shard_groups", "all_reduce_sum", "data_parallel_oblrpo", "local_rollout",
+__all__ = ["init", "shard_groups", "all_reduce_sum", "average_gradients", "data_parallel_oblrpo", "local_rollout",
            "shard_fsdp", "world"]
 
 
@@ -87,8 +88,23 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return out.to(t.device)
 
 
+def average_gradients(params) -> None:
+    """``p.grad ← (1/R) Σ_ranks p.grad`` (``torch.distributed.all_reduce``), for gradients that
+    did not come through a DDP backward (the single-pass update's kept-factor gradients)."""
+    _, R = world()
+    if R == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad.div_(R)
+
+
 def data_parallel_oblrpo(model: torch.nn.Module, config: StepConfig, device_ids=None) -> OBLRPO:
-    """OBLR-PO over DDP: gradients averaged by ``DistributedDataParallel``, T7 sums all-reduced.
+    """OBLR-PO over data parallelism: T7 sums all-reduced; the gradient averaged by
+    ``DistributedDataParallel`` (two-pass update: the surrogate runs through the DDP wrapper) or
+    by :func:`average_gradients` (single-pass update: the gradient comes from the ghost factors).
 
     Every rank must call :meth:`OBLRPO.update` with the same number of local groups.
     """
@@ -98,7 +114,9 @@ def data_parallel_oblrpo(model: torch.nn.Module, config: StepConfig, device_ids=
     if R == 1:
         return OBLRPO(model, config)
     ddp = DDP(model, device_ids=device_ids, broadcast_buffers=False)
-    return OBLRPO(model, config, reduce=all_reduce_sum, forward_model=ddp)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return OBLRPO(model, config, reduce=all_reduce_sum, forward_model=ddp,
+                  grad_sync=lambda: average_gradients(params))
 
 
 def shard_fsdp(model: torch.nn.Module, layer_attr: str = "model.layers", **kwargs) -> torch.nn.Module:

@@ -22,14 +22,15 @@ from the within-group Gram, and ``Σ_bc K_bc = B² ||ĝ||²`` from the gradient 
 backward already produced. No cross-group Gram is formed, and under data parallelism both numbers
 are sums (or the norm of the all-reduced gradient), so they are exact across ranks.
 
-Cost: the Gram pass is one forward and one ghost backward; the surrogate is a second forward and
-backward. The update is therefore about ``1 + ghost/plain`` times a GRPO update; reusing the
-ghost pass's captured factors for ``Σ_j A_j s_j`` would remove the second pass (see the report
-in ``docs/bridge_part2.md``).
+Cost: the Gram pass is one forward and one ghost backward. With ``score_gram(...,
+keep_factors=True)`` the same pass also gives ``Σ_bj w_bj s_bj`` (``ScoreGram.weighted_gradients``),
+so the update is one pass (``StepConfig.single_pass``, automatic when available); otherwise the
+surrogate costs a second forward and backward (about ``1 + ghost/plain`` times a GRPO update).
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -262,6 +263,7 @@ class StepConfig:
     eta_min: float = 0.0
     ema_beta: float = 0.9
     optimizer: str = "sgd"
+    single_pass: bool | None = None  # None: when score_gram supports keep_factors
     weight_decay: float = 0.0
     max_grad_norm: float | None = None
 
@@ -350,18 +352,43 @@ class OBLRPO:
     def needs_gram(self) -> bool:
         return self.cfg.lr_rule == "snr" or "sq_norms" in self.estimator.needs
 
-    def sq_norms_and_gram(self, rollout: Rollout):
-        """``(S_bg, exact Gram (B, G, G) or None)`` for the configured source of ``S``."""
+    @property
+    def single_pass(self) -> bool:
+        """Whether the update takes ``ĝ`` from the ghost pass's kept factors (one pass).
+
+        Needs an exact ghost Gram in the update and a ``score_gram`` with ``keep_factors``;
+        ``StepConfig.single_pass`` forces it on (error if unsupported) or off.
+        """
+        wanted = self.cfg.single_pass
+        possible = self.needs_gram and self.cfg.sq_norms != "loop" and (
+            self.cfg.lr_rule == "snr" or self.cfg.sq_norms == "ghost")
+        if wanted is False or not possible:
+            if wanted and not possible:
+                raise ValueError("single_pass=True needs an exact ghost Gram in the update "
+                                 "(lr_rule='snr' or sq_norms='ghost', not 'loop')")
+            return False
+        supported = "keep_factors" in inspect.signature(score_gram).parameters
+        if wanted and not supported:
+            raise ValueError("single_pass=True needs score_gram(..., keep_factors=True), which this "
+                             "version of oblr_theory.bridge.gram lacks")
+        return supported
+
+    def sq_norms_and_gram(self, rollout: Rollout, keep_factors: bool = False):
+        """``(S_bg, exact Gram (B, G, G) or None, ScoreGram holding factors or None)``."""
         args = (rollout.input_ids_bgt, rollout.attention_bgt, rollout.completion_bgt)
-        exact = "loop" if self.cfg.sq_norms == "loop" else "ghost"
-        gram = score_gram(self.model, *args, method=exact).gram_bgg if self.cfg.lr_rule == "snr" \
-            or self.cfg.sq_norms in ("ghost", "loop") else None
+        sg, gram = None, None
+        if self.cfg.lr_rule == "snr" or self.cfg.sq_norms in ("ghost", "loop"):
+            if keep_factors:
+                sg = score_gram(self.model, *args, method="ghost", keep_factors=True)
+            else:
+                sg = score_gram(self.model, *args, method="loop" if self.cfg.sq_norms == "loop" else "ghost")
+            gram = sg.gram_bgg
         if self.cfg.sq_norms in ("ghost", "loop"):
             S = torch.diagonal(gram, dim1=-2, dim2=-1)
         else:
             S = torch.diagonal(score_gram(self.model, *args, method=self.cfg.sq_norms).gram_bgg,
                                dim1=-2, dim2=-1)
-        return S, gram
+        return S, gram, (sg if keep_factors else None)
 
     def advantages(self, rollout: Rollout, S_bg: torch.Tensor | None) -> torch.Tensor:
         """``A = f(r, S, ℓ)`` from the registry, float64, on the rollout's device."""
@@ -384,19 +411,33 @@ class OBLRPO:
 
         ``apply=False`` computes everything (gradient, SNR, EMA, learning rate) but leaves the
         parameters unchanged: a measurement at fixed ``θ``.
+
+        Single pass (when :attr:`single_pass`): the ghost pass keeps its layer factors and
+        ``ScoreGram.weighted_gradients(w)`` with ``w = −A/(BG)`` writes ``p.grad = −ĝ`` (the
+        surrogate's gradient, exactly) without a second forward/backward. Otherwise two passes:
+        the Gram, then the surrogate's forward and backward (through ``forward_model``).
         """
         B, G, _ = rollout.shape
+        single = self.single_pass
         t0 = time.perf_counter()
-        S_bg, gram = self.sq_norms_and_gram(rollout) if self.needs_gram else (None, None)
+        S_bg, gram, sg = self.sq_norms_and_gram(rollout, keep_factors=single) if self.needs_gram \
+            else (None, None, None)
         A_bg = self.advantages(rollout, S_bg)
         t1 = time.perf_counter()
 
         self.opt.zero_grad(set_to_none=True)
-        seq = sequence_logprobs(self.forward_model, rollout.input_ids_bgt, rollout.attention_bgt,
-                                rollout.completion_bgt)
-        loss = surrogate_loss(seq.seq_logp_bg, A_bg)
-        loss.backward()
-        self.grad_sync()  # data parallel: average the gradient over ranks
+        if single:
+            w_bg = -A_bg / (B * G)  # the surrogate L = Σ w log π; its gradient is −ĝ
+            sg.weighted_gradients(w_bg.to(sg.gram_bgg.dtype))
+            loss = (w_bg * sg.seq_logp_bg.double()).sum()
+            self.grad_sync()  # data parallel: average the gradient over ranks
+        else:
+            seq = sequence_logprobs(self.forward_model, rollout.input_ids_bgt, rollout.attention_bgt,
+                                    rollout.completion_bgt)
+            loss = surrogate_loss(seq.seq_logp_bg, A_bg)
+            loss.backward()
+            if self.forward_model is self.model:
+                self.grad_sync()  # a DDP forward_model has averaged the gradient already
         t2 = time.perf_counter()
 
         grad_sq = self._grad_sq_norm()  # ||ĝ||² (p.grad = −ĝ)

@@ -18,23 +18,31 @@ from oblr_theory.bridge.step import StepConfig, sample_rollout  # noqa: E402
 from oblr_theory.bridge.task import ArithmeticTask, CharTokenizer  # noqa: E402
 
 
-def main(out: str, steps: int = 2, B: int = 4, G: int = 4) -> None:
+def main(out: str, single_pass: bool, steps: int = 2, B: int = 4, G: int = 4) -> None:
     torch.set_num_threads(1)
     rank, world = D.init("gloo")
     tok, task = CharTokenizer(), ArithmeticTask()
     model = tiny_qwen3(tok, seed=0, dtype=torch.float64)
-    algo = D.data_parallel_oblrpo(model, StepConfig(estimator="optimal_loo", eta_max=0.05, ema_beta=0.5))
+    cfg = StepConfig(estimator="optimal_loo", eta_max=0.05, ema_beta=0.5, single_pass=single_pass)
+    algo = D.data_parallel_oblrpo(model, cfg)
     diags = []
     for t in range(steps):
         roll = sample_rollout(model, tok, task, task.sample(B, np.random.default_rng(t)), G, 3, seed=100 + t)
         first = roll.input_ids_bgt.gather(-1, roll.completion_bgt.long().argmax(-1, keepdim=True)).squeeze(-1)
         roll.rewards_bg = (first % 3 == 0).double()  # a reward with signal on a random model
         diags.append(algo.update(D.local_rollout(roll, rank, world)).asdict())
-    torch.save({"diags": diags, "params": [p.detach().clone() for p in model.parameters()]},
-               os.path.join(out, f"rank{rank}.pt"))
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    torch.save({"diags": diags, "params": [p.detach().clone() for p in model.parameters()],
+                "single_pass": algo.single_pass},
+               os.path.join(out, f"rank{rank}_{'single' if single_pass else 'two'}.pt"))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    import inspect
+
+    from oblr_theory.bridge.gram import score_gram
+
+    modes = [False] + ([True] if "keep_factors" in inspect.signature(score_gram).parameters else [])
+    for mode in modes:
+        main(sys.argv[1], mode)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

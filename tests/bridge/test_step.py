@@ -52,15 +52,23 @@ def flat_grad(model):
     return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.requires_grad])
 
 
+SINGLE_PASS = "keep_factors" in __import__("inspect").signature(
+    __import__("oblr_theory.bridge.gram", fromlist=["score_gram"]).score_gram).parameters
+
+
+@pytest.mark.parametrize("single_pass", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not SINGLE_PASS, reason="score_gram has no keep_factors"))])
 @pytest.mark.parametrize("name", ["optimal_loo", "grpo", "opo", "rloo"])
-def test_surrogate_gradient_is_weighted_sum_of_per_sample_scores(model64, rollout, name):
-    """−∇L = ĝ = (1/(BG)) Σ_bj A_bj s_bj, with A from the registry on the exact S."""
+def test_surrogate_gradient_is_weighted_sum_of_per_sample_scores(model64, rollout, name, single_pass):
+    """−∇L = ĝ = (1/(BG)) Σ_bj A_bj s_bj, with A from the registry on the exact S; two passes
+    (Gram, then the surrogate's backward) or one (the ghost pass's kept factors)."""
     s_bgd = per_sample_scores(model64, rollout)
     S_bg = (s_bgd**2).sum(-1)
     A_bg = estimators.get(name).advantages(rollout.rewards_bg, S_bg, rollout.lengths_bg.double())
     B, G, _ = s_bgd.shape
     g_ref = torch.einsum("bg,bgd->d", A_bg, s_bgd) / (B * G)
-    algo = OBLRPO(model64, StepConfig(estimator=name, lr_rule="snr"))
+    algo = OBLRPO(model64, StepConfig(estimator=name, lr_rule="snr", single_pass=single_pass))
+    assert algo.single_pass == single_pass
     diag = algo.update(rollout, apply=False)
     g_step = -flat_grad(model64)
     assert torch.linalg.norm(g_step - g_ref) <= 1e-10 * torch.linalg.norm(g_ref)
@@ -72,7 +80,7 @@ def test_step_advantages_equal_numpy_registry(model64, rollout, name):
     """The bridge feeds the same registry: torch advantages == numpy advantages on the same inputs."""
     params = {"b": 0.3} if name == "constant" else {}
     algo = OBLRPO(model64, StepConfig(estimator=name, estimator_params=params))
-    S_bg, _ = algo.sq_norms_and_gram(rollout)
+    S_bg, _, _ = algo.sq_norms_and_gram(rollout)
     A_torch = algo.advantages(rollout, S_bg).numpy()
     A_np = estimators.get(name, **params).advantages(rollout.rewards_bg.numpy(), S_bg.numpy(),
                                                      rollout.lengths_bg.double().numpy())
