@@ -7,7 +7,7 @@
 #   3. the validation figure.
 # Outputs go under $OUT (or results/gpu_check). Each stage has its own timeout, so one slow stage
 # cannot eat the others' time. QUICK=1 runs the same pipeline on a CPU with tiny sizes (a dry run
-# of the script's logic, not a GPU measurement).
+# of the script's logic, not a GPU measurement; with M = 4 groups its z-tests are not calibrated).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-results/gpu_check}"

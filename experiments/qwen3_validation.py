@@ -161,7 +161,7 @@ def run(cfg: Config, out: str, progress: bool = True) -> dict:
     pre = V.precompute(*data, cfg.group_size, batch_grams)
     fn = lambda keep: V.statistics(pre, keep, cfg.ema_beta, cfg.eta_max)  # noqa: E731
     full, se = V.jackknife(fn, cfg.groups, progress=progress)
-    claims = V.analyse(full, se, cfg.group_size, cfg.alpha, exact_ref)
+    claims = V.analyse(full, se, cfg.group_size, cfg.alpha, exact_ref, n_batches=cfg.groups)
     report = {
         "experiment": "qwen3_validation",
         "config": ident,

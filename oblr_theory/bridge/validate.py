@@ -23,7 +23,9 @@ their Gram is ``C K Cᵀ`` (``M × M``). Then, per prompt:
 
 Uncertainty: the ``M`` batches (group ``m`` of every prompt) are i.i.d., so every statistic gets a
 delete-one-batch jackknife standard error, and ``z = (measured − predicted)/SE``; a claim holds
-when ``|z|`` is below the Bonferroni threshold for the stated family-wise false-failure rate.
+when ``|z|`` is below the Bonferroni threshold (Student t, ``M − 1`` degrees of freedom) for the
+stated family-wise false-failure rate. The jackknife is asymptotic: with heavy-tailed ``S`` it
+needs a fair number of batches (the default ``M = 16``; tiny ``M`` is a smoke run, not a test).
 
 Where the completions can be enumerated (short answers, ``max_new_tokens ≤ 2``),
 :func:`exact_reference` computes the exact per-prompt moments and the exact ``V_x`` (closed forms
@@ -350,9 +352,11 @@ def jackknife(fn, M: int, progress: bool = False) -> tuple[dict, dict]:
     return full, se
 
 
-def z_threshold(alpha: float, family: int) -> float:
-    """Two-sided Bonferroni z threshold for family-wise false-failure rate ``alpha``."""
-    return float(sps.norm.ppf(1 - alpha / (2 * max(family, 1))))
+def z_threshold(alpha: float, family: int, df: int | None = None) -> float:
+    """Two-sided Bonferroni threshold for family-wise false-failure rate ``alpha``: normal, or
+    Student t with ``df`` degrees of freedom (a jackknife over ``M`` batches has ``df = M − 1``)."""
+    q = 1 - alpha / (2 * max(family, 1))
+    return float(sps.norm.ppf(q) if df is None else sps.t.ppf(q, df))
 
 
 # ============================================================================== exact reference
@@ -454,13 +458,19 @@ class Claim:
     min_detectable: float = float("nan")  # threshold x SE: the smallest deviation the test detects
 
 
-def analyse(full: dict, se: dict, G: int, alpha: float = 0.05, exact_ref: dict | None = None) -> list[Claim]:
-    """Turn statistics (and optionally the exact reference) into claim rows with z-tests."""
+def analyse(full: dict, se: dict, G: int, alpha: float = 0.05, exact_ref: dict | None = None,
+            n_batches: int | None = None) -> list[Claim]:
+    """Turn statistics (and optionally the exact reference) into claim rows with z-tests.
+
+    With ``n_batches = M`` the thresholds are Student t with ``M − 1`` degrees of freedom (the
+    jackknife SE's), else normal.
+    """
     rows: list[Claim] = []
+    df = None if n_batches is None else n_batches - 1
 
     def claim(section, quantity, est, meas_key, pred, note="", family=1, pred_se=0.0):
         m, s = full[meas_key], se.get(meas_key, float("nan"))
-        thr = z_threshold(alpha, family)
+        thr = z_threshold(alpha, family, df)
         sd = np.hypot(s, pred_se)
         z = (m - pred) / sd if np.isfinite(pred) and sd > 0 else float("nan")
         holds = bool(abs(z) < thr) if np.isfinite(z) else None
@@ -479,7 +489,7 @@ def analyse(full: dict, se: dict, G: int, alpha: float = 0.05, exact_ref: dict |
     # negative control: grpo's scale is ~E[1/std(r)] ≠ 1 (T1: biased); the claim is that the
     # measurement detects it (|z| above the threshold)
     m, s_ = full["scale/grpo"], se.get("scale/grpo", float("nan"))
-    thr = z_threshold(alpha, 1)
+    thr = z_threshold(alpha, 1, df)
     z = (m - 1.0) / s_ if s_ > 0 else float("nan")
     rows.append(Claim("T1", "negative control: grpo scale differs from 1", "grpo", m, s_, 1.0, z, thr,
                       bool(abs(z) > thr) if np.isfinite(z) else None, "holds when the bias is detected",
