@@ -118,8 +118,25 @@ def snr_pieces_from_gram(gram_bb) -> SNRPieces:
     if B < 2:
         raise ValueError(f"gram_bb must come from B >= 2 per-group gradients, got B = {B}")
     _check_finite(K, "gram_bb")
-    mean_sq = K.sum((-2, -1)) / B**2  # ||ū||²
-    trace = K.diagonal(0, -2, -1).sum(-1)  # Σ_b ||u_b||²
+    return snr_pieces_from_norms(K.diagonal(0, -2, -1).sum(-1), K.sum((-2, -1)) / B**2, B)
+
+
+def snr_pieces_from_norms(sum_sq_norms, mean_sq_norm, batch_size: int) -> SNRPieces:
+    """T7 from the only two numbers the pieces need: ``Σ_b ||u_b||²`` and ``||ū||²``::
+
+        Σ̂ = (Σ_b ||u_b||² − B ||ū||²) / (B − 1),   V̂ = Σ̂ / B,   ||∇J||²^ = ||ū||² − V̂.
+
+    This is how the torch bridge estimates the SNR of an LLM update without a cross-group Gram:
+    ``||u_b||²`` comes from the within-group score Gram and ``||ū||²`` from the update itself.
+
+    Valid only if: as :func:`snr_pieces_from_gram` (``B ≥ 2`` i.i.d. per-group gradients).
+    """
+    B = int(batch_size)
+    if B < 2:
+        raise ValueError(f"batch_size must be >= 2 per-group gradients for T7, got {batch_size!r}")
+    trace, mean_sq = _as_array(sum_sq_norms, "sum_sq_norms"), _as_array(mean_sq_norm, "mean_sq_norm")
+    _check_finite(trace, "sum_sq_norms")
+    _check_finite(mean_sq, "mean_sq_norm")
     trace_cov = _clip_min0((trace - B * mean_sq) / (B - 1))  # Σ̂
     noise_var = trace_cov / B  # V̂
     return SNRPieces(_plain(mean_sq - noise_var), _plain(noise_var), _plain(trace_cov), _plain(mean_sq), B)

@@ -193,3 +193,15 @@ def test_errors_name_the_argument():
         snr.EMASNR(1.0)
     with pytest.raises(ValueError, match="update"):
         snr.EMASNR(0.5).snr
+
+
+def test_pieces_from_norms_equal_pieces_from_gram():
+    """The bridge's route (Σ_b ||u_b||² and ||ū||² only) gives the Gram route's T7 pieces."""
+    u = np.random.default_rng(3).normal(size=(5, 7))
+    K = u @ u.T
+    a = snr.snr_pieces_from_gram(K)
+    b = snr.snr_pieces_from_norms(np.trace(K), K.sum() / 25, 5)
+    for f in ("grad_sq_norm_hat", "noise_var_hat", "trace_cov_hat", "mean_sq_norm"):
+        assert getattr(a, f) == pytest.approx(getattr(b, f), rel=1e-13)
+    with pytest.raises(ValueError, match="batch_size"):
+        snr.snr_pieces_from_norms(1.0, 1.0, 1)

@@ -15,10 +15,9 @@ One update, for a batch of ``B`` prompts with a group of ``G`` completions each:
    T5 step ``η = clip(η_max · SNR/(1+SNR), η_min, η_max)``;
 7. an SGD or AdamW step with that learning rate.
 
-T7 needs only two numbers per batch, because ``snr_pieces_from_gram`` reads the ``B × B`` Gram
-of the ``u_b`` through its trace and its total (see :func:`group_sq_norms`,
-:func:`equivalent_group_gram`): ``tr K = Σ_b ||u_b||²`` with ``||u_b||² = A_bᵀ K_b A_b / G²``
-from the within-group Gram, and ``Σ_bc K_bc = B² ||ĝ||²`` from the gradient the surrogate's
+T7 needs only two numbers per batch (``oblr_theory.snr.snr_pieces_from_norms``, see
+:func:`group_sq_norms`): ``Σ_b ||u_b||²`` with ``||u_b||² = A_bᵀ K_b A_b / G²``
+from the within-group Gram, and ``||ĝ||²`` from the gradient the surrogate's
 backward already produced. No cross-group Gram is formed, and under data parallelism both numbers
 are sums (or the norm of the all-reduced gradient), so they are exact across ranks.
 
@@ -39,14 +38,14 @@ import numpy as np
 import torch
 
 from .. import estimators
-from ..snr import EMASNR, snr_hat, snr_lr, snr_pieces_from_gram
+from ..snr import EMASNR, snr_hat, snr_lr, snr_pieces_from_norms
 from .gram import score_gram
 from .logprobs import sequence_logprobs
 from .task import ArithmeticTask, Problem, as_task_tokenizer
 
 __all__ = ["Rollout", "encode_prompts", "completion_masks", "sample_rollout", "sampling_config",
            "StepConfig", "StepDiagnostics", "OBLRPO", "surrogate_loss", "group_sq_norms",
-           "equivalent_group_gram", "batch_snr_pieces", "plugin_optimal_baseline", "train",
+           "batch_snr_pieces", "plugin_optimal_baseline", "train",
            "expected_task_reward"]
 
 
@@ -217,26 +216,10 @@ def group_sq_norms(gram_bgg: torch.Tensor, advantages_bg: torch.Tensor) -> torch
     return torch.einsum("bi,bij,bj->b", A, gram_bgg, A) / G**2
 
 
-def equivalent_group_gram(trace: torch.Tensor, total: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """A ``B × B`` matrix with trace ``tr K = Σ_b ||u_b||²`` and entry sum ``Σ_bc K_bc = B² ||ū||²``.
-
-    ``snr_pieces_from_gram`` (T7) depends on the Gram only through these two numbers
-    (``||ū||² = ΣK / B²``, ``Σ̂ = (tr K − B ||ū||²)/(B−1)``), so this matrix gives exactly the pieces
-    of the true Gram of the ``u_b`` without forming its off-diagonal entries.
-    """
-    B = int(batch_size)
-    if B < 2:
-        raise ValueError(f"batch_size must be >= 2 for T7, got {B}")
-    eye = torch.eye(B, dtype=torch.float64, device=trace.device)
-    off = (total - trace) / (B * (B - 1))
-    return eye * (trace / B) + (1 - eye) * off
-
-
 def batch_snr_pieces(group_sq_norm_sum, batch_size: int, mean_grad_sq_norm):
     """T7 pieces from ``Σ_b ||u_b||²``, ``B`` and ``||ĝ||²`` (``ĝ`` the batch-mean gradient)."""
-    trace = torch.as_tensor(group_sq_norm_sum, dtype=torch.float64)
-    total = torch.as_tensor(mean_grad_sq_norm, dtype=torch.float64) * batch_size**2
-    return snr_pieces_from_gram(equivalent_group_gram(trace, total, batch_size))
+    return snr_pieces_from_norms(torch.as_tensor(group_sq_norm_sum, dtype=torch.float64),
+                                 torch.as_tensor(mean_grad_sq_norm, dtype=torch.float64), batch_size)
 
 
 def plugin_optimal_baseline(rewards_bg: torch.Tensor, sq_norms_bg: torch.Tensor) -> torch.Tensor:
