@@ -1,10 +1,15 @@
 """Benchmark: exact per-sample score Grams (ghost, loop) against one plain GRPO training step.
 
-Three jobs run side by side in one process on the same model and batch:
+Four jobs run side by side in one process on the same model and batch:
 
 - ``plain``: forward + backward of the usual GRPO surrogate ``L = −Σ_bj A_bj seq_logp_bj / (B G)``
   (parameter gradients accumulated as in training, then cleared);
 - ``ghost``: ``score_gram(..., method="ghost")`` (one forward, one backward, exact Gram);
+- ``ghost_weighted``: the OBLR-PO update's gradient work, from the same single pass:
+  ``score_gram(..., keep_factors=True)``, advantages ``A = optimal_loo(r, S)`` from the registry
+  on the Gram's diagonal (binary rewards ``r = [A_plain > 0]``), then
+  ``weighted_gradients(−A/(B G))`` (``.grad`` of the surrogate and the B × B per-group Gram for
+  T7), then cleared;
 - ``loop``: ``score_gram(..., method="loop")`` (one backward per sequence, exact Gram).
 
 Timings are medians (and minima) over ``--repeats`` interleaved rounds after a warm-up round
@@ -35,10 +40,11 @@ import torch
 import transformers
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from oblr_theory import estimators  # noqa: E402
 from oblr_theory.bridge import score_gram, sequence_logprobs  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
-JOBS = ("plain", "ghost", "loop")
+JOBS = ("plain", "ghost", "ghost_weighted", "loop")
 
 
 @dataclass
@@ -90,16 +96,52 @@ def build(cfg: BenchConfig):
     return model, batch, adv_bg.to(dev)
 
 
+def surrogate_backward(model, batch, w_bg) -> None:
+    """``backward()`` of ``Σ_bj w_bj seq_logp_bj`` (plain GRPO: ``w = −A/(B G)``)."""
+    out = sequence_logprobs(model, *batch)
+    (w_bg.to(out.seq_logp_bg.dtype) * out.seq_logp_bg).sum().backward()
+
+
+def oblr_weighted(model, batch, adv_bg):
+    """One ghost pass, ``A = optimal_loo(r, S)``, then ``weighted_gradients(−A/(B G))``.
+
+    Returns ``(weights_bg, gram_bb)``; the surrogate's gradient is left in ``.grad``.
+    """
+    B, G = adv_bg.shape
+    res = score_gram(model, *batch, method="ghost", keep_factors=True)
+    rewards_bg = (adv_bg > 0).to(torch.float64)
+    A_bg = estimators.get("optimal_loo").advantages(rewards_bg, sq_norms=res.sq_norms_bg)
+    w_bg = -A_bg / (B * G)
+    return w_bg, res.weighted_gradients(w_bg)
+
+
 def run_job(job: str, model, batch, adv_bg):
     """One call of a job; returns the Gram for ghost/loop (None for plain)."""
+    B, G = adv_bg.shape
     if job == "plain":
-        out = sequence_logprobs(model, *batch)
-        B, G = adv_bg.shape
-        loss = -(adv_bg * out.seq_logp_bg).sum() / (B * G)
-        loss.backward()
+        surrogate_backward(model, batch, -adv_bg / (B * G))
+        model.zero_grad(set_to_none=True)
+        return None
+    if job == "ghost_weighted":
+        _, gram_bb = oblr_weighted(model, batch, adv_bg)
         model.zero_grad(set_to_none=True)
         return None
     return score_gram(model, *batch, method=job).gram_bgg
+
+
+def weighted_grad_error(cfg: BenchConfig) -> float:
+    """Max-entry relative error of ``weighted_gradients``' ``.grad`` against autograd's backward
+    of the same surrogate (float32 round-off in float32; see docs/bridge.md)."""
+    model, batch, adv_bg = build(cfg)
+    w_bg, _ = oblr_weighted(model, batch, adv_bg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    got = [p.grad.detach().clone() for p in params]
+    model.zero_grad(set_to_none=True)
+    surrogate_backward(model, batch, w_bg)
+    scale = max(float(p.grad.abs().max()) for p in params)
+    err = max(float((g - p.grad).abs().max()) for g, p in zip(got, params)) / scale
+    model.zero_grad(set_to_none=True)
+    return err
 
 
 def _sync(device: str) -> None:
@@ -193,7 +235,7 @@ def git_revision() -> str:
 
 
 def bench(cfg: BenchConfig, repeats: int, with_loop: bool, with_memory: bool) -> dict:
-    jobs = ("plain", "ghost", "loop") if with_loop else ("plain", "ghost")
+    jobs = JOBS if with_loop else JOBS[:3]
     secs, grams = time_jobs(cfg, jobs, repeats)
     result = {
         "config": asdict(cfg),
@@ -205,6 +247,9 @@ def bench(cfg: BenchConfig, repeats: int, with_loop: bool, with_memory: bool) ->
         "seconds": secs,
         "ratio_ghost_vs_plain": secs["ghost"]["median"] / secs["plain"]["median"],
         "ratio_ghost_vs_plain_min": secs["ghost"]["min"] / secs["plain"]["min"],
+        "ratio_ghost_weighted_vs_plain": secs["ghost_weighted"]["median"] / secs["plain"]["median"],
+        "ratio_ghost_weighted_vs_plain_min": secs["ghost_weighted"]["min"] / secs["plain"]["min"],
+        "weighted_grad_vs_autograd_max_rel_err": weighted_grad_error(cfg),
     }
     if with_loop:
         result["ratio_loop_vs_plain"] = secs["loop"]["median"] / secs["plain"]["median"]
@@ -213,8 +258,11 @@ def bench(cfg: BenchConfig, repeats: int, with_loop: bool, with_memory: bool) ->
         result["ghost_vs_loop_max_rel_err"] = float((got - ref).abs().max() / ref.abs().max())
     if with_memory:
         mem = peak_memory(cfg, jobs)
+        weighted = mem.pop("ghost_weighted")
         result["peak_extra_bytes"] = mem
         result["memory_ratio_ghost_vs_plain"] = mem["ghost"] / max(mem["plain"], 1)
+        result["peak_extra_bytes_ghost_weighted"] = weighted
+        result["memory_ratio_ghost_weighted_vs_plain"] = weighted / max(mem["plain"], 1)
         if with_loop:
             result["memory_ratio_loop_vs_plain"] = mem["loop"] / max(mem["plain"], 1)
     return result

@@ -30,16 +30,24 @@ def cross_rows(x_bgk: torch.Tensor, y_bgk: torch.Tensor) -> torch.Tensor:
 
     Float64 inputs are multiplied directly. Lower precision is multiplied in float32 in blocks of
     ``BLOCK`` entries whose partial sums are added in float64: a float32 dot product over the
-    ``d_in·d_out`` entries of a weight would lose about four digits.
+    ``d_in·d_out`` entries of a weight would lose about four digits. The blocks of one row ``b``
+    go through one batched matmul (a strided view, no Python loop over blocks).
     """
     if x_bgk.dtype == ACC:
         return x_bgk @ y_bgk.to(ACC).transpose(1, 2)
-    B, G, H = x_bgk.shape[0], x_bgk.shape[1], y_bgk.shape[1]
+    B, G, K = x_bgk.shape
+    H = y_bgk.shape[1]
+    n_full = K // BLOCK
+    main = n_full * BLOCK
     out_bgg = torch.zeros(B, G, H, dtype=ACC, device=x_bgk.device)
-    for k0 in range(0, x_bgk.shape[-1], BLOCK):
-        xk = x_bgk[..., k0 : k0 + BLOCK].float()
-        yk = y_bgk[..., k0 : k0 + BLOCK].float()
-        out_bgg += (xk @ yk.transpose(1, 2)).to(ACC)
+    for b in range(B):
+        if n_full:
+            xb = x_bgk[b, :, :main].float().reshape(G, n_full, BLOCK).transpose(0, 1)
+            yb = y_bgk[b, :, :main].float().reshape(H, n_full, BLOCK).transpose(0, 1)
+            out_bgg[b] += torch.bmm(xb, yb.transpose(1, 2)).to(ACC).sum(0)  # (n, G, H) -> (G, H)
+        if main < K:
+            xr, yr = x_bgk[b, :, main:].float(), y_bgk[b, :, main:].float()
+            out_bgg[b] += (xr @ yr.T).to(ACC)
     return out_bgg
 
 
@@ -63,6 +71,22 @@ def prefer_ghost(group_size: int, seq_len: int, d_in: int, d_out: int) -> bool:
     ghost = G * G * T * T * (d_in + d_out)
     materialised = G * T * d_in * d_out + G * G * d_in * d_out
     return ghost < materialised
+
+
+def active_span(b_bgto: torch.Tensor, min_saving: float = 0.125) -> slice:
+    """Positions ``t0:t1`` outside which the output gradient is zero for every sample.
+
+    Positions where ``b = 0`` add nothing to ``Σ_t b_t a_tᵀ`` (the LM head's prompt positions,
+    right padding), so the linear factors can be cropped to the span. Returns ``slice(None)``
+    unless the crop drops at least ``min_saving`` of the positions (a crop copies the factors).
+    """
+    T = b_bgto.shape[2]
+    live_t = (b_bgto.amax(-1) != 0) | (b_bgto.amin(-1) != 0)  # (B, G, T)
+    idx = live_t.flatten(0, 1).any(0).nonzero().flatten()
+    if idx.numel() == 0:
+        return slice(0, 0)
+    t0, t1 = int(idx[0]), int(idx[-1]) + 1
+    return slice(t0, t1) if (T - (t1 - t0)) >= min_saving * T else slice(None)
 
 
 def linear_gram_ghost(a_bgtd: torch.Tensor, b_bgto: torch.Tensor, max_elems: int) -> torch.Tensor:
@@ -152,6 +176,15 @@ def norm_bias_grads(b_bgp_: torch.Tensor, param_dims: int) -> torch.Tensor:
     return b_bgp_.to(wd).sum(dim=pos_axes) if pos_axes else b_bgp_.to(wd)
 
 
+def add_rows_(out_r_: torch.Tensor, idx_n: torch.Tensor, src_n_: torch.Tensor) -> torch.Tensor:
+    """``out[idx[n]] += src[n]`` in place, repeated indices accumulated.
+
+    ``index_put_(accumulate=True)``: on CPU, ``index_add_`` along dim 0 runs one small kernel per
+    index (about 100x slower here).
+    """
+    return out_r_.index_put_((idx_n,), src_n_.to(out_r_.dtype), accumulate=True)
+
+
 def group_vocab(ids_gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Distinct ids ``U`` of one group and each token's index into ``U``: ``(U, inverse_gt)``."""
     uniq_u, inv = torch.unique(ids_gt.reshape(-1), return_inverse=True)
@@ -168,7 +201,7 @@ def embedding_rows(inv_gt: torch.Tensor, n_rows: int, b_gtd: torch.Tensor) -> to
     wd = work_dtype(b_gtd.dtype)
     flat_idx = (torch.arange(G, device=inv_gt.device).unsqueeze(1) * n_rows + inv_gt).reshape(-1)
     rows = torch.zeros(G * n_rows, d, dtype=wd, device=b_gtd.device)
-    rows.index_add_(0, flat_idx, b_gtd.reshape(G * T, d).to(wd))
+    add_rows_(rows, flat_idx, b_gtd.reshape(G * T, d))
     return rows.reshape(G, n_rows, d)
 
 
@@ -176,3 +209,66 @@ def pair_gram(x_gk: torch.Tensor, y_gk: torch.Tensor) -> torch.Tensor:
     """Cross Gram ``K[i, j] = x_i · y_j`` for (G, ...) per-sample tensors, float64 (G, G)."""
     G = x_gk.shape[0]
     return cross_rows(x_gk.reshape(1, G, -1), y_gk.reshape(1, G, -1))[0]
+
+
+# ---------------------------------------------------------------- per-group weighted gradients
+# With weights w (B, G), the per-group weighted gradient of a parameter is
+# ``V_b = Σ_g w_bg ∇θ_bg``: one row per prompt group (T7's ``u_b`` when ``w = A / G``). Each
+# per-sample rule above is linear in the output gradient ``b``, so ``V_b`` is the same rule
+# applied to ``w_bg b_bg`` and summed over the group.
+
+
+def fold_weights(x_bg_: torch.Tensor, w_bg: torch.Tensor) -> torch.Tensor:
+    """``w_bg x_bg…``: per-sample weights broadcast over the trailing axes of (B, G, …)."""
+    wd = work_dtype(x_bg_.dtype)  # half precision: one rounding of the product, not two
+    w = w_bg.to(device=x_bg_.device, dtype=wd).reshape(*w_bg.shape, *([1] * (x_bg_.dim() - 2)))
+    return (x_bg_.to(wd) * w).to(x_bg_.dtype)
+
+
+def group_outer(x_bgtr: torch.Tensor, y_bgtd: torch.Tensor) -> torch.Tensor:
+    """``V_b = Σ_{g,t} x_bgt y_bgtᵀ``: one batched matmul over the ``G·T`` rows, (B, R, d).
+
+    With ``x = w b`` (output-gradient rows ``R``) and ``y = a`` this is the linear weight's
+    per-group weighted gradient ``V_b[r] = Σ_g w_bg Σ_t b_bgt[r] a_bgtᵀ``: the multiply-adds of
+    the usual weight-gradient matmul, split by group.
+    """
+    B, G, T, R = x_bgtr.shape
+    return x_bgtr.reshape(B, G * T, R).transpose(1, 2) @ y_bgtd.reshape(B, G * T, -1)
+
+
+def weighted_embedding_rows(
+    ids_bgt: torch.Tensor, wb_bgtd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group weighted embedding gradient on the batch's distinct ids ``U``.
+
+    ``V_b[u] = Σ_g Σ_{t: i_bgt = U[u]} w_bg b_bgt`` (``wb = w b`` already folded); rows outside
+    ``U`` are zero for every group. Returns ``(U, rows_bud)`` with rows (B, |U|, d).
+    """
+    B, d = ids_bgt.shape[0], wb_bgtd.shape[-1]
+    uniq_u, inv = torch.unique(ids_bgt.reshape(-1), return_inverse=True)
+    n_u = uniq_u.numel()
+    group_n = torch.arange(B, device=ids_bgt.device).repeat_interleave(ids_bgt[0].numel())
+    wd = work_dtype(wb_bgtd.dtype)
+    rows = torch.zeros(B * n_u, d, dtype=wd, device=wb_bgtd.device)
+    add_rows_(rows, group_n * n_u + inv, wb_bgtd.reshape(-1, d))
+    return uniq_u, rows.reshape(B, n_u, d)
+
+
+def merge_sparse_rows(
+    parts: list[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum several ``(U, rows_bu…)`` sparse-row gradients of one parameter into one."""
+    if len(parts) == 1:
+        return parts[0]
+    ids = torch.cat([u for u, _ in parts])
+    rows = torch.cat([r for _, r in parts], dim=1)
+    uniq_u, inv = torch.unique(ids, return_inverse=True)
+    out = torch.zeros(rows.shape[0], uniq_u.numel(), *rows.shape[2:], dtype=rows.dtype,
+                      device=rows.device)
+    add_rows_(out.transpose(0, 1), inv, rows.transpose(0, 1))
+    return uniq_u, out
+
+
+def batch_gram(v_bk: torch.Tensor) -> torch.Tensor:
+    """``K[b, c] = v_b · v_c`` for per-group vectors (B, …), float64 (B, B)."""
+    return gram_of_rows(v_bk.reshape(1, v_bk.shape[0], -1))[0]

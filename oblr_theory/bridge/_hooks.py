@@ -66,6 +66,8 @@ class _Use:
     scale: torch.Tensor | None = None  # norm weight w when saved is y − c (divide by it)
     node: object = None  # grad_fn of the output, for the reachability check
     got_grad: bool = False
+    grad: torch.Tensor | None = None  # b = ∂L/∂y, kept only with keep_factors
+    span: slice | None = None  # positions where b is nonzero (linear factors only)
 
 
 @dataclass
@@ -78,9 +80,18 @@ class _TieState:
 class GhostRecorder:
     """Collects the within-group Gram ``(B, G, G)`` of per-sample scores over trainable params."""
 
-    def __init__(self, model: nn.Module, batch: int, group: int, route: str, max_elems: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        batch: int,
+        group: int,
+        route: str,
+        max_elems: int,
+        keep_factors: bool = False,
+    ):
         self.B, self.G, self.N = batch, group, batch * group
         self.route, self.max_elems = route, max_elems
+        self.keep_factors = keep_factors
         self.names = {}
         for name, p in model.named_parameters(remove_duplicate=False):
             self.names.setdefault(id(p), []).append(name)
@@ -272,13 +283,21 @@ class GhostRecorder:
                 self._tie_cross(use, p, g_bg_)
             else:
                 self._accumulate_shared(use, pname, p, g_bg_)
-        use.saved = None
+        if self.keep_factors:
+            use.grad = g  # ``saved`` stays too: weighted_gradients rebuilds from both
+        else:
+            use.saved = None
         use.got_grad = True
 
     def _factors(self, use: _Use, g_bg_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Linear factors reshaped to (B, G, T', d_in) and (B, G, T', d_out)."""
+        """Linear factors reshaped to (B, G, T', d_in) and (B, G, T', d_out), cropped to the
+        positions where ``b`` is nonzero for some sample (``gm.active_span``)."""
         a = use.saved.reshape(self.B, self.G, -1, use.saved.shape[-1])
-        return a, g_bg_.reshape(self.B, self.G, -1, g_bg_.shape[-1])
+        g = g_bg_.reshape(self.B, self.G, -1, g_bg_.shape[-1])
+        if use.span is None:  # only output layers (d_out >= 4 d_in) are worth the sync
+            wide = g.shape[-1] >= 4 * a.shape[-1]
+            use.span = gm.active_span(g) if wide else slice(None)
+        return a[:, :, use.span], g[:, :, use.span]
 
     def _embedding_grad(self, use: _Use, g_bg_: torch.Tensor) -> torch.Tensor:
         """Output gradient with padding_idx positions zeroed (their row gets no gradient)."""
@@ -363,7 +382,7 @@ class GhostRecorder:
             V = p.shape[0]
             idx = (torch.arange(N, device=p.device).unsqueeze(1) * V + use.saved.reshape(N, -1))
             out = torch.zeros(N * V, p.shape[-1], dtype=g_ntd.dtype, device=p.device)
-            out.index_add_(0, idx.reshape(-1), g_ntd.reshape(-1, p.shape[-1]))
+            gm.add_rows_(out, idx.reshape(-1), g_ntd.reshape(-1, p.shape[-1]))
             return out.reshape(N, *p.shape)
         if pname == "weight":
             grads = self._norm_weight_grads(use, g_bg_, p)
@@ -391,3 +410,111 @@ class GhostRecorder:
         if self.gram_bgg is None:
             return torch.zeros(self.B, self.G, self.G, dtype=dtype, device=device)
         return self.gram_bgg
+
+    # ----------------------------------------------------------------- weighted gradients
+    def release_factors(self) -> None:
+        """Drop every kept factor (layer inputs and output gradients); frees their memory."""
+        for use in self.uses:
+            use.saved, use.scale, use.grad = None, None, None
+        self.uses.clear()
+        self.uses_by_param.clear()
+        self.ties.clear()
+        self.keep_factors = False
+
+    def weighted_gradients(self, w_bg: torch.Tensor, accumulate_grad: bool) -> torch.Tensor:
+        """``K_bc = ⟨v_b, v_c⟩`` for ``v_b = Σ_g w_bg s_bg``; optionally ``.grad += Σ_b v_b``.
+
+        Per trainable parameter, every hooked use contributes its per-group weighted gradient
+        ``V_b`` (``_ghost_math``: the per-sample rule applied to ``w b``); uses of one parameter
+        (tied embedding and head, a module called twice) are summed before the Gram, so ``K`` is
+        over the true shared-parameter gradient. Dense parameters are built in chunks of rows
+        (at most ``max_elems`` entries of ``V`` at a time); embedding-only parameters on the
+        batch's distinct token rows. Returns float64 (B, B).
+        """
+        out_bb = torch.zeros(self.B, self.B, dtype=gm.ACC, device=w_bg.device)
+        pending = {id(u): len(u.params) for u in self.uses}
+        self._fold_cache = None
+        for pid, uses in self.uses_by_param.items():
+            sources = [self._weighted_source(u, self.trainable[pid], w_bg) for u in uses
+                       if u.grad is not None]
+            if sources:
+                out_bb += self._weighted_param(self.trainable[pid], sources, accumulate_grad)
+            for u in uses:  # free each use's factors once all its parameters are done
+                pending[id(u)] -= 1
+                if pending[id(u)] == 0:
+                    u.saved, u.scale, u.grad = None, None, None
+        self._fold_cache = None
+        return out_bb
+
+    def _folded_input(self, use: _Use, a_bgtd: torch.Tensor, w_bg: torch.Tensor) -> torch.Tensor:
+        """``w_bg a_bgt`` for a linear input, reused by consecutive uses of one input (q/k/v)."""
+        key = (a_bgtd.data_ptr(), tuple(a_bgtd.shape), a_bgtd.stride())
+        if self._fold_cache is None or self._fold_cache[0] != key:
+            self._fold_cache = (key, gm.fold_weights(a_bgtd, w_bg))
+        return self._fold_cache[1]
+
+    def _weighted_source(self, use: _Use, p: torch.Tensor, w_bg: torch.Tensor):
+        """One use's per-group weighted gradient of ``p``: ``("rows", f)`` with ``f(slice) ->
+        (B, R, …)`` rows of ``V`` along ``p``'s first axis, or ``("sparse", (U, rows_bu…))``."""
+        pname = next(k for k, q in use.params.items() if q is p)
+        g_bg_ = use.grad.reshape(self.B, self.G, *use.grad.shape[1:])
+        if use.kind in ("linear", "conv1d") and pname == "weight":
+            a_bgtd, b_bgto = self._factors(use, g_bg_)
+            if use.kind == "linear":  # W: (d_out, d_in), rows are outputs
+                aw_bgtd = self._folded_input(use, a_bgtd, w_bg)
+                return "rows", lambda r: gm.group_outer(b_bgto[..., r], aw_bgtd)
+            bw_bgto = gm.fold_weights(b_bgto, w_bg)  # Conv1D W: (d_in, d_out), rows are inputs
+            return "rows", lambda r: gm.group_outer(a_bgtd[..., r], bw_bgto)
+        wg_bg_ = gm.fold_weights(g_bg_, w_bg)
+        if use.kind in ("linear", "conv1d"):  # bias
+            v_bo = wg_bg_.reshape(self.B, -1, wg_bg_.shape[-1]).sum(1, dtype=gm.work_dtype(p.dtype))
+            return "rows", lambda r: v_bo[:, r]
+        if use.kind == "embedding":
+            ids_bgt = use.saved.reshape(self.B, self.G, -1)
+            wg_bgtd = self._embedding_grad(use, wg_bg_).reshape(*ids_bgt.shape, -1)
+            return "sparse", gm.weighted_embedding_rows(ids_bgt, wg_bgtd)
+        if pname == "weight":  # norm
+            v_b_ = self._norm_weight_grads(use, wg_bg_, p).sum(1)
+        else:
+            v_b_ = gm.norm_bias_grads(wg_bg_, p.dim()).sum(1)
+        v_b_ = v_b_.reshape(self.B, *(p.shape or (1,)))  # a 0-d parameter as one row
+        return "rows", lambda r: v_b_[:, r]
+
+    def _weighted_param(self, p: torch.Tensor, sources: list, accumulate: bool) -> torch.Tensor:
+        """Gram (B, B) of one parameter's summed per-group gradients; ``.grad += Σ_b V_b``."""
+        dense = [f for kind, f in sources if kind == "rows"]
+        sparse = [s for kind, s in sources if kind == "sparse"]
+        if not dense:  # embedding-only: the batch's distinct rows
+            uniq_u, rows_bud = gm.merge_sparse_rows(sparse)
+            if accumulate:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                gm.add_rows_(p.grad, uniq_u, rows_bud.sum(0))
+            return gm.batch_gram(rows_bud)
+        shape = p.shape or (1,)  # rows along the first axis; a 0-d parameter is one row
+        step = max(1, self.max_elems // max(self.B * shape[1:].numel(), 1))
+        if accumulate and p.grad is None:
+            p.grad = torch.empty_like(p) if step >= shape[0] else torch.zeros_like(p)
+            fresh = step >= shape[0]  # one chunk: assign the sum instead of adding to zeros
+        else:
+            fresh = False
+        out_bb = torch.zeros(self.B, self.B, dtype=gm.ACC, device=p.device)
+        for r0 in range(0, shape[0], step):
+            rows = slice(r0, r0 + step)
+            v_br_ = dense[0](rows)
+            for f in dense[1:]:
+                v_br_ = v_br_ + f(rows)
+            if sparse and v_br_._is_view():
+                v_br_ = v_br_.clone()  # never write into a kept factor
+            for uniq_u, rows_bud in sparse:
+                inside = (uniq_u >= r0) & (uniq_u < r0 + step)
+                gm.add_rows_(v_br_.transpose(0, 1), uniq_u[inside] - r0,
+                             rows_bud[:, inside].transpose(0, 1))
+            out_bb += gm.batch_gram(v_br_)
+            if accumulate:
+                total = v_br_.sum(0, dtype=gm.work_dtype(p.dtype)).to(p.dtype)
+                if fresh:
+                    p.grad.view(shape).copy_(total)
+                else:
+                    p.grad.view(shape)[rows] += total
+        return out_bb

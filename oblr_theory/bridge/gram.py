@@ -21,11 +21,20 @@ Methods:
 - ``"logit"``: forward only; ``diag(Σ_t 1 − 2π_t(y_t) + ||π_t||²)`` (verl's logit proxy, T8).
 
 Proxies put their value on the diagonal and zeros off it: they do not estimate cross terms.
+
+The update gradient from the same pass. With ``keep_factors=True`` (ghost only) the hooked layer
+factors outlive the backward, and ``ScoreGram.weighted_gradients(w_bg)`` turns them, for weights
+chosen after seeing the Gram (e.g. ``w = A / (B G)`` with ``A = f(r, S, ℓ)``), into
+
+    .grad += Σ_bg w_bg s_bg = ∇_θ Σ_bg w_bg seq_logp_bg       (the surrogate's gradient)
+    K_bc   = ⟨v_b, v_c⟩,  v_b = Σ_g w_bg s_bg                 (B × B, for T7's SNR)
+
+without a second backward pass.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -48,6 +57,9 @@ class ScoreGram:
     token_logp_bgt: (B, G, T) per-token completion log-probs (0 outside the completion).
     lengths_bg:     (B, G) completion lengths ``ℓ``.
     method:         the method that produced ``gram_bgg``.
+
+    With ``keep_factors=True`` (ghost) it also holds the layer factors for one call of
+    ``weighted_gradients`` (the update gradient and the B × B per-group Gram, no second backward).
     """
 
     gram_bgg: torch.Tensor
@@ -55,11 +67,62 @@ class ScoreGram:
     token_logp_bgt: torch.Tensor
     lengths_bg: torch.Tensor
     method: str
+    _factors: GhostRecorder | None = field(default=None, repr=False)
 
     @property
     def sq_norms_bg(self) -> torch.Tensor:
         """``S_bj = ||s_bj||²`` (or the proxy): the Gram diagonal, (B, G)."""
         return torch.diagonal(self.gram_bgg, dim1=-2, dim2=-1)
+
+    def weighted_gradients(
+        self, weights_bg: torch.Tensor, accumulate_grad: bool = True
+    ) -> torch.Tensor:
+        """Per-group weighted gradients from the kept ghost factors; no second backward.
+
+        With ``v_b = Σ_g w_bg s_bg`` (``w`` = ``weights_bg``, shape (B, G); typically
+        ``A_bg / (B G)`` so that ``Σ_b v_b = ĝ``):
+
+        - ``accumulate_grad=True`` adds ``Σ_b v_b = ∇_θ Σ_bg w_bg seq_logp_bg`` into each trainable
+          parameter's ``.grad`` (created as zeros when None), exactly as ``backward()`` of that
+          surrogate would. It is an ascent direction: negate ``w`` (or the grads) for a loss.
+        - returns ``K_bc = ⟨v_b, v_c⟩``, float64 (B, B): the Gram of per-group gradients that
+          ``oblr_theory.snr.snr_pieces_from_gram`` reads (T7; ``u_b = B v_b`` when
+          ``w = A/(B G)``, so pass ``B² K``).
+
+        Per layer, ``V_b`` is the layer's per-sample rule applied to ``w_bg b_bg`` and summed over
+        the group (one batched matmul for a linear weight: the flops of the usual weight-gradient
+        matmul); tied and reused parameters are summed over their uses before the Gram. Call it
+        once: the kept factors are released afterwards (``release_factors`` drops them without
+        calling it).
+
+        Valid only if: this result came from ``score_gram(..., method="ghost",
+        keep_factors=True)`` and the parameters have not changed since.
+        """
+        if self._factors is None:
+            raise ValueError(
+                "weighted_gradients needs the layer factors of the ghost pass: call "
+                "score_gram(..., method='ghost', keep_factors=True) (got "
+                f"method={self.method!r}, or the factors were already released)"
+            )
+        B, G = self.gram_bgg.shape[:2]
+        if not isinstance(weights_bg, torch.Tensor) or tuple(weights_bg.shape) != (B, G):
+            is_tensor = isinstance(weights_bg, torch.Tensor)
+            shape = tuple(weights_bg.shape) if is_tensor else type(weights_bg)
+            raise ValueError(f"weights_bg must be a tensor of shape (B, G) = {(B, G)}, got {shape}")
+        if not bool(torch.isfinite(weights_bg).all()):
+            raise ValueError("weights_bg must be finite")
+        try:
+            return self._factors.weighted_gradients(
+                weights_bg.to(self.gram_bgg.device), accumulate_grad
+            )
+        finally:
+            self.release_factors()
+
+    def release_factors(self) -> None:
+        """Free the kept ghost factors (layer inputs and output gradients) without using them."""
+        if self._factors is not None:
+            self._factors.release_factors()
+            self._factors = None
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -137,18 +200,20 @@ def gram_ghost(
     comp_bgt: torch.Tensor,
     route: str = "auto",
     max_elems: int = 2**26,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    keep_factors: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, GhostRecorder | None]:
     """Ghost Gram: one forward and one backward of ``L = Σ_n seq_logp_n`` for the whole batch.
 
     Per-sample gradients are rebuilt layer by layer from hooked factors (``_ghost_math``).
     ``route`` picks the linear-layer rule ("auto" by cost, or force "ghost" / "materialise");
     ``max_elems`` bounds the entries of any temporary per-sample block. Returns
-    ``(gram_bgg, token_logp_bgt)``.
+    ``(gram_bgg, token_logp_bgt, recorder)``, the recorder (holding the factors) only when
+    ``keep_factors``.
     """
     if route not in ROUTES:
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
     B, G, T = input_ids.shape
-    recorder = GhostRecorder(model, B, G, route, max_elems)
+    recorder = GhostRecorder(model, B, G, route, max_elems, keep_factors=keep_factors)
     with recorder, torch.enable_grad():
         token_logp_nt, _ = forward_logprobs(
             model, _flat(input_ids), _flat(attn_bgt), _flat(comp_bgt)
@@ -158,7 +223,8 @@ def gram_ghost(
             recorder.check_graph(loss)
             recorder.backward(loss)
     gram_bgg = recorder.finalize(input_ids.device)
-    return gram_bgg, token_logp_nt.detach().reshape(B, G, T)
+    kept = recorder if keep_factors else None
+    return gram_bgg, token_logp_nt.detach().reshape(B, G, T), kept
 
 
 def _proxy(
@@ -191,6 +257,7 @@ def score_gram(
     *,
     route: str = "auto",
     max_elems: int = 2**26,
+    keep_factors: bool = False,
 ) -> ScoreGram:
     """Within-group Gram ``K[b, i, j] = s_bi · s_bj`` of per-sequence scores, plus log-probs.
 
@@ -199,14 +266,23 @@ def score_gram(
     right padding; any float dtype (the Gram is returned in float64). The model is used in its
     current train/eval mode and its ``.grad`` fields are left untouched.
 
+    ``keep_factors=True`` (ghost only) keeps the hooked layer factors so that the result's
+    ``weighted_gradients(w_bg)`` can form the update gradient and the B × B Gram of per-group
+    gradients without a second backward (memory: about the activations of a training step, held
+    until that call or ``release_factors``).
+
     Raises ValueError naming the argument for malformed masks, and naming the module for any
     trainable parameter the ghost method cannot account for.
     """
     _check_model(model, method)
+    if keep_factors and method != "ghost":
+        raise ValueError(f"keep_factors=True needs method='ghost', got method={method!r}")
     attn_bgt, comp_bgt = check_inputs(input_ids, attention_mask, completion_mask)
+    kept = None
     if method == "ghost":
-        gram_bgg, token_logp_bgt = gram_ghost(
-            model, input_ids, attn_bgt, comp_bgt, route=route, max_elems=max_elems
+        gram_bgg, token_logp_bgt, kept = gram_ghost(
+            model, input_ids, attn_bgt, comp_bgt, route=route, max_elems=max_elems,
+            keep_factors=keep_factors,
         )
     elif method == "loop":
         gram_bgg, token_logp_bgt = gram_loop(model, input_ids, attn_bgt, comp_bgt)
@@ -218,4 +294,5 @@ def score_gram(
         token_logp_bgt=token_logp_bgt,
         lengths_bg=comp_bgt.sum(-1),
         method=method,
+        _factors=kept,
     )
