@@ -42,6 +42,7 @@ import transformers
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from oblr_theory import estimators  # noqa: E402
 from oblr_theory.bridge import score_gram, sequence_logprobs  # noqa: E402
+from oblr_theory.bridge.models import QWEN3_SHAPES  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 JOBS = ("plain", "ghost", "ghost_weighted", "loop")
@@ -66,9 +67,11 @@ class BenchConfig:
     seed: int = 0
 
 
-GPU_SHAPE = dict(  # Qwen3-0.6B: hidden 1024, 28 layers, 16 heads, 8 kv heads, head_dim 128, tied
-    hidden=1024, layers=28, heads=16, kv_heads=8, head_dim=128, intermediate=3072, vocab=151936,
-    tied=True, batch=2, group=8, seq_len=512, prompt_len=128,
+_Q06 = QWEN3_SHAPES["0.6B"]  # the published Qwen3-0.6B shape, random weights
+GPU_SHAPE = dict(
+    hidden=_Q06["hidden_size"], layers=_Q06["num_hidden_layers"], heads=_Q06["num_attention_heads"],
+    kv_heads=_Q06["num_key_value_heads"], head_dim=_Q06["head_dim"], intermediate=_Q06["intermediate_size"],
+    tied=_Q06["tie_word_embeddings"], vocab=151936, batch=2, group=8, seq_len=512, prompt_len=128,
 )
 
 
