@@ -12,8 +12,9 @@ RULE_COLORS = {"constant": "#1f77b4", "oracle": "#000000", "snr": "#2ca02c"}
 
 
 def _band(ax, y, color, label, ls="-"):
-    y = np.array(y)
-    t = np.arange(y.shape[1])
+    y = np.array(y, dtype=np.float64)
+    t = np.flatnonzero(np.isfinite(y).any(axis=0))  # steps with a value (no estimate before the first batch)
+    y = y[:, t]
     ax.plot(t, np.nanmedian(y, 0), color=color, label=label, ls=ls)
     ax.fill_between(t, np.nanpercentile(y, 10, 0), np.nanpercentile(y, 90, 0), color=color, alpha=0.15)
 
