@@ -6,7 +6,7 @@ Each run is the ``--quick`` suite's statistical claims (exact and symbolic rows 
 and left out) at seed ``first_seed + i``, with Monte Carlo sample sizes multiplied by ``--scale``.
 One tidy CSV per run (one row per test: seed, key, statement, kind, statistic, threshold,
 p-value, verdict, power ratio, with the config and git revision) is written atomically to
-``OUT/<config>/seed_XXXXX.csv``; finished seeds are skipped on restart. The summary
+``OUT/<config>/seed_<n>.csv``; finished seeds are skipped on restart. The summary
 (``OUT/<config>/summary.json``, printed) reports:
 
 * the false-failure rate of true claims at the stated family-wise rate ``α`` (runs with any

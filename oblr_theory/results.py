@@ -21,16 +21,20 @@ def git_revision() -> str:
     return rev()
 
 
-def jsonable(x):
-    """numpy scalars/arrays -> plain Python (non-finite floats as None)."""
+def jsonable(x, nonfinite=None):
+    """numpy scalars/arrays -> plain Python; a non-finite float becomes ``nonfinite`` (``None``:
+    JSON null) or, with ``nonfinite=str``, its name (``"inf"``, ``"nan"``)."""
     if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v, nonfinite) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
+        return [jsonable(v, nonfinite) for v in x]
     if isinstance(x, np.ndarray):
-        return jsonable(x.tolist())
+        return jsonable(x.tolist(), nonfinite)
     if isinstance(x, (float, np.floating)):
-        return float(x) if np.isfinite(x) else None
+        v = float(x)
+        if np.isfinite(v):
+            return v
+        return str(v) if nonfinite is str else nonfinite
     if isinstance(x, np.integer):
         return int(x)
     if isinstance(x, np.bool_):

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from ..results import atomic_write_text, jsonable
 from ..stats import TestResult
 
 __all__ = ["Context", "Claim", "Row", "KINDS", "exact_row", "fact_row", "test_row", "format_table",
@@ -99,20 +99,8 @@ class Row:
 
 
 def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        v = float(x)
-        return v if math.isfinite(v) else str(v)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
+    """JSON-ready values; non-finite floats keep their name (``"inf"``) in the report."""
+    return jsonable(x, nonfinite=str)
 
 
 def exact_row(label, statement, problem, exact, estimate, *, tol_rel=1e-12, note="", details=None) -> Row:
@@ -199,16 +187,4 @@ def format_table(rows: list[Row]) -> str:
 
 def write_json(path: str, report: dict) -> None:
     """Write ``report`` to ``path`` atomically (a temporary file in the same folder, then rename)."""
-    path = os.path.abspath(path)
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".verify-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(report), f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(os.path.abspath(path), json.dumps(_jsonable(report), indent=1) + "\n")
