@@ -26,13 +26,13 @@ import io
 import json
 import os
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from oblr_theory.results import atomic_write_text  # noqa: E402
 from oblr_theory.verify import git_revision, run_suite  # noqa: E402
 
 FIELDS = ("config", "git_revision", "seed", "key", "claim", "problem", "statement", "kind", "statistic",
@@ -40,11 +40,6 @@ FIELDS = ("config", "git_revision", "seed", "key", "claim", "problem", "statemen
 LOOSE_RATES = (1e-3, 1e-2, 0.05, 0.1, 0.2, 0.5)
 
 
-def _atomic_write(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def run_one(seed: int, config: dict, config_id: str, rev: str) -> list[dict]:
@@ -139,7 +134,7 @@ def main(argv=None) -> int:
     bar = tqdm(total=len(seeds), initial=len(seeds) - len(todo), desc="calibration", disable=args.no_progress)
 
     def save(seed, rows):
-        _atomic_write(os.path.join(folder, f"seed_{seed:05d}.csv"), _to_csv(rows))
+        atomic_write_text(os.path.join(folder, f"seed_{seed:05d}.csv"), _to_csv(rows))
         bar.update(1)
 
     if args.jobs > 1:
@@ -154,7 +149,7 @@ def main(argv=None) -> int:
     rows = [r for r in _read(folder) if int(r["seed"]) in set(seeds)]
     summary = summarise(rows, config)
     summary["git_revision"] = rev
-    _atomic_write(os.path.join(folder, "summary.json"), json.dumps(summary, indent=1, default=float) + "\n")
+    atomic_write_text(os.path.join(folder, "summary.json"), json.dumps(summary, indent=1, default=float) + "\n")
     print(json.dumps(summary, indent=1, default=float))
     ok = summary["negative_controls"]["rate"] == 1.0
     return 0 if ok else 1

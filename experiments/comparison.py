@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from oblr_theory import dynamics, exact, families  # noqa: E402
-from oblr_theory.results import ResultStore, git_revision, problem_fingerprint  # noqa: E402
+from oblr_theory.results import ResultStore, atomic_write_text, git_revision, problem_fingerprint  # noqa: E402
 
 METHODS = {
     "reinforce": ("reinforce", "constant"),
@@ -164,11 +164,7 @@ def main(argv=None) -> int:
     for family in tqdm(args.families.split(","), desc="families"):
         best = tune(args.out, family, spec, rev)
         tuned[family] = best
-        os.makedirs(args.out, exist_ok=True)
-        tmp = tuned_path + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(tuned, fh, indent=1)
-        os.replace(tmp, tuned_path)  # the figures keep only the rows of these settings and steps
+        atomic_write_text(tuned_path, json.dumps(tuned, indent=1))  # figures keep only these settings' rows
         evaluate(args.out, family, spec, best, rev, args.quick)
     return 0
 
