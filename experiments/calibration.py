@@ -71,6 +71,12 @@ def _read(folder: str) -> list[dict]:
     return rows
 
 
+def _has_p(row: dict) -> bool:
+    """A Monte Carlo row with a p-value (one-sided bound checks of T6/T7 report a threshold only;
+    they count towards the false-failure rate through ``passed`` but not the p-value summaries)."""
+    return row["kind"] == "monte-carlo" and row["p_value"] not in ("", "None")
+
+
 def summarise(rows: list[dict], config: dict) -> dict:
     from scipy import stats as sps
 
@@ -84,7 +90,7 @@ def summarise(rows: list[dict], config: dict) -> dict:
         k = 0
         for rs in by_seed.values():
             m = int(rs[0]["num_tests"])
-            k += any(r["kind"] == "monte-carlo" and float(r["p_value"]) <= a / m for r in rs)
+            k += any(_has_p(r) and float(r["p_value"]) <= a / m for r in rs)
         loose[str(a)] = {"runs_false_failing": k, "rate": k / n if n else None,
                          "ci95_upper": sps.binomtest(k, n).proportion_ci(0.95, method="exact").high if n else None}
     controls = {}
@@ -96,7 +102,8 @@ def summarise(rows: list[dict], config: dict) -> dict:
             c["min_power_ratio"] = min(c["min_power_ratio"], float(r["bias_over_detectable"]))
     caught = sum(c["caught"] for c in controls.values())
     total = sum(c["runs"] for c in controls.values())
-    true_p = np.array([float(r["p_value"]) for r in rows if r["kind"] == "monte-carlo"])
+    true_p = np.array([float(r["p_value"]) for r in rows if _has_p(r)])
+    no_p = sum(r["kind"] == "monte-carlo" and not _has_p(r) for r in rows)
     return {
         "config": config, "runs": n, "seeds": [seeds[0], seeds[-1]] if seeds else None,
         "true_tests_per_run": int(np.mean([sum(r["kind"] == "monte-carlo" for r in rs) for rs in by_seed.values()])) if n else 0,
@@ -104,7 +111,7 @@ def summarise(rows: list[dict], config: dict) -> dict:
         "false_failure": {"stated_family_rate": config["alpha"], "runs_false_failing": true_fail,
                           "rate": true_fail / n if n else None, "ci95_upper": ci.high if ci else None},
         "false_failure_at_looser_rates": loose,
-        "true_test_p_values": {"count": int(true_p.size), "fraction_below_0.05": float(np.mean(true_p <= 0.05)),
+        "true_test_p_values": {"count": int(true_p.size), "tests_without_p_value": int(no_p), "fraction_below_0.05": float(np.mean(true_p <= 0.05)),
                                "fraction_below_0.01": float(np.mean(true_p <= 0.01))},
         "negative_controls": {"caught": caught, "total": total, "rate": caught / total if total else None,
                               "min_power_ratio": min((c["min_power_ratio"] for c in controls.values()), default=None),
