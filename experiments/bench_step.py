@@ -5,11 +5,13 @@ Both run through ``oblr_theory.bridge.step.OBLRPO.update`` on the same model, ba
 - ``grpo``: estimator ``grpo``, constant learning rate: forward + backward of the surrogate and an
   optimizer step (no Gram);
 - ``oblr_po``: estimator ``optimal_loo`` with the exact ``S`` from the ghost Gram and the T7/T5
-  SNR learning rate; one ghost pass whose kept factors also give the update gradient
-  (``score_gram(..., keep_factors=True)``), SNR, optimizer step;
+  SNR learning rate; one diagonal-only ghost pass (``S`` only) whose kept factors also give the
+  update gradient and the B × B per-group Gram for the SNR
+  (``score_gram(..., keep_factors=True, diagonal_only=True)``), optimizer step;
 - ``oblr_po_two_pass``: the same with ``single_pass=False`` (Gram pass, then the surrogate's
   forward and backward);
-- ``ghost``: the ghost Gram pass alone.
+- ``ghost``: the full (within-group) ghost Gram pass alone;
+- ``ghost_diagonal``: the diagonal-only ghost pass alone (``S``, no cross terms).
 
 Timings are medians (and minima, robust to other load on a shared machine) over ``--repeats``
 interleaved rounds after ``--warmup`` rounds; on a GPU,
@@ -132,7 +134,8 @@ def run(cfg: Config) -> dict:
     args = (roll.input_ids_bgt, roll.attention_bgt, roll.completion_bgt)
     jobs = {"grpo": lambda: grpo.update(roll), "oblr_po": lambda: oblr.update(roll),
             "oblr_po_two_pass": lambda: two.update(roll),
-            "ghost": lambda: score_gram(model, *args, method="ghost")}
+            "ghost": lambda: score_gram(model, *args, method="ghost"),
+            "ghost_diagonal": lambda: score_gram(model, *args, method="ghost", diagonal_only=True)}
     times = {k: [] for k in jobs}
     peaks = {k: [] for k in jobs}
     for r in range(cfg.warmup + cfg.repeats):
@@ -159,13 +162,15 @@ def run(cfg: Config) -> dict:
         "peak_bytes": {k: max(v) for k, v in peaks.items()},
         "ratio_oblr_po_over_grpo": ratio,
         "ratio_ghost_over_grpo": med["ghost"] / med["grpo"],
+        "ratio_ghost_diagonal_over_grpo": med["ghost_diagonal"] / med["grpo"],
         "ratio_two_pass_over_grpo": med["oblr_po_two_pass"] / med["grpo"],
         "oblr_po_single_pass": oblr.single_pass,
         "target_ratio": 1.3,
         "meets_target": bool(ratio <= 1.3),
-        "note": "oblr_po: one ghost pass whose kept factors give the update gradient "
-                "(single pass, when score_gram supports keep_factors); oblr_po_two_pass: ghost "
-                "Gram pass + surrogate forward/backward",
+        "note": "oblr_po: one diagonal-only ghost pass (S) whose kept factors give the update "
+                "gradient and the B x B per-group Gram for T7 (single pass, when score_gram "
+                "supports keep_factors); oblr_po_two_pass: full ghost Gram pass + surrogate "
+                "forward/backward; ghost / ghost_diagonal: the full / diagonal-only Gram pass alone",
         "git_revision": git_revision(),
     }
 

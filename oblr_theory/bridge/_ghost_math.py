@@ -272,3 +272,121 @@ def merge_sparse_rows(
 def batch_gram(v_bk: torch.Tensor) -> torch.Tensor:
     """``K[b, c] = v_b · v_c`` for per-group vectors (B, …), float64 (B, B)."""
     return gram_of_rows(v_bk.reshape(1, v_bk.shape[0], -1))[0]
+
+
+# ---------------------------------------------------------------- diagonal only (S = ||s||²)
+# The update's advantages need only ``S_n = ||∇θ_n||²``, the Gram's diagonal: per sample, not
+# per pair, so each rule below costs about 1/G of its full-Gram counterpart. Float64 (N,) or
+# (B, G) results, same precision policy as ``cross_rows``.
+
+
+def row_dots(x_nk: torch.Tensor, y_nk: torch.Tensor) -> torch.Tensor:
+    """``d[n] = x_n · y_n`` for (N, …) tensors (flattened per row), float64 (N,).
+
+    Float64 inputs are multiplied directly; lower precision in float32 blocks of ``BLOCK``
+    entries whose partial sums are added in float64 (as ``cross_rows``).
+    """
+    N = x_nk.shape[0]
+    x, y = x_nk.reshape(N, -1), y_nk.reshape(N, -1)
+    if x.dtype == ACC:
+        return (x * y.to(ACC)).sum(-1)
+    K = x.shape[1]
+    n_full = K // BLOCK
+    main = n_full * BLOCK
+    out_n = torch.zeros(N, dtype=ACC, device=x.device)
+    if n_full:
+        prod = x[:, :main].float().reshape(N, n_full, BLOCK) * y[:, :main].float().reshape(N, n_full, BLOCK)
+        out_n += prod.sum(-1).to(ACC).sum(-1)
+    if main < K:
+        out_n += (x[:, main:].float() * y[:, main:].float()).sum(-1).to(ACC)
+    return out_n
+
+
+def sq_norms_of_rows(x_bg_: torch.Tensor) -> torch.Tensor:
+    """``S[b, g] = ||x_bg||²`` for per-sample tensors (B, G, …): the diagonal of
+    ``gram_of_rows``, float64 (B, G)."""
+    B, G = x_bg_.shape[:2]
+    return row_dots(x_bg_.reshape(B * G, -1), x_bg_.reshape(B * G, -1)).reshape(B, G)
+
+
+def prefer_ghost_diagonal(seq_len: int, d_in: int, d_out: int) -> bool:
+    """Cheaper linear-layer route for the diagonal only, by multiply-adds per sample.
+
+    ghost: ``T²(d_in + d_out)`` (the sample's own ``T × T`` activation and output-gradient
+    kernels); materialised: ``T d_in d_out + d_in d_out`` (its gradient, then its squared norm).
+    Equivalently ghost iff ``T (d_in + d_out) < (T + 1) d_in d_out / T``. No ``G`` factor: the
+    full-Gram rule (``prefer_ghost``) pays ``G²`` pairs against ``G`` gradients, the diagonal
+    ``G`` against ``G``.
+    """
+    T = seq_len
+    return T * T * (d_in + d_out) < T * d_in * d_out + d_in * d_out
+
+
+def act_kernels(a_bgtd: torch.Tensor) -> torch.Tensor:
+    """Each sample's activation kernel ``Ka_n[t, t'] = a_nt · a_nt'``: (N, T, T) in the work dtype.
+
+    Layers fed the same input (q/k/v, gate/up) share it (see ``linear_sq_norms_ghost``).
+    """
+    B, G, T, d_in = a_bgtd.shape
+    a_ntd = a_bgtd.reshape(B * G, T, d_in)
+    return (a_ntd @ a_ntd.transpose(1, 2)).to(work_dtype(a_bgtd.dtype))
+
+
+def linear_sq_norms_ghost(
+    a_bgtd: torch.Tensor, b_bgto: torch.Tensor, max_elems: int,
+    ka_ntt: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``||∇W_n||² = Σ_{t,t'} (a_nt · a_nt') (b_nt · b_nt')`` per sample, float64 (B, G).
+
+    Only the sample's own ``T × T`` kernels (not the group's ``GT × GT``); samples are processed
+    in chunks so that a chunk's kernels stay under ``max_elems`` entries. ``ka_ntt``: the
+    activation kernels ``act_kernels(a)`` when already computed for another layer with the same
+    input. Sums over ``t'`` run in the work dtype (``T ≤ BLOCK`` terms, as ``cross_rows``), over
+    ``t`` in float64.
+    """
+    B, G, T, d_in = a_bgtd.shape
+    N = B * G
+    wd = work_dtype(a_bgtd.dtype)
+    a_ntd = a_bgtd.reshape(N, T, d_in)
+    b_nto = b_bgto.reshape(N, T, b_bgto.shape[-1])
+    step = max(1, max_elems // max(T * T, 1))
+    out_n = torch.empty(N, dtype=ACC, device=a_bgtd.device)
+    for n0 in range(0, N, step):
+        a, g = a_ntd[n0 : n0 + step], b_nto[n0 : n0 + step]
+        ka = ka_ntt[n0 : n0 + step] if ka_ntt is not None else (a @ a.transpose(1, 2)).to(wd)
+        kb = (g @ g.transpose(1, 2)).to(wd)  # (n, T, T)
+        out_n[n0 : n0 + step] = (ka * kb).sum(-1).to(ACC).sum(-1)
+    return out_n.reshape(B, G)
+
+
+def linear_sq_norms_materialised(
+    a_bgtd: torch.Tensor, b_bgto: torch.Tensor, max_elems: int
+) -> torch.Tensor:
+    """``||∇W_n||²`` from per-sample gradients ``∇W_n = b_nᵀ a_n``, built in chunks of output
+    rows (at most ``max_elems`` entries at once), float64 (B, G)."""
+    B, G, T, d_in = a_bgtd.shape
+    d_out = b_bgto.shape[-1]
+    a_ntd = a_bgtd.reshape(B * G, T, d_in)
+    b_nto = b_bgto.reshape(B * G, T, d_out)
+    step = max(1, max_elems // max(B * G * d_in, 1))
+    out_bg = torch.zeros(B, G, dtype=ACC, device=a_bgtd.device)
+    for r0 in range(0, d_out, step):
+        w_nrd = linear_grads_rows(a_ntd, b_nto, slice(r0, r0 + step))
+        out_bg += sq_norms_of_rows(w_nrd.to(work_dtype(w_nrd.dtype)).reshape(B, G, -1))
+    return out_bg
+
+
+def linear_sq_norms(
+    a_bgtd: torch.Tensor, b_bgto: torch.Tensor, max_elems: int, route: str, ka_of=None
+) -> torch.Tensor:
+    """Per-sample ``||∇W_n||²`` of a linear weight by ``route`` ("auto" by
+    ``prefer_ghost_diagonal``, or "ghost" / "materialise"), float64 (B, G). ``ka_of``: optional
+    callable returning the (possibly cached) ``act_kernels(a)``, used on the ghost route."""
+    T, d_in = a_bgtd.shape[2:]
+    if route == "auto":
+        route = "ghost" if prefer_ghost_diagonal(T, d_in, b_bgto.shape[-1]) else "materialise"
+    if route == "ghost":
+        N = a_bgtd.shape[0] * a_bgtd.shape[1]
+        ka = ka_of() if ka_of is not None and N * T * T <= max_elems else None
+        return linear_sq_norms_ghost(a_bgtd, b_bgto, max_elems, ka)
+    return linear_sq_norms_materialised(a_bgtd, b_bgto, max_elems)

@@ -20,6 +20,13 @@ Parameters used by more than one module call are handled exactly:
 Before the backward, the autograd graph is walked: every trainable parameter the graph uses must
 be used only through hooked module calls, else a ValueError names it. Nothing is ever silently
 left out of the Gram.
+
+Diagonal only (``diagonal_only=True``): every rule then returns the per-sample squared norms
+``S_n = ||∇θ_n||²`` (B, G) instead of the (B, G, G) Gram, at about ``1/G`` of the cost: a linear
+weight needs the sample's own ``T × T`` kernels, ``S_n = Σ_{t,t'} (a_nt·a_nt')(b_nt·b_nt')``, or
+its materialised gradient, whichever is cheaper per sample (``_ghost_math.prefer_ghost_diagonal``);
+the tie keeps its cross term ``||E_n + H_n||² = ||E_n||² + ||H_n||² + 2⟨E_n, H_n⟩``; shared
+parameters take the squared norms of their summed buffers. ``finalize`` returns ``diag(S)``.
 """
 
 from __future__ import annotations
@@ -88,8 +95,11 @@ class GhostRecorder:
         route: str,
         max_elems: int,
         keep_factors: bool = False,
+        diagonal_only: bool = False,
     ):
         self.B, self.G, self.N = batch, group, batch * group
+        self.diagonal_only = diagonal_only
+        self._ka_cache = None  # (key, (N, T, T) activation kernels), diagonal_only only
         self.route, self.max_elems = route, max_elems
         self.keep_factors = keep_factors
         self.names = {}
@@ -261,6 +271,7 @@ class GhostRecorder:
 
     # ----------------------------------------------------------------------------- gradients
     def _add(self, gram_bgg: torch.Tensor) -> None:
+        """Add one contribution: (B, G, G), or (B, G) squared norms when ``diagonal_only``."""
         self.gram_bgg = gram_bgg if self.gram_bgg is None else self.gram_bgg + gram_bgg
 
     def _plan(self, pid: int) -> str:
@@ -312,26 +323,40 @@ class GhostRecorder:
         return gm.group_vocab(ids_gt)
 
     def _single(self, use: _Use, pname: str, p: torch.Tensor, g_bg_: torch.Tensor) -> torch.Tensor:
-        """Gram ``(B, G, G)`` of one use of one parameter."""
+        """Gram ``(B, G, G)`` of one use of one parameter (``diagonal_only``: its diagonal
+        ``(B, G)``, the per-sample squared norms)."""
+        diag = self.diagonal_only
+        rows_gram = gm.sq_norms_of_rows if diag else gm.gram_of_rows
         if use.kind in ("linear", "conv1d"):
             if pname == "weight":
                 a_bgtd, b_bgto = self._factors(use, g_bg_)
+                if diag:
+                    return gm.linear_sq_norms(a_bgtd, b_bgto, self.max_elems, self.route,
+                                              ka_of=lambda: self._act_kernels(a_bgtd))
                 return gm.linear_gram(a_bgtd, b_bgto, self.max_elems, self.route)
             g_bgto = g_bg_.reshape(self.B, self.G, -1, g_bg_.shape[-1])
-            return gm.gram_of_rows(gm.bias_grads(g_bgto.to(gm.work_dtype(g_bgto.dtype))))
+            return rows_gram(gm.bias_grads(g_bgto.to(gm.work_dtype(g_bgto.dtype))))
         if use.kind == "embedding":
             g_bg_ = self._embedding_grad(use, g_bg_)
             out = []
             for b in range(self.B):
                 uniq_u, inv_gt = self._vocab(use, b)
                 rows = gm.embedding_rows(inv_gt, uniq_u.numel(), g_bg_[b])
-                out.append(gm.pair_gram(rows, rows))
+                out.append(gm.row_dots(rows, rows) if diag else gm.pair_gram(rows, rows))
             return torch.stack(out)
         if pname == "weight":  # norm
             grads = self._norm_weight_grads(use, g_bg_, p)
         else:
             grads = gm.norm_bias_grads(g_bg_, p.dim())
-        return gm.gram_of_rows(grads.reshape(self.B, self.G, -1))
+        return rows_gram(grads.reshape(self.B, self.G, -1))
+
+    def _act_kernels(self, a_bgtd: torch.Tensor) -> torch.Tensor:
+        """``gm.act_kernels(a)``, reused by consecutive layers with the same input (q/k/v,
+        gate/up): a one-entry cache keyed by the factor's storage, shape and strides."""
+        key = (a_bgtd.data_ptr(), tuple(a_bgtd.shape), a_bgtd.stride())
+        if self._ka_cache is None or self._ka_cache[0] != key:
+            self._ka_cache = (key, gm.act_kernels(a_bgtd))
+        return self._ka_cache[1]
 
     @staticmethod
     def _norm_weight_grads(use: _Use, g_bg_: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -340,7 +365,8 @@ class GhostRecorder:
         return grads if use.scale is None else grads / use.scale.to(grads.dtype)
 
     def _tie_cross(self, use: _Use, p: torch.Tensor, g_bg_: torch.Tensor) -> None:
-        """Cross terms ``⟨E_i, H_j⟩ + ⟨H_i, E_j⟩`` of a tied embedding / output matrix."""
+        """Cross terms ``⟨E_i, H_j⟩ + ⟨H_i, E_j⟩`` of a tied embedding / output matrix
+        (``diagonal_only``: ``2⟨E_j, H_j⟩``, shape (B, G))."""
         state = self.ties.setdefault(id(p), _TieState())
         emb_use = next(u for u in self.uses_by_param[id(p)] if u.kind == "embedding")
         if state.vocab is None:
@@ -349,7 +375,8 @@ class GhostRecorder:
             g_bg_ = self._embedding_grad(use, g_bg_)
         else:
             a_bgtd, b_bgto = self._factors(use, g_bg_)
-        cross = torch.zeros(self.B, self.G, self.G, dtype=gm.ACC, device=g_bg_.device)
+        shape = (self.B, self.G) if self.diagonal_only else (self.B, self.G, self.G)
+        cross = torch.zeros(shape, dtype=gm.ACC, device=g_bg_.device)
         for b in range(self.B):
             uniq_u, inv_gt = state.vocab[b]
             if use.kind == "embedding":
@@ -360,8 +387,11 @@ class GhostRecorder:
                 mine = mine.to(gm.work_dtype(mine.dtype))
                 mine_store, other_store = state.lin_rows, state.emb_rows
             if b in other_store:
-                k = gm.pair_gram(mine, other_store.pop(b))
-                cross[b] = k + k.T
+                if self.diagonal_only:
+                    cross[b] = 2 * gm.row_dots(mine, other_store.pop(b))
+                else:
+                    k = gm.pair_gram(mine, other_store.pop(b))
+                    cross[b] = k + k.T
             else:
                 mine_store[b] = mine
         self._add(cross)
@@ -403,13 +433,18 @@ class GhostRecorder:
         self.shared[pid] = full if pid not in self.shared else self.shared[pid] + full
 
     def finalize(self, device, dtype=gm.ACC) -> torch.Tensor:
-        """The total Gram ``(B, G, G)``: hooked contributions plus shared-parameter buffers."""
+        """The total Gram ``(B, G, G)``: hooked contributions plus shared-parameter buffers.
+
+        With ``diagonal_only`` it is ``diag(S)``: the exact diagonal, zeros off it.
+        """
+        rows_gram = gm.sq_norms_of_rows if self.diagonal_only else gm.gram_of_rows
+        self._ka_cache = None
         for full in self.shared.values():
-            self._add(gm.gram_of_rows(full.reshape(self.B, self.G, -1)))
+            self._add(rows_gram(full.reshape(self.B, self.G, -1)))
         self.shared.clear()
         if self.gram_bgg is None:
             return torch.zeros(self.B, self.G, self.G, dtype=dtype, device=device)
-        return self.gram_bgg
+        return torch.diag_embed(self.gram_bgg) if self.diagonal_only else self.gram_bgg
 
     # ----------------------------------------------------------------- weighted gradients
     def release_factors(self) -> None:

@@ -30,6 +30,15 @@ chosen after seeing the Gram (e.g. ``w = A / (B G)`` with ``A = f(r, S, ℓ)``),
     K_bc   = ⟨v_b, v_c⟩,  v_b = Σ_g w_bg s_bg                 (B × B, for T7's SNR)
 
 without a second backward pass.
+
+Diagonal only. ``score_gram(..., method="ghost", diagonal_only=True)`` computes only
+``S_bj = ||s_bj||²`` and returns ``gram_bgg = diag(S)`` (exact diagonal, **zeros off it**;
+``ScoreGram.diagonal_only`` says so). Per sample instead of per pair, it costs about ``1/G`` of
+the full Gram's extra work: a linear weight needs ``S_n = Σ_{t,t'} (a_nt·a_nt')(b_nt·b_nt')``,
+``T²(d_in + d_out)`` multiply-adds per sample, against ``G T²(d_in + d_out)`` for a row of the
+full Gram (or, when cheaper, the materialised ``T d_in d_out``). It combines with
+``keep_factors``: the advantages ``A = f(r, S, ℓ)`` need only ``S``, and T7's SNR takes the
+B × B Gram of per-group gradients that ``weighted_gradients`` returns, not the within-group Gram.
 """
 
 from __future__ import annotations
@@ -57,6 +66,8 @@ class ScoreGram:
     token_logp_bgt: (B, G, T) per-token completion log-probs (0 outside the completion).
     lengths_bg:     (B, G) completion lengths ``ℓ``.
     method:         the method that produced ``gram_bgg``.
+    diagonal_only:  True when ``gram_bgg = diag(S)`` holds only the exact diagonal (zeros off
+                    it are NOT the cross terms): ``score_gram(..., diagonal_only=True)``.
 
     With ``keep_factors=True`` (ghost) it also holds the layer factors for one call of
     ``weighted_gradients`` (the update gradient and the B × B per-group Gram, no second backward).
@@ -67,6 +78,7 @@ class ScoreGram:
     token_logp_bgt: torch.Tensor
     lengths_bg: torch.Tensor
     method: str
+    diagonal_only: bool = False
     _factors: GhostRecorder | None = field(default=None, repr=False)
 
     @property
@@ -201,6 +213,7 @@ def gram_ghost(
     route: str = "auto",
     max_elems: int = 2**26,
     keep_factors: bool = False,
+    diagonal_only: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, GhostRecorder | None]:
     """Ghost Gram: one forward and one backward of ``L = Σ_n seq_logp_n`` for the whole batch.
 
@@ -208,12 +221,14 @@ def gram_ghost(
     ``route`` picks the linear-layer rule ("auto" by cost, or force "ghost" / "materialise");
     ``max_elems`` bounds the entries of any temporary per-sample block. Returns
     ``(gram_bgg, token_logp_bgt, recorder)``, the recorder (holding the factors) only when
-    ``keep_factors``.
+    ``keep_factors``. ``diagonal_only``: ``gram_bgg = diag(S)``, only the per-sample squared
+    norms computed (see the module docstring).
     """
     if route not in ROUTES:
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
     B, G, T = input_ids.shape
-    recorder = GhostRecorder(model, B, G, route, max_elems, keep_factors=keep_factors)
+    recorder = GhostRecorder(model, B, G, route, max_elems, keep_factors=keep_factors,
+                             diagonal_only=diagonal_only)
     with recorder, torch.enable_grad():
         token_logp_nt, _ = forward_logprobs(
             model, _flat(input_ids), _flat(attn_bgt), _flat(comp_bgt)
@@ -258,6 +273,7 @@ def score_gram(
     route: str = "auto",
     max_elems: int = 2**26,
     keep_factors: bool = False,
+    diagonal_only: bool = False,
 ) -> ScoreGram:
     """Within-group Gram ``K[b, i, j] = s_bi · s_bj`` of per-sequence scores, plus log-probs.
 
@@ -271,18 +287,25 @@ def score_gram(
     gradients without a second backward (memory: about the activations of a training step, held
     until that call or ``release_factors``).
 
+    ``diagonal_only=True`` (ghost only) computes just ``S_bj = ||s_bj||²`` and returns
+    ``gram_bgg = diag(S)``, zeros off the diagonal (about ``1/G`` of the full Gram's extra cost);
+    use it when only ``S`` is needed (advantages), not ``||ĝ_x||²`` from the cross terms.
+
     Raises ValueError naming the argument for malformed masks, and naming the module for any
     trainable parameter the ghost method cannot account for.
     """
     _check_model(model, method)
     if keep_factors and method != "ghost":
         raise ValueError(f"keep_factors=True needs method='ghost', got method={method!r}")
+    if diagonal_only and method != "ghost":
+        raise ValueError(f"diagonal_only=True needs method='ghost', got method={method!r} "
+                         "(the proxies are diagonal already; 'loop' computes the full Gram)")
     attn_bgt, comp_bgt = check_inputs(input_ids, attention_mask, completion_mask)
     kept = None
     if method == "ghost":
         gram_bgg, token_logp_bgt, kept = gram_ghost(
             model, input_ids, attn_bgt, comp_bgt, route=route, max_elems=max_elems,
-            keep_factors=keep_factors,
+            keep_factors=keep_factors, diagonal_only=diagonal_only,
         )
     elif method == "loop":
         gram_bgg, token_logp_bgt = gram_loop(model, input_ids, attn_bgt, comp_bgt)
@@ -294,5 +317,6 @@ def score_gram(
         token_logp_bgt=token_logp_bgt,
         lengths_bg=comp_bgt.sum(-1),
         method=method,
+        diagonal_only=diagonal_only,
         _factors=kept,
     )

@@ -25,6 +25,10 @@ Cost: the Gram pass is one forward and one ghost backward. With ``score_gram(...
 keep_factors=True)`` the same pass also gives ``Σ_bj w_bj s_bj`` (``ScoreGram.weighted_gradients``),
 so the update is one pass (``StepConfig.single_pass``, automatic when available); otherwise the
 surrogate costs a second forward and backward (about ``1 + ghost/plain`` times a GRPO update).
+The single pass computes only the Gram's diagonal ``S`` (``score_gram(..., diagonal_only=True)``,
+about ``1/G`` of the full within-group Gram's extra work) and takes ``Σ_b ||u_b||² = B² tr K``
+from the B × B Gram ``K`` that ``weighted_gradients`` returns (see ``OBLRPO.update``); the
+two-pass path keeps the full within-group Gram (a cross-check of the same numbers).
 """
 
 from __future__ import annotations
@@ -357,17 +361,23 @@ class OBLRPO:
         return supported
 
     def sq_norms_and_gram(self, rollout: Rollout, keep_factors: bool = False):
-        """``(S_bg, exact Gram (B, G, G) or None, ScoreGram holding factors or None)``."""
+        """``(S_bg, exact Gram (B, G, G) or None, ScoreGram holding factors or None)``.
+
+        ``keep_factors=True`` (the single-pass update) runs the ghost pass with
+        ``diagonal_only=True``: only ``S`` is computed (the advantages need nothing else; T7
+        then reads the B × B Gram of ``weighted_gradients``), and the returned Gram is None.
+        """
         args = (rollout.input_ids_bgt, rollout.attention_bgt, rollout.completion_bgt)
         sg, gram = None, None
         if self.cfg.lr_rule == "snr" or self.cfg.sq_norms in ("ghost", "loop"):
             if keep_factors:
-                sg = score_gram(self.model, *args, method="ghost", keep_factors=True)
+                sg = score_gram(self.model, *args, method="ghost", keep_factors=True,
+                                diagonal_only=True)
             else:
                 sg = score_gram(self.model, *args, method="loop" if self.cfg.sq_norms == "loop" else "ghost")
-            gram = sg.gram_bgg
+            gram = None if sg.diagonal_only else sg.gram_bgg
         if self.cfg.sq_norms in ("ghost", "loop"):
-            S = torch.diagonal(gram, dim1=-2, dim2=-1)
+            S = sg.sq_norms_bg
         else:
             S = torch.diagonal(score_gram(self.model, *args, method=self.cfg.sq_norms).gram_bgg,
                                dim1=-2, dim2=-1)
@@ -399,6 +409,14 @@ class OBLRPO:
         ``ScoreGram.weighted_gradients(w)`` with ``w = −A/(BG)`` writes ``p.grad = −ĝ`` (the
         surrogate's gradient, exactly) without a second forward/backward. Otherwise two passes:
         the Gram, then the surrogate's forward and backward (through ``forward_model``).
+
+        T7 needs ``Σ_b ||u_b||²`` with ``u_b = (1/G) Σ_j A_bj s_bj``. Two passes: from the
+        within-group Gram, ``||u_b||² = A_bᵀ K_b A_b / G²`` (``group_sq_norms``). Single pass: the
+        ghost pass computes only ``S`` (``diagonal_only``), and ``weighted_gradients`` returns
+        ``K_bc = ⟨v_b, v_c⟩`` for ``v_b = Σ_j w_bj s_bj = −u_b / B``, so
+        ``||u_b||² = B² K_bb`` and ``Σ_b ||u_b||² = B² tr K`` (the sign cancels in the square;
+        ``B`` is this rank's number of groups, the sum is then reduced over ranks).
+        ``||ĝ||²`` comes from ``p.grad`` in both paths (after the data-parallel average).
         """
         B, G, _ = rollout.shape
         single = self.single_pass
@@ -411,10 +429,12 @@ class OBLRPO:
         self.opt.zero_grad(set_to_none=True)
         if single:
             w_bg = -A_bg / (B * G)  # the surrogate L = Σ w log π; its gradient is −ĝ
-            sg.weighted_gradients(w_bg.to(sg.gram_bgg.dtype))
+            K_bb = sg.weighted_gradients(w_bg.to(sg.gram_bgg.dtype))
+            group_sq_sum = B**2 * torch.diagonal(K_bb).sum()  # Σ_b ||u_b||², u_b = −B v_b
             loss = (w_bg * sg.seq_logp_bg.double()).sum()
             self.grad_sync()  # data parallel: average the gradient over ranks
         else:
+            group_sq_sum = group_sq_norms(gram, A_bg).sum() if gram is not None else None
             seq = sequence_logprobs(self.forward_model, rollout.input_ids_bgt, rollout.attention_bgt,
                                     rollout.completion_bgt)
             loss = surrogate_loss(seq.seq_logp_bg, A_bg)
@@ -428,7 +448,7 @@ class OBLRPO:
         if self.cfg.lr_rule == "snr":
             if n_groups < 2:
                 raise ValueError(f"lr_rule='snr' needs B >= 2 prompt groups per batch (T7), got {n_groups}")
-            trace = self.reduce(group_sq_norms(gram, A_bg).sum())
+            trace = self.reduce(group_sq_sum)
             pieces = batch_snr_pieces(trace, n_groups, grad_sq)
             snr_batch = float(snr_hat(pieces))
             snr_ema = float(self.ema.update(pieces))

@@ -101,6 +101,25 @@ def test_t7_pieces_from_group_norms_equal_pieces_from_per_group_gradients(model6
         assert float(b) == pytest.approx(float(a), rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.parametrize("single_pass", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not SINGLE_PASS, reason="score_gram has no keep_factors"))])
+def test_step_snr_pieces_equal_pieces_from_per_group_gradients(model64, rollout, single_pass):
+    """The update's T7 pieces equal those of the explicit u_b = (1/G) Σ_j A_bj s_bj: two passes
+    (within-group Gram, A_bᵀ K_b A_b / G²) and one pass (diagonal-only ghost S for A, then
+    Σ_b ||u_b||² = B² tr K from weighted_gradients' B × B Gram)."""
+    s_bgd = per_sample_scores(model64, rollout)
+    S_bg = (s_bgd**2).sum(-1)
+    A_bg = estimators.get("optimal_loo").advantages(rollout.rewards_bg, S_bg)
+    G = s_bgd.shape[1]
+    ref = snr_pieces(torch.einsum("bg,bgd->bd", A_bg, s_bgd) / G)
+    algo = OBLRPO(model64, StepConfig(estimator="optimal_loo", lr_rule="snr", single_pass=single_pass))
+    assert algo.single_pass == single_pass
+    diag = algo.update(rollout, apply=False)
+    assert diag.grad_sq_norm_hat == pytest.approx(float(ref.grad_sq_norm_hat), rel=1e-9, abs=1e-12)
+    assert diag.noise_var_hat == pytest.approx(float(ref.noise_var_hat), rel=1e-9, abs=1e-12)
+    assert diag.S_mean == pytest.approx(float(S_bg.mean()), rel=1e-9)
+
+
 def test_snr_learning_rate_shrinks_when_noise_grows(model64):
     """T5: η = η_max SNR/(1+SNR) falls when V grows at fixed ∇J.
 

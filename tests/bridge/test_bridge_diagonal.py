@@ -1,0 +1,104 @@
+"""score_gram(..., diagonal_only=True): the ghost pass's per-sample squared norms alone.
+
+Float64 tiny models; "equal" means 1e-9 relative to the largest entry. The diagonal must match the
+loop reference's Gram diagonal for every parameter type the full ghost Gram supports (Linear with
+and without bias, Conv1D, embeddings, norms, the tied embedding / LM head with its cross term,
+a module reused twice), with either linear route, and must keep ``keep_factors`` working.
+"""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from bridge_helpers import make_batch, rel_err, tiny_model  # noqa: E402
+from oblr_theory.bridge import score_gram  # noqa: E402
+from oblr_theory.bridge import _ghost_math as gm  # noqa: E402
+
+TOL = 1e-9
+
+
+def loop_diag(model, batch):
+    return torch.diagonal(score_gram(model, *batch, method="loop").gram_bgg, dim1=1, dim2=2)
+
+
+@pytest.mark.parametrize(
+    "arch, tied, route",
+    [
+        ("qwen3", True, "auto"),
+        ("qwen3", True, "ghost"),
+        ("qwen3", True, "materialise"),
+        ("qwen3", False, "ghost"),
+        ("qwen3", False, "materialise"),
+        ("llama", False, "auto"),  # Linear biases
+        ("gpt2", True, "auto"),  # Conv1D, LayerNorm with bias, position embedding, tied head
+        ("gpt2", True, "materialise"),
+    ],
+)
+def test_diagonal_equals_loop_diagonal(arch, tied, route):
+    model = tiny_model(arch, tied=tied)
+    batch = make_batch(pad_side="left", extra_pad=1)
+    diag = score_gram(model, *batch, method="ghost", route=route, diagonal_only=True)
+    full = score_gram(model, *batch, method="ghost", route=route)
+    ref = loop_diag(model, batch)
+    assert diag.diagonal_only and not full.diagonal_only
+    assert diag.gram_bgg.shape == (2, 3, 3) and diag.gram_bgg.dtype == torch.float64
+    assert rel_err(diag.sq_norms_bg, ref) < TOL
+    assert rel_err(diag.sq_norms_bg, full.sq_norms_bg) < TOL
+    off = diag.gram_bgg - torch.diag_embed(diag.sq_norms_bg)
+    assert bool((off == 0).all()), "diagonal_only documents zeros off the diagonal"
+    torch.testing.assert_close(diag.seq_logp_bg, full.seq_logp_bg, rtol=0, atol=0)
+
+
+def test_tied_diagonal_needs_the_cross_term():
+    """||E_n + H_n||² ≠ ||E_n||² + ||H_n||²: the diagonal keeps 2⟨E_n, H_n⟩."""
+    model = tiny_model("qwen3", tied=True)
+    batch = make_batch()
+    tied = score_gram(model, *batch, diagonal_only=True).sq_norms_bg
+    untied = tiny_model("qwen3", tied=True)
+    with torch.no_grad():
+        untied.lm_head.weight = torch.nn.Parameter(untied.model.embed_tokens.weight.clone())
+    split = score_gram(untied, *batch, diagonal_only=True).sq_norms_bg
+    assert rel_err(tied, split) > 1e-3
+    assert rel_err(tied, loop_diag(model, batch)) < TOL
+
+
+def test_shared_module_reuse_diagonal():
+    """A module called twice: the per-sample gradients of both calls are summed first."""
+    model = tiny_model("qwen3", tied=False)
+    model.model.layers[1].mlp = model.model.layers[0].mlp
+    batch = make_batch()
+    diag = score_gram(model, *batch, diagonal_only=True).sq_norms_bg
+    assert rel_err(diag, loop_diag(model, batch)) < TOL
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_diagonal_with_keep_factors_gives_the_same_update(tied):
+    """keep_factors works with diagonal_only: weighted_gradients' grad and B × B Gram are the
+    same as from the full ghost pass."""
+    batch = make_batch()
+    out = {}
+    for diagonal_only in (False, True):
+        model = tiny_model("qwen3", tied=tied)
+        sg = score_gram(model, *batch, keep_factors=True, diagonal_only=diagonal_only)
+        w_bg = torch.linspace(-1, 1, sg.seq_logp_bg.numel(), dtype=torch.float64).reshape(
+            sg.seq_logp_bg.shape)
+        K = sg.weighted_gradients(w_bg)
+        grads = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.requires_grad])
+        out[diagonal_only] = (K, grads, sg.sq_norms_bg)
+    for a, b in zip(out[False], out[True]):
+        assert rel_err(b, a) < TOL
+
+
+def test_diagonal_only_needs_ghost():
+    model = tiny_model("qwen3", tied=True)
+    with pytest.raises(ValueError, match="diagonal_only"):
+        score_gram(model, *make_batch(), method="loop", diagonal_only=True)
+
+
+def test_diagonal_route_choice_uses_the_per_sample_cost():
+    """The diagonal's rule has no G: ghost iff T²(d_in + d_out) < (T + 1) d_in d_out."""
+    assert gm.prefer_ghost_diagonal(64, 256, 768)  # 64²·1024 < 65·256·768: ghost
+    assert not gm.prefer_ghost_diagonal(512, 64, 64)  # long sequences, small layer: materialise
+    # the full Gram pays G² pairs: at G = 8 it materialises where the diagonal stays ghost
+    assert not gm.prefer_ghost(8, 128, 256, 768) and gm.prefer_ghost_diagonal(128, 256, 768)
