@@ -129,11 +129,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/calibration")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    config = {"suite": "quick, statistical claims only", "scale": args.scale, "alpha": args.alpha}
+    rev = git_revision()
+    # the code revision is part of the configuration: a resumed run never mixes rows of other code
+    config = {"suite": "quick, statistical claims only", "scale": args.scale, "alpha": args.alpha,
+              "git_revision": rev}
     config_id = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
     folder = os.path.join(args.out, config_id)
     os.makedirs(folder, exist_ok=True)
-    rev = git_revision()
     seeds = [args.first_seed + i for i in range(args.runs)]
     todo = [s for s in seeds if not os.path.exists(os.path.join(folder, f"seed_{s:05d}.csv"))]
     from tqdm import tqdm

@@ -116,8 +116,11 @@ def _runs(P, cfg, ctx, S):
     return dynamics.run(P, cfg, seeds, keep_theta=True)
 
 
+_T6_BANDIT = SoftmaxBandit([[1.0, 0.5, -1.5], [0.0, 1.0, -1.0]], [[0.2, 0.5, 1.0], [0.0, 0.3, 1.0]])
+
+
 def _t6(ctx) -> list[Row]:
-    P = SoftmaxBandit([[1.0, 0.5, -1.5], [0.0, 1.0, -1.0]], [[0.2, 0.5, 1.0], [0.0, 0.3, 1.0]])
+    P = _T6_BANDIT
     L, J0 = P.smoothness_bound(), exact.objective(P)
     J_star = float(P.prompt_probs @ P.rewards.max(axis=1))
     S, T = (8, 30) if ctx.quick else (24, 80)
@@ -178,7 +181,12 @@ def _t7(ctx, G=2) -> list[Row]:
                              e_frac - true_frac, abs(e_frac - true_frac) > 1e-9, estimate=e_frac,
                              note=f"E[f(SNR̂)] = {e_frac:.4g} vs f(SNR) = {true_frac:.4g}, f = x/(1+x); "
                                   f"P(V̂ = 0) = {p_zero:.3g}, so E SNR̂ = ∞ here"))
-    # EMA over stationary batches: replications by sampling the exact unit law
+    # EMA over stationary batches: replications by sampling the exact unit law. The EMA's effect
+    # is problem-dependent, not a theorem: on most random bandits it cuts |bias| sharply (z ≈ −10),
+    # but 2 of 100 random X=2, K=3 bandits showed the opposite (z = +4, +12). So the row is checked
+    # on one fixed bandit (T6's, chosen before looking), and the statement says so.
+    unit = onestep.unit_law(_T6_BANDIT, "rloo", G)
+    grad_sq = float(exact.gradient(_T6_BANDIT) @ exact.gradient(_T6_BANDIT))
     B, beta, steps = 2, 0.9, 40
     reps = 4000 if ctx.quick else 20000
     V = onestep.batch_law(unit, B).trace_var
@@ -191,7 +199,7 @@ def _t7(ctx, G=2) -> list[Row]:
     b_ema, se_ema = est.mean() - true_frac, est.std(ddof=1) / np.sqrt(reps)
     b_plain, se_plain = plain.mean() - true_frac, plain.std(ddof=1) / np.sqrt(reps)
     rows.append(_mc_row("T7", f"EMA (β={beta}) of numerator and denominator: |bias| of SNR̂/(1+SNR̂) "
-                        "no larger than per batch", f"bandit X=2 K=3, rloo G={G}, B={B}, {reps} "
+                        "no larger than per batch (on this fixed bandit)", f"T6 bandit X=2 K=3, rloo G={G}, B={B}, {reps} "
                         f"replications of {steps} stationary steps", abs(b_ema) - abs(b_plain),
                         float(np.hypot(se_ema, se_plain)), 0.0, ctx,
                         f"f(SNR) = {true_frac:.4g}; bias per batch {b_plain:+.3g} ± {se_plain:.2g}, "
