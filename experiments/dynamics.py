@@ -22,7 +22,7 @@ from tqdm import tqdm  # noqa: E402
 
 from oblr_theory import dynamics, exact, families, onestep, theory  # noqa: E402
 from oblr_theory.problems import SoftmaxBandit  # noqa: E402
-from oblr_theory.results import ResultStore, git_revision  # noqa: E402
+from oblr_theory.results import ResultStore, git_revision, problem_fingerprint  # noqa: E402
 
 
 def run_t4(out, quick, rev):
@@ -34,8 +34,9 @@ def run_t4(out, quick, rev):
         P = SoftmaxBandit(1.5 * rng.normal(size=(2, 3)), rng.uniform(size=(2, 3)))
         L, J, grad = P.smoothness_bound(), exact.objective(P), exact.gradient(P)
         etas = np.linspace(0.0, 4.0 / L, 41)
+        fp = problem_fingerprint(P, G, B, etas)
         for name in ("reinforce", "rloo", "optimal_loo", "oracle_optimal"):
-            key = f"state={seed}/{name}"
+            key = f"state={seed}/{fp}/{name}"
             if store.done(key):
                 continue
             law = onestep.batch_law(onestep.unit_law(P, name, G), B)
@@ -53,16 +54,18 @@ def run_traces(out, quick, rev):
     P = families.hard_arm_bandit()
     L = P.smoothness_bound()
     T, seeds = (60, range(4)) if quick else (400, range(16))
+    fp = problem_fingerprint(P, T, quick)
+    store.prune_family("hard_arm_bandit", fp)
     for name in ("rloo", "optimal_loo"):
         for rule, eta in (("constant", 1.0 / L), ("oracle", None), ("snr", 1.0 / L)):
-            todo = [s for s in seeds if not store.done(f"{name}/{rule}/seed={s}")]
+            todo = [s for s in seeds if not store.done(f"{fp}/{name}/{rule}/seed={s}")]
             if not todo:
                 continue
             cfg = dynamics.RunConfig(name, group_size=4, batch_size=4, num_steps=T, lr_rule=rule,
                                      eta=eta or 0.0, ema_beta=0.9, exact_every=1 if not quick else 2)
             with tqdm(total=T, desc=f"traces {name}/{rule}", leave=False) as bar:
                 tr = dynamics.run(P, cfg, todo, progress=bar.update)
-            store.add([dict(key=f"{name}/{rule}/seed={s}", family="hard_arm_bandit", estimator=name,
+            store.add([dict(key=f"{fp}/{name}/{rule}/seed={s}", setting=fp, family="hard_arm_bandit", estimator=name,
                             lr_rule=rule, eta=eta, seed=int(s), group_size=4, batch_size=4, smoothness=L,
                             objective=tr.objective[i], grad_sq_norm=tr.grad_sq_norm[i], lr=tr.lr[i],
                             snr_hat=tr.snr_hat[i], exact_snr=tr.exact_snr[i], exact_var=tr.exact_var[i],
