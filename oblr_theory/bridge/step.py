@@ -227,10 +227,11 @@ def batch_snr_pieces(group_sq_norm_sum, batch_size: int, mean_grad_sq_norm):
 
 
 def plugin_optimal_baseline(rewards_bg: torch.Tensor, sq_norms_bg: torch.Tensor) -> torch.Tensor:
-    """T3 plug-in per group: ``b̂*_b = Σ_j S_bj r_bj / Σ_j S_bj`` (NaN where ``Σ_j S_bj = 0``)."""
-    den = sq_norms_bg.sum(-1)
-    return torch.where(den > 0, (sq_norms_bg * rewards_bg).sum(-1) / den.clamp_min(1e-300),
-                       torch.full_like(den, float("nan")))
+    """T3 plug-in per group, ``b̂*_b = Σ_j S_bj r_bj / Σ_j S_bj``, shape (B,): the baseline of the
+    registry's inclusive ``optimal`` estimator (``r_j − A_j``), with its documented fallback to the
+    group mean where ``Σ_j S_bj = 0``."""
+    adv_bg = estimators.get("optimal").advantages(rewards_bg, sq_norms=sq_norms_bg)
+    return (rewards_bg - adv_bg)[..., 0]
 
 
 # ============================================================================== the update
@@ -475,11 +476,8 @@ class OBLRPO:
         ell = rollout.lengths_bg.double()
         if S_bg is not None:
             S = S_bg.double()
-            b_star = plugin_optimal_baseline(r, S)
-            ok = ~torch.isnan(b_star)
-            mean_b = r.mean(-1)
-            bs = (float(b_star[ok].mean()), float(mean_b[ok].mean()),
-                  float((b_star[ok] - mean_b[ok]).abs().mean())) if bool(ok.any()) else (nan,) * 3
+            b_star, mean_b = plugin_optimal_baseline(r, S), r.mean(-1)
+            bs = (float(b_star.mean()), float(mean_b.mean()), float((b_star - mean_b).abs().mean()))
             s_stats = (float(S.mean()), float(S.std()) if S.numel() > 1 else nan, float(S.min()), float(S.max()))
             corr = _corr(S, ell)
         else:

@@ -218,3 +218,13 @@ def test_adamw_step_uses_the_snr_learning_rate(model64, rollout):
     diag = algo.update(rollout)
     assert 1e-5 <= diag.lr <= 1e-3 and algo.opt.param_groups[0]["lr"] == diag.lr
     assert any(not torch.equal(a, b) for a, b in zip(before, m.parameters()))
+
+
+def test_plugin_optimal_baseline_is_the_registry_baseline():
+    """T3 plug-in b̂* = Σ S r / Σ S per group; a group with Σ S = 0 falls back to its mean."""
+    from oblr_theory.bridge.step import plugin_optimal_baseline
+
+    r = torch.tensor([[1.0, 0.0, 0.5], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    S = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    b = plugin_optimal_baseline(r, S)
+    assert torch.allclose(b, torch.tensor([2.5 / 6, 1 / 3], dtype=torch.float64), rtol=1e-14)
