@@ -1,12 +1,12 @@
-"""Data parallelism over prompt groups with ``torch.distributed`` (DDP), FSDP for large models.
+"""Data parallelism over prompt groups with ``torch.distributed``: DDP, or FSDP2 for large models.
 
 The unit of independence is the prompt group (T7), so a batch of ``B`` groups is split by whole
 groups: rank ``k`` of ``R`` owns ``B/R`` groups, samples them, scores them and computes their
 advantages locally (every estimator's advantage map works within one group). What crosses ranks:
 
-- the gradient ``ĝ = (1/B) Σ_b u_b``: DDP (two-pass update) or an all-reduce of the ghost-factor
-  gradients (single-pass update) averages the local means (equal local ``B``), so every rank
-  holds the global ``ĝ`` and ``||ĝ||²``;
+- the gradient ``ĝ = (1/B) Σ_b u_b``: DDP (two-pass update), FSDP's reduce-scatter (two-pass
+  update, each rank keeps a shard) or an all-reduce of the ghost-factor gradients (single-pass
+  update, DDP only) averages the local means (equal local ``B``), so ``||ĝ||²`` is global;
 - ``Σ_b ||u_b||²`` and ``B`` (sums, all-reduced), which with ``||ĝ||²`` give the T7 pieces
   exactly (see :mod:`oblr_theory.bridge.step`); hence the same SNR and learning rate on every
   rank, and the same statistics as one process on the whole batch.
@@ -16,14 +16,21 @@ Launch with ``torchrun --nproc-per-node R script.py`` or ``accelerate launch`` (
 Gram runs on the unwrapped module (no DDP hooks), the surrogate forward/backward on the DDP
 wrapper, so the gradient all-reduce is DDP's own.
 
-FSDP: :func:`shard_fsdp` applies ``torch.distributed.fsdp.fully_shard`` (FSDP2) to each decoder
-layer and the root, for models that do not fit one device. Valid only with a ``score_gram`` that
-supports sharded parameters (see ``docs/bridge_part2.md``); the surrogate path is FSDP's own.
+FSDP: :func:`fsdp_oblrpo` shards the model with :func:`shard_fsdp` (FSDP2 ``fully_shard`` on each
+decoder layer and the root) and runs the two-pass update: the ghost Gram's forward and backward go
+through the FSDP modules (parameters are unsharded inside each layer's forward and backward, so
+the hooks see plain tensors), the surrogate's backward ends in FSDP's reduce-scatter (each rank
+holds a ``Shard(0)`` DTensor of ``ĝ``), and ``||ĝ||²`` is the sum of the shards' squares reduced
+over ranks (:func:`sharded_grad_sq_norm`). Tested on CPU with two gloo processes and a float64
+tiny Qwen3 against one process (``tests/bridge/test_distributed.py``); not tested with NCCL on
+GPUs. The single-pass update is refused under FSDP: its gradient is written into ``p.grad``
+from hooked factors, which knows nothing of shards.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -31,8 +38,8 @@ import torch.distributed as dist
 
 from .step import OBLRPO, Rollout, StepConfig
 
-__all__ = ["init", "shard_groups", "all_reduce_sum", "average_gradients", "data_parallel_oblrpo", "local_rollout",
-           "shard_fsdp", "world"]
+__all__ = ["init", "shard_groups", "all_reduce_sum", "average_gradients", "data_parallel_oblrpo",
+           "local_rollout", "shard_fsdp", "fsdp_oblrpo", "sharded_grad_sq_norm", "full_parameters", "world"]
 
 
 def init(backend: str | None = None) -> tuple[int, int]:
@@ -120,7 +127,9 @@ def data_parallel_oblrpo(model: torch.nn.Module, config: StepConfig, device_ids=
 
 
 def shard_fsdp(model: torch.nn.Module, layer_attr: str = "model.layers", **kwargs) -> torch.nn.Module:
-    """FSDP2: ``fully_shard`` every decoder layer (``model.model.layers[i]``) and then the root."""
+    """FSDP2: ``fully_shard`` every decoder layer (``model.model.layers[i]``) and then the root
+    (embedding, tied head, final norm); ``kwargs`` go to ``fully_shard`` (``mesh``,
+    ``reshard_after_forward``, ...). Use it through :func:`fsdp_oblrpo` for OBLR-PO updates."""
     from torch.distributed.fsdp import fully_shard
 
     layers = model
@@ -130,3 +139,90 @@ def shard_fsdp(model: torch.nn.Module, layer_attr: str = "model.layers", **kwarg
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
     return model
+
+
+def _is_dtensor(t) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def sharded_grad_sq_norm(params) -> torch.Tensor:
+    """``||g||² = Σ_p Σ_i g_pi²`` over the full gradients, float64, when ``p.grad`` may be a
+    DTensor shard (FSDP2).
+
+    A DTensor's sum of squares is a ``Partial(sum)`` scalar; the partials of one device mesh are
+    added locally and reduced once (one all-reduce per mesh), plain gradients are summed as they
+    are. Every rank must call it (it is a collective when any gradient is a DTensor).
+    """
+    params = list(params)
+    if not params:
+        raise ValueError("params is empty: no gradient to take the norm of")
+    total = torch.zeros((), dtype=torch.float64, device=params[0].device)
+    partial = {}  # (mesh, placements) -> Partial DTensor scalar
+    for p in params:
+        if p.grad is None:
+            continue
+        sq = p.grad.detach().double().pow(2).sum()
+        if _is_dtensor(sq):
+            key = (sq.device_mesh, tuple(sq.placements))
+            partial[key] = sq if key not in partial else partial[key] + sq
+        else:
+            total += sq
+    for sq in partial.values():
+        total += sq.full_tensor().to(total.device)
+    return total
+
+
+def full_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Detached full copies of ``model.parameters()``: FSDP2 shards are all-gathered
+    (``DTensor.full_tensor``, a collective: every rank must call it), plain tensors cloned."""
+    return [p.full_tensor().detach() if _is_dtensor(p) else p.detach().clone() for p in model.parameters()]
+
+
+def fsdp_oblrpo(model: torch.nn.Module, config: StepConfig, layer_attr: str = "model.layers",
+                **fsdp_kwargs) -> OBLRPO:
+    """OBLR-PO with the model sharded by FSDP2 (:func:`shard_fsdp`), two-pass update.
+
+    - Gram: ``score_gram(model, ..., method="ghost")`` runs through the FSDP modules; each rank
+      scores its own groups with the full (unsharded-in-forward) parameters.
+    - Gradient: the surrogate's backward through the same modules; FSDP reduce-scatters and
+      averages over ranks, ``p.grad`` is this rank's shard of ``−ĝ``.
+    - T7: ``Σ_b ||u_b||²`` and ``B`` with :func:`all_reduce_sum`, ``||ĝ||²`` with
+      :func:`sharded_grad_sq_norm`; the optimizer steps the shards.
+
+    ``config.single_pass`` must be ``None`` or ``False`` (set to ``False``). Without a process
+    group it is ``OBLRPO(model, config)`` with the two-pass update (nothing sharded). A model
+    that is already an FSDP module is not sharded again (then ``fsdp_kwargs`` must be empty).
+    The device mesh must span the default group's ranks (``fully_shard``'s default), over which
+    the groups are split. Every rank must call :meth:`OBLRPO.update` with the same number of
+    local groups.
+
+    Valid only if: the ghost Gram's conditions hold (``score_gram``); its graph check (every
+    trainable parameter used only through hooked modules) does not see the sharded layers'
+    parameters (their autograd leaves are FSDP's unsharded copies). Tested on CPU with gloo
+    (float64, two processes), not with NCCL on GPUs.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if config.single_pass:
+        raise ValueError("config.single_pass=True is not supported under FSDP: the single pass "
+                         "writes p.grad from the ghost factors, not through FSDP's reduce-scatter; "
+                         "use single_pass=None or False (the two-pass update)")
+    cfg = replace(config, single_pass=False)
+    if not (dist.is_available() and dist.is_initialized()):
+        return OBLRPO(model, cfg)
+    if isinstance(model, FSDPModule):
+        if fsdp_kwargs:
+            raise ValueError(f"model is already sharded by FSDP; fsdp_kwargs {sorted(fsdp_kwargs)} "
+                             "would be ignored")
+    else:
+        shard_fsdp(model, layer_attr=layer_attr, **fsdp_kwargs)
+    for m in model.modules():  # the optimizer must hold the sharded parameters, not views of a
+        if isinstance(m, FSDPModule):  # forward's unsharded ones (the root keeps those after forward)
+            m.reshard()
+    plain = [n for n, p in model.named_parameters() if p.requires_grad and not _is_dtensor(p)]
+    if plain:
+        raise ValueError(f"parameters {plain[:3]} are not FSDP-sharded; every trainable parameter "
+                         f"must belong to a fully_shard module (layer_attr={layer_attr!r})")
+    return OBLRPO(model, cfg, reduce=all_reduce_sum, grad_sq_norm=sharded_grad_sq_norm)

@@ -312,12 +312,14 @@ class OBLRPO:
     ``reduce`` (optional) is the distributed hook: ``reduce(tensor) -> tensor`` sums a float64
     tensor over ranks (identity on one process); the gradient itself is averaged by DDP
     (``forward_model``, the wrapper that runs the surrogate's forward and backward; the Gram
-    always runs on the unwrapped ``model``) or by ``grad_sync()``. Whole groups stay on one rank
+    always runs on the unwrapped ``model``) or by ``grad_sync()``. ``grad_sq_norm(params)``
+    (optional) returns ``||ĝ||²`` as a float64 scalar when ``p.grad`` holds only a shard of the
+    gradient (FSDP); by default it is ``Σ_p ||p.grad||²``. Whole groups stay on one rank
     (:mod:`oblr_theory.bridge.distributed`).
     """
 
     def __init__(self, model, config: StepConfig = StepConfig(), *, reduce=None, grad_sync=None,
-                 forward_model=None):
+                 forward_model=None, grad_sq_norm=None):
         self.model, self.cfg = model, config
         self.forward_model = forward_model if forward_model is not None else model
         self.estimator = estimators.get(config.estimator, aggregation=config.aggregation,
@@ -333,6 +335,7 @@ class OBLRPO:
         self.ema = EMASNR(config.ema_beta)
         self.reduce = reduce or (lambda t: t)
         self.grad_sync = grad_sync or (lambda: None)
+        self.grad_sq_norm_fn = grad_sq_norm
         self.steps = 0
 
     # ------------------------------------------------------------------ pieces of the update
@@ -393,6 +396,8 @@ class OBLRPO:
                                          lengths=ell if "lengths" in self.estimator.needs else None)
 
     def _grad_sq_norm(self) -> torch.Tensor:
+        if self.grad_sq_norm_fn is not None:
+            return self.grad_sq_norm_fn(self.params)
         total = torch.zeros((), dtype=torch.float64, device=self.params[0].device)
         for p in self.params:
             if p.grad is not None:

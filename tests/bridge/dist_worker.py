@@ -2,7 +2,11 @@
 
 Every rank rebuilds the same tiny float64 model and the same global rollout of B groups, keeps
 its whole groups, runs data-parallel OBLR-PO updates, and writes its diagnostics and final
-parameters to ``OUT/rank{k}.pt``. With ``WORLD_SIZE`` unset it is the one-process reference.
+parameters (gathered in full under FSDP) to ``OUT/rank{k}_{mode}.pt``. With ``WORLD_SIZE`` unset
+it is the one-process reference. ``python dist_worker.py OUT [ddp|fsdp]``: ``ddp`` (default) runs
+the two-pass update (``two``) and, when ``score_gram`` keeps factors, the single pass
+(``single``) with :func:`data_parallel_oblrpo`; ``fsdp`` runs the two-pass update with
+:func:`fsdp_oblrpo` (one process: the same update unsharded, i.e. ``two``).
 """
 
 import os
@@ -10,6 +14,7 @@ import sys
 
 import numpy as np
 import torch
+from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from oblr_theory.bridge import distributed as D  # noqa: E402
@@ -18,22 +23,24 @@ from oblr_theory.bridge.step import StepConfig, sample_rollout  # noqa: E402
 from oblr_theory.bridge.task import ArithmeticTask, CharTokenizer  # noqa: E402
 
 
-def main(out: str, single_pass: bool, steps: int = 2, B: int = 4, G: int = 4) -> None:
+def main(out: str, mode: str, steps: int = 2, B: int = 4, G: int = 4) -> None:
     torch.set_num_threads(1)
     rank, world = D.init("gloo")
     tok, task = CharTokenizer(), ArithmeticTask()
     model = tiny_qwen3(tok, seed=0, dtype=torch.float64)
-    cfg = StepConfig(estimator="optimal_loo", eta_max=0.05, ema_beta=0.5, single_pass=single_pass)
-    algo = D.data_parallel_oblrpo(model, cfg)
+    initial = D.full_parameters(model)
+    cfg = StepConfig(estimator="optimal_loo", eta_max=0.05, ema_beta=0.5, single_pass=mode == "single")
+    algo = D.fsdp_oblrpo(model, cfg) if mode == "fsdp" else D.data_parallel_oblrpo(model, cfg)
     diags = []
     for t in range(steps):
         roll = sample_rollout(model, tok, task, task.sample(B, np.random.default_rng(t)), G, 3, seed=100 + t)
         first = roll.input_ids_bgt.gather(-1, roll.completion_bgt.long().argmax(-1, keepdim=True)).squeeze(-1)
         roll.rewards_bg = (first % 3 == 0).double()  # a reward with signal on a random model
         diags.append(algo.update(D.local_rollout(roll, rank, world)).asdict())
-    torch.save({"diags": diags, "params": [p.detach().clone() for p in model.parameters()],
-                "single_pass": algo.single_pass},
-               os.path.join(out, f"rank{rank}_{'single' if single_pass else 'two'}.pt"))
+    n_sharded = sum(isinstance(p, DTensor) for p in model.parameters())
+    torch.save({"diags": diags, "params": D.full_parameters(model), "initial": initial,
+                "single_pass": algo.single_pass, "n_sharded": n_sharded},
+               os.path.join(out, f"rank{rank}_{mode}.pt"))
 
 
 if __name__ == "__main__":
@@ -41,7 +48,10 @@ if __name__ == "__main__":
 
     from oblr_theory.bridge.gram import score_gram
 
-    modes = [False] + ([True] if "keep_factors" in inspect.signature(score_gram).parameters else [])
+    if (sys.argv[2] if len(sys.argv) > 2 else "ddp") == "fsdp":
+        modes = ["fsdp"]
+    else:
+        modes = ["two"] + (["single"] if "keep_factors" in inspect.signature(score_gram).parameters else [])
     for mode in modes:
         main(sys.argv[1], mode)
     if torch.distributed.is_initialized():

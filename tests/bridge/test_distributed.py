@@ -1,5 +1,6 @@
 """Data parallelism over prompt groups: two gloo processes (torchrun) give the same T7
-statistics, learning rate and parameters as one process on the whole batch."""
+statistics, learning rate and parameters as one process on the whole batch, with DDP and with
+FSDP2 (parameters and gradients sharded)."""
 
 import os
 import subprocess
@@ -16,36 +17,82 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_worker.p
 SHARED = ("grad_sq_norm", "snr_batch", "snr_ema", "grad_sq_norm_hat", "noise_var_hat", "lr")
 
 
-def _run(args, out, env_extra=None):
+def _run(args, out, worker_args=(), env_extra=None):
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env.update(env_extra or {})
-    subprocess.run(args + [WORKER, str(out)], check=True, env=env, timeout=300,
-                   capture_output=True, text=True)
-
-
-def test_two_gloo_processes_match_one_process(tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    one.mkdir()
-    two.mkdir()
-    _run([sys.executable], one)
     try:
-        _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-              "--master-port", "29533"], two, {"OMP_NUM_THREADS": "1"})
+        subprocess.run(args + [WORKER, str(out), *worker_args], check=True, env=env, timeout=300,
+                       capture_output=True, text=True)
     except subprocess.CalledProcessError as e:
-        pytest.fail(f"torchrun failed:\n{e.stderr[-3000:]}")
-    modes = sorted(f.name.split("_")[1] for f in one.glob("rank0_*.pt"))
+        pytest.fail(f"{' '.join(args[-4:])} failed:\n{e.stderr[-3000:]}")
+
+
+def _torchrun(out, port, worker_args=()):
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+          "--master-port", str(port)], out, worker_args, {"OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One process on the whole batch: ``rank0_two.pt`` (and ``rank0_single.pt``)."""
+    one = tmp_path_factory.mktemp("one")
+    _run([sys.executable], one, env_extra={"OMP_NUM_THREADS": "1"})
+    return one
+
+
+def _assert_matches(ref, r, mode):
+    """Global diagnostics and full parameters of one rank equal the one-process reference."""
+    assert len(r["diags"]) == len(ref["diags"]) > 0
+    for d_ref, d in zip(ref["diags"], r["diags"]):
+        for k in SHARED:  # global quantities: identical up to float64 summation order
+            assert d[k] == pytest.approx(d_ref[k], rel=1e-9, abs=1e-12), (mode, k)
+    assert len(r["params"]) == len(ref["params"]) > 0
+    for p_ref, p in zip(ref["params"], r["params"]):
+        torch.testing.assert_close(p, p_ref, rtol=1e-9, atol=1e-12)
+
+
+def _assert_not_vacuous(ref, ranks):
+    """The ranks saw different groups, and the update moved the parameters far beyond 1e-9."""
+    assert ref["diags"][-1]["noise_var_hat"] > 0
+    assert ranks[0]["diags"][0]["loss"] != ranks[1]["diags"][0]["loss"]  # local: different groups
+    moved = max(float((p - p0).abs().max()) for p, p0 in zip(ref["params"], ref["initial"]))
+    assert moved > 1e-4
+
+
+def test_two_gloo_processes_match_one_process(reference, tmp_path):
+    _torchrun(tmp_path, 29533)
+    modes = sorted(f.name.split("_")[1] for f in reference.glob("rank0_*.pt"))
     assert "two.pt" in modes  # DDP (two-pass); "single.pt" too when score_gram keeps factors
     for mode in modes:
-        ref = torch.load(one / f"rank0_{mode}")
-        ranks = [torch.load(two / f"rank{k}_{mode}") for k in range(2)]
+        ref = torch.load(reference / f"rank0_{mode}")
+        ranks = [torch.load(tmp_path / f"rank{k}_{mode}") for k in range(2)]
         for r in ranks:
             assert r["single_pass"] == ref["single_pass"]
-            for d_ref, d in zip(ref["diags"], r["diags"]):
-                for k in SHARED:  # global quantities: identical up to float64 summation order
-                    assert d[k] == pytest.approx(d_ref[k], rel=1e-9, abs=1e-12), (mode, k)
-            for p_ref, p in zip(ref["params"], r["params"]):
-                torch.testing.assert_close(p, p_ref, rtol=1e-9, atol=1e-12)
-        assert ref["diags"][-1]["noise_var_hat"] > 0  # the comparison is not vacuous
+            _assert_matches(ref, r, mode)
+        _assert_not_vacuous(ref, ranks)
+
+
+def test_two_gloo_fsdp_processes_match_one_process(reference, tmp_path):
+    """FSDP2 on CPU (gloo): the ghost Gram through sharded layers, FSDP's reduce-scatter for
+    the gradient, ``||ĝ||²`` from the shards; equal to one process's two-pass update."""
+    _torchrun(tmp_path, 29547, ["fsdp"])
+    ref = torch.load(reference / "rank0_two.pt")
+    assert not ref["single_pass"]
+    ranks = [torch.load(tmp_path / f"rank{k}_fsdp.pt") for k in range(2)]
+    for r in ranks:
+        assert not r["single_pass"]
+        assert r["n_sharded"] == len(r["params"])  # every parameter was a DTensor shard
+        _assert_matches(ref, r, "fsdp")
+    _assert_not_vacuous(ref, ranks)
+
+
+def test_fsdp_refuses_the_single_pass():
+    from oblr_theory.bridge.models import tiny_qwen3
+    from oblr_theory.bridge.step import StepConfig
+
+    with pytest.raises(ValueError, match="single_pass=True is not supported under FSDP"):
+        D.fsdp_oblrpo(tiny_qwen3(seed=0), StepConfig(single_pass=True))
+    assert not D.fsdp_oblrpo(tiny_qwen3(seed=0), StepConfig()).single_pass  # one process: unsharded
 
 
 def test_whole_groups_stay_on_one_rank():
@@ -58,3 +105,6 @@ def test_single_process_needs_no_process_group():
     assert D.world() == (0, 1)
     t = torch.ones(2, dtype=torch.float64)
     assert D.all_reduce_sum(t) is t
+    p = torch.nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
+    p.grad = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    assert float(D.sharded_grad_sq_norm([p])) == 25.0
