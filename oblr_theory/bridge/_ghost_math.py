@@ -219,9 +219,15 @@ def pair_gram(x_gk: torch.Tensor, y_gk: torch.Tensor) -> torch.Tensor:
 
 
 def fold_weights(x_bg_: torch.Tensor, w_bg: torch.Tensor) -> torch.Tensor:
-    """``w_bg x_bg…``: per-sample weights broadcast over the trailing axes of (B, G, …)."""
-    wd = work_dtype(x_bg_.dtype)  # half precision: one rounding of the product, not two
-    w = w_bg.to(device=x_bg_.device, dtype=wd).reshape(*w_bg.shape, *([1] * (x_bg_.dim() - 2)))
+    """``w_bg x_bg…``: per-sample weights broadcast over the trailing axes of (B, G, …).
+
+    ``w_bg`` should already be in ``work_dtype(x.dtype)`` on x's device (cast it once per pass,
+    not per layer); half precision multiplies in float32: one rounding of the product, not two.
+    """
+    wd = work_dtype(x_bg_.dtype)
+    w = w_bg.to(device=x_bg_.device, dtype=wd).view(*w_bg.shape, *([1] * (x_bg_.dim() - 2)))
+    if wd == x_bg_.dtype:
+        return x_bg_ * w
     return (x_bg_.to(wd) * w).to(x_bg_.dtype)
 
 
@@ -270,8 +276,24 @@ def merge_sparse_rows(
 
 
 def batch_gram(v_bk: torch.Tensor) -> torch.Tensor:
-    """``K[b, c] = v_b · v_c`` for per-group vectors (B, …), float64 (B, B)."""
-    return gram_of_rows(v_bk.reshape(1, v_bk.shape[0], -1))[0]
+    """``K[b, c] = v_b · v_c`` for per-group vectors (B, …), float64 (B, B).
+
+    The precision policy of ``cross_rows`` (float64 exact; lower precision in float32 blocks of
+    ``BLOCK`` entries with float64 partial sums) in a fixed handful of operations: the rows are
+    converted once and every block goes through one batched matmul.
+    """
+    B = v_bk.shape[0]
+    v = v_bk.reshape(B, -1)
+    if v.dtype == ACC:
+        return v @ v.T
+    v = v.float()
+    K = v.shape[1]
+    main = (K // BLOCK) * BLOCK
+    out_bb = (v[:, main:] @ v[:, main:].T).to(ACC)
+    if main:
+        blocks = v[:, :main].reshape(B, main // BLOCK, BLOCK).transpose(0, 1)  # (n, B, BLOCK)
+        out_bb += torch.bmm(blocks, blocks.transpose(1, 2)).to(ACC).sum(0)
+    return out_bb
 
 
 # ---------------------------------------------------------------- diagonal only (S = ||s||²)
@@ -284,21 +306,38 @@ def row_dots(x_nk: torch.Tensor, y_nk: torch.Tensor) -> torch.Tensor:
     """``d[n] = x_n · y_n`` for (N, …) tensors (flattened per row), float64 (N,).
 
     Float64 inputs are multiplied directly; lower precision in float32 blocks of ``BLOCK``
-    entries whose partial sums are added in float64 (as ``cross_rows``).
+    entries whose partial sums are added in float64 (as ``cross_rows``). For ``y = x`` use
+    ``row_sq_norms`` (no float32 copies).
     """
     N = x_nk.shape[0]
     x, y = x_nk.reshape(N, -1), y_nk.reshape(N, -1)
     if x.dtype == ACC:
         return (x * y.to(ACC)).sum(-1)
-    K = x.shape[1]
-    n_full = K // BLOCK
-    main = n_full * BLOCK
-    out_n = torch.zeros(N, dtype=ACC, device=x.device)
-    if n_full:
-        prod = x[:, :main].float().reshape(N, n_full, BLOCK) * y[:, :main].float().reshape(N, n_full, BLOCK)
-        out_n += prod.sum(-1).to(ACC).sum(-1)
-    if main < K:
-        out_n += (x[:, main:].float() * y[:, main:].float()).sum(-1).to(ACC)
+    x, y = x.float(), y.float()
+    main = (x.shape[1] // BLOCK) * BLOCK
+    out_n = (x[:, main:] * y[:, main:]).sum(-1).to(ACC)
+    if main:
+        out_n += (x[:, :main] * y[:, :main]).reshape(N, -1, BLOCK).sum(-1).to(ACC).sum(-1)
+    return out_n
+
+
+def row_sq_norms(x_nk: torch.Tensor) -> torch.Tensor:
+    """``d[n] = ||x_n||²`` for (N, …) tensors (flattened per row), float64 (N,).
+
+    Float64 inputs directly. Lower precision: float32 norms of blocks of ``BLOCK`` entries
+    (``torch.linalg.vector_norm`` accumulates in float32 without a float32 copy of ``x``), their
+    squares summed in float64: the precision policy of ``cross_rows`` in one reduction pass.
+    """
+    N = x_nk.shape[0]
+    x = x_nk.reshape(N, -1)
+    if x.dtype == ACC:
+        return (x * x).sum(-1)
+    main = (x.shape[1] // BLOCK) * BLOCK
+    f32 = torch.float32
+    out_n = torch.linalg.vector_norm(x[:, main:], dim=-1, dtype=f32).to(ACC).square()
+    if main:
+        blocks = x[:, :main].reshape(N, -1, BLOCK)
+        out_n += torch.linalg.vector_norm(blocks, dim=-1, dtype=f32).to(ACC).square().sum(-1)
     return out_n
 
 
@@ -306,7 +345,7 @@ def sq_norms_of_rows(x_bg_: torch.Tensor) -> torch.Tensor:
     """``S[b, g] = ||x_bg||²`` for per-sample tensors (B, G, …): the diagonal of
     ``gram_of_rows``, float64 (B, G)."""
     B, G = x_bg_.shape[:2]
-    return row_dots(x_bg_.reshape(B * G, -1), x_bg_.reshape(B * G, -1)).reshape(B, G)
+    return row_sq_norms(x_bg_.reshape(B * G, -1)).reshape(B, G)
 
 
 def prefer_ghost_diagonal(seq_len: int, d_in: int, d_out: int) -> bool:
@@ -350,13 +389,13 @@ def linear_sq_norms_ghost(
     a_ntd = a_bgtd.reshape(N, T, d_in)
     b_nto = b_bgto.reshape(N, T, b_bgto.shape[-1])
     step = max(1, max_elems // max(T * T, 1))
-    out_n = torch.empty(N, dtype=ACC, device=a_bgtd.device)
+    parts = []
     for n0 in range(0, N, step):
         a, g = a_ntd[n0 : n0 + step], b_nto[n0 : n0 + step]
         ka = ka_ntt[n0 : n0 + step] if ka_ntt is not None else (a @ a.transpose(1, 2)).to(wd)
         kb = (g @ g.transpose(1, 2)).to(wd)  # (n, T, T)
-        out_n[n0 : n0 + step] = (ka * kb).sum(-1).to(ACC).sum(-1)
-    return out_n.reshape(B, G)
+        parts.append((ka * kb).sum(-1).to(ACC).sum(-1))
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)).reshape(B, G)
 
 
 def linear_sq_norms_materialised(
@@ -369,10 +408,12 @@ def linear_sq_norms_materialised(
     a_ntd = a_bgtd.reshape(B * G, T, d_in)
     b_nto = b_bgto.reshape(B * G, T, d_out)
     step = max(1, max_elems // max(B * G * d_in, 1))
-    out_bg = torch.zeros(B, G, dtype=ACC, device=a_bgtd.device)
+    out_bg = None
     for r0 in range(0, d_out, step):
-        w_nrd = linear_grads_rows(a_ntd, b_nto, slice(r0, r0 + step))
-        out_bg += sq_norms_of_rows(w_nrd.to(work_dtype(w_nrd.dtype)).reshape(B, G, -1))
+        rows = slice(None) if step >= d_out else slice(r0, r0 + step)
+        w_nrd = linear_grads_rows(a_ntd, b_nto, rows)
+        part = sq_norms_of_rows(w_nrd.reshape(B, G, -1))  # float32 blocks for half precision
+        out_bg = part if out_bg is None else out_bg + part
     return out_bg
 
 

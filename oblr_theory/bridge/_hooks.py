@@ -31,6 +31,7 @@ parameters take the squared norms of their summed buffers. ``finalize`` returns 
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -59,6 +60,35 @@ def _first_sample(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         return (args[0][:1],) + tuple(args[1:]), kwargs
     key = next(iter(kwargs))
     return (), {**kwargs, key: kwargs[key][:1]}
+
+
+# Modules already shown to be elementwise-affine in their weight, with the forward that was
+# checked: the check costs a call and a host sync, and a module's form does not change with its
+# weights, so it runs once per module (again if its forward is replaced).
+_AFFINE_CHECKED: "weakref.WeakKeyDictionary[nn.Module, object]" = weakref.WeakKeyDictionary()
+
+
+def _forward_identity(module: nn.Module):
+    fwd = module.forward
+    return getattr(fwd, "__func__", fwd)
+
+
+def _is_plain(t: torch.Tensor) -> bool:
+    """A local tensor (not a sharded/distributed tensor subclass such as DTensor)."""
+    return type(t) in (torch.Tensor, nn.Parameter)
+
+
+def has_zero_entry(tensors: list[torch.Tensor]) -> list[bool]:
+    """Whether each tensor holds an exact zero, with one host sync per device."""
+    out = [False] * len(tensors)
+    by_device: dict = defaultdict(list)
+    for i, t in enumerate(tensors):
+        by_device[t.device].append(i)
+    for idx in by_device.values():
+        flags = torch.stack([(tensors[i] == 0).any() for i in idx]).tolist()
+        for i, f in zip(idx, flags):
+            out[i] = bool(f)
+    return out
 
 
 @dataclass(eq=False)
@@ -136,6 +166,9 @@ class GhostRecorder:
 
     # ----------------------------------------------------------------------------- hooks
     def __enter__(self) -> "GhostRecorder":
+        norms = [mod for _, mod, kind, own in self._targets
+                 if kind == "norm" and "weight" in own and _is_plain(mod.weight)]
+        self._norm_has_zero = dict(zip(map(id, norms), has_zero_entry([m.weight for m in norms])))
         for name, mod, kind, own in self._targets:
             hook = self._make_forward_hook(name, kind, own)
             self._handles.append(mod.register_forward_hook(hook, with_kwargs=True))
@@ -186,13 +219,27 @@ class GhostRecorder:
         """What the weight's per-sample gradient needs: ``(y − c, w)`` or ``(x̂, None)``.
 
         ``∇w_n = Σ_pos b ⊙ x̂ = (Σ_pos b ⊙ (y − c)) / w`` when ``w`` has no zero, so the output
-        itself (kept alive by the next layer anyway) suffices. The model ``y = x̂ ⊙ w + c`` is
-        checked on the first sample, with ``x̂`` recomputed by calling the module with weight 1
-        and bias 0; ``x̂`` is recomputed for the whole batch only when ``w`` has a zero.
+        itself (kept alive by the next layer anyway) suffices; ``x̂`` is recomputed for the whole
+        batch only when ``w`` has a zero (known for every norm from one sync on entering the
+        recorder). The model ``y = x̂ ⊙ w + c`` is checked once per module (``_check_affine``).
         """
         weight = module.weight
         bias = getattr(module, "bias", None)
         bias = bias if isinstance(bias, torch.Tensor) else None
+        if _AFFINE_CHECKED.get(module) is not _forward_identity(module):
+            self._check_affine(name, module, args, kwargs, output, weight, bias)
+        has_zero = self._norm_has_zero.get(id(module))
+        if has_zero is None:  # not known on entry (e.g. a sharded weight, plain inside forward)
+            has_zero = bool((weight == 0).any())
+        if has_zero:
+            with torch.no_grad():
+                return self._call_unit_affine(module, args, kwargs).detach(), None
+        y = output.detach()
+        return (y - bias.detach() if bias is not None else y), weight.detach()
+
+    def _check_affine(self, name, module, args, kwargs, output, weight, bias) -> None:
+        """Check ``y = x̂ ⊙ w + c`` on the first sample, with ``x̂`` recomputed by calling the
+        module with weight 1 and bias 0; remember the module (and its forward) when it holds."""
         with torch.no_grad():
             xhat0 = self._call_unit_affine(module, *_first_sample(args, kwargs))
             expect0 = xhat0 * weight + (bias if bias is not None else 0)
@@ -207,11 +254,7 @@ class GhostRecorder:
                 "(y = x̂ ⊙ w + c over the last axes); the ghost method cannot account for it, "
                 "use method='loop'"
             )
-        if bool((weight == 0).any()):
-            with torch.no_grad():
-                return self._call_unit_affine(module, args, kwargs).detach(), None
-        y = output.detach()
-        return (y - bias.detach() if bias is not None else y), weight.detach()
+        _AFFINE_CHECKED[module] = _forward_identity(module)
 
     def _call_unit_affine(self, module, args, kwargs) -> torch.Tensor:
         """The module's output with weight 1 and bias 0 (its own hooks are not re-fired)."""
@@ -342,7 +385,7 @@ class GhostRecorder:
             for b in range(self.B):
                 uniq_u, inv_gt = self._vocab(use, b)
                 rows = gm.embedding_rows(inv_gt, uniq_u.numel(), g_bg_[b])
-                out.append(gm.row_dots(rows, rows) if diag else gm.pair_gram(rows, rows))
+                out.append(gm.row_sq_norms(rows) if diag else gm.pair_gram(rows, rows))
             return torch.stack(out)
         if pname == "weight":  # norm
             grads = self._norm_weight_grads(use, g_bg_, p)
@@ -456,7 +499,8 @@ class GhostRecorder:
         self.ties.clear()
         self.keep_factors = False
 
-    def weighted_gradients(self, w_bg: torch.Tensor, accumulate_grad: bool) -> torch.Tensor:
+    def weighted_gradients(self, w_bg: torch.Tensor, accumulate_grad: bool,
+                           diagonal_only: bool = False) -> torch.Tensor:
         """``K_bc = ⟨v_b, v_c⟩`` for ``v_b = Σ_g w_bg s_bg``; optionally ``.grad += Σ_b v_b``.
 
         Per trainable parameter, every hooked use contributes its per-group weighted gradient
@@ -464,31 +508,52 @@ class GhostRecorder:
         (tied embedding and head, a module called twice) are summed before the Gram, so ``K`` is
         over the true shared-parameter gradient. Dense parameters are built in chunks of rows
         (at most ``max_elems`` entries of ``V`` at a time); embedding-only parameters on the
-        batch's distinct token rows. Returns float64 (B, B).
+        batch's distinct token rows. Returns float64 (B, B); with ``diagonal_only`` only the
+        squared norms ``||v_b||²`` are computed (one reduction pass over each ``V``) and returned
+        on the diagonal, zeros off it.
+
+        Cost: one weight-gradient matmul per linear weight plus a fixed, small number of
+        operations per parameter (the per-parameter Grams are summed once at the end), so that
+        on a GPU the launch overhead stays small next to GRPO's own backward.
         """
-        out_bb = torch.zeros(self.B, self.B, dtype=gm.ACC, device=w_bg.device)
+        grams: list[torch.Tensor] = []
         pending = {id(u): len(u.params) for u in self.uses}
-        self._fold_cache = None
+        self._fold_cache, self._w_cast = None, {}
+        self._w_bg, self._diag_gram = w_bg, diagonal_only
         for pid, uses in self.uses_by_param.items():
-            sources = [self._weighted_source(u, self.trainable[pid], w_bg) for u in uses
+            sources = [self._weighted_source(u, self.trainable[pid]) for u in uses
                        if u.grad is not None]
             if sources:
-                out_bb += self._weighted_param(self.trainable[pid], sources, accumulate_grad)
+                grams.extend(self._weighted_param(self.trainable[pid], sources, accumulate_grad))
             for u in uses:  # free each use's factors once all its parameters are done
                 pending[id(u)] -= 1
                 if pending[id(u)] == 0:
                     u.saved, u.scale, u.grad = None, None, None
-        self._fold_cache = None
-        return out_bb
+        self._fold_cache, self._w_cast, self._w_bg = None, {}, None
+        if not grams:
+            return torch.zeros(self.B, self.B, dtype=gm.ACC, device=w_bg.device)
+        total = torch.stack(grams).sum(0)
+        return torch.diag_embed(total) if diagonal_only else total
 
-    def _folded_input(self, use: _Use, a_bgtd: torch.Tensor, w_bg: torch.Tensor) -> torch.Tensor:
+    def _weights_for(self, x: torch.Tensor) -> torch.Tensor:
+        """The pass's weights ``w_bg`` in ``x``'s work dtype and device, cast once per pass."""
+        key = (gm.work_dtype(x.dtype), x.device)
+        if key not in self._w_cast:
+            self._w_cast[key] = self._w_bg.to(device=x.device, dtype=key[0])
+        return self._w_cast[key]
+
+    def _fold(self, x_bg_: torch.Tensor) -> torch.Tensor:
+        """``w_bg x_bg…`` (``gm.fold_weights``) with the pass's weights."""
+        return gm.fold_weights(x_bg_, self._weights_for(x_bg_))
+
+    def _folded_input(self, a_bgtd: torch.Tensor) -> torch.Tensor:
         """``w_bg a_bgt`` for a linear input, reused by consecutive uses of one input (q/k/v)."""
         key = (a_bgtd.data_ptr(), tuple(a_bgtd.shape), a_bgtd.stride())
         if self._fold_cache is None or self._fold_cache[0] != key:
-            self._fold_cache = (key, gm.fold_weights(a_bgtd, w_bg))
+            self._fold_cache = (key, self._fold(a_bgtd))
         return self._fold_cache[1]
 
-    def _weighted_source(self, use: _Use, p: torch.Tensor, w_bg: torch.Tensor):
+    def _weighted_source(self, use: _Use, p: torch.Tensor):
         """One use's per-group weighted gradient of ``p``: ``("rows", f)`` with ``f(slice) ->
         (B, R, …)`` rows of ``V`` along ``p``'s first axis, or ``("sparse", (U, rows_bu…))``."""
         pname = next(k for k, q in use.params.items() if q is p)
@@ -496,11 +561,11 @@ class GhostRecorder:
         if use.kind in ("linear", "conv1d") and pname == "weight":
             a_bgtd, b_bgto = self._factors(use, g_bg_)
             if use.kind == "linear":  # W: (d_out, d_in), rows are outputs
-                aw_bgtd = self._folded_input(use, a_bgtd, w_bg)
+                aw_bgtd = self._folded_input(a_bgtd)
                 return "rows", lambda r: gm.group_outer(b_bgto[..., r], aw_bgtd)
-            bw_bgto = gm.fold_weights(b_bgto, w_bg)  # Conv1D W: (d_in, d_out), rows are inputs
+            bw_bgto = self._fold(b_bgto)  # Conv1D W: (d_in, d_out), rows are inputs
             return "rows", lambda r: gm.group_outer(a_bgtd[..., r], bw_bgto)
-        wg_bg_ = gm.fold_weights(g_bg_, w_bg)
+        wg_bg_ = self._fold(g_bg_)
         if use.kind in ("linear", "conv1d"):  # bias
             v_bo = wg_bg_.reshape(self.B, -1, wg_bg_.shape[-1]).sum(1, dtype=gm.work_dtype(p.dtype))
             return "rows", lambda r: v_bo[:, r]
@@ -515,8 +580,10 @@ class GhostRecorder:
         v_b_ = v_b_.reshape(self.B, *(p.shape or (1,)))  # a 0-d parameter as one row
         return "rows", lambda r: v_b_[:, r]
 
-    def _weighted_param(self, p: torch.Tensor, sources: list, accumulate: bool) -> torch.Tensor:
-        """Gram (B, B) of one parameter's summed per-group gradients; ``.grad += Σ_b V_b``."""
+    def _weighted_param(self, p: torch.Tensor, sources: list, accumulate: bool) -> list[torch.Tensor]:
+        """Grams (B, B) of one parameter's summed per-group gradients, one per chunk of rows
+        (their diagonals (B,) when the pass is ``diagonal_only``); ``.grad += Σ_b V_b``."""
+        gram = gm.row_sq_norms if self._diag_gram else gm.batch_gram
         dense = [f for kind, f in sources if kind == "rows"]
         sparse = [s for kind, s in sources if kind == "sparse"]
         if not dense:  # embedding-only: the batch's distinct rows
@@ -525,17 +592,15 @@ class GhostRecorder:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 gm.add_rows_(p.grad, uniq_u, rows_bud.sum(0))
-            return gm.batch_gram(rows_bud)
+            return [gram(rows_bud)]
         shape = p.shape or (1,)  # rows along the first axis; a 0-d parameter is one row
         step = max(1, self.max_elems // max(self.B * shape[1:].numel(), 1))
-        if accumulate and p.grad is None:
-            p.grad = torch.empty_like(p) if step >= shape[0] else torch.zeros_like(p)
-            fresh = step >= shape[0]  # one chunk: assign the sum instead of adding to zeros
-        else:
-            fresh = False
-        out_bb = torch.zeros(self.B, self.B, dtype=gm.ACC, device=p.device)
+        whole = step >= shape[0]  # one chunk: the gradient is assigned, not added to zeros
+        if accumulate and p.grad is None and not whole:
+            p.grad = torch.zeros_like(p)
+        grams = []
         for r0 in range(0, shape[0], step):
-            rows = slice(r0, r0 + step)
+            rows = slice(None) if whole else slice(r0, r0 + step)
             v_br_ = dense[0](rows)
             for f in dense[1:]:
                 v_br_ = v_br_ + f(rows)
@@ -545,11 +610,11 @@ class GhostRecorder:
                 inside = (uniq_u >= r0) & (uniq_u < r0 + step)
                 gm.add_rows_(v_br_.transpose(0, 1), uniq_u[inside] - r0,
                              rows_bud[:, inside].transpose(0, 1))
-            out_bb += gm.batch_gram(v_br_)
+            grams.append(gram(v_br_))
             if accumulate:
                 total = v_br_.sum(0, dtype=gm.work_dtype(p.dtype)).to(p.dtype)
-                if fresh:
-                    p.grad.view(shape).copy_(total)
+                if p.grad is None:
+                    p.grad = total.view(p.shape)
                 else:
                     p.grad.view(shape)[rows] += total
-        return out_bb
+        return grams

@@ -87,7 +87,7 @@ class ScoreGram:
         return torch.diagonal(self.gram_bgg, dim1=-2, dim2=-1)
 
     def weighted_gradients(
-        self, weights_bg: torch.Tensor, accumulate_grad: bool = True
+        self, weights_bg: torch.Tensor, accumulate_grad: bool = True, diagonal_only: bool = False
     ) -> torch.Tensor:
         """Per-group weighted gradients from the kept ghost factors; no second backward.
 
@@ -100,6 +100,9 @@ class ScoreGram:
         - returns ``K_bc = ⟨v_b, v_c⟩``, float64 (B, B): the Gram of per-group gradients that
           ``oblr_theory.snr.snr_pieces_from_gram`` reads (T7; ``u_b = B v_b`` when
           ``w = A/(B G)``, so pass ``B² K``).
+        - ``diagonal_only=True`` computes only ``K_bb = ||v_b||²`` (zeros off the diagonal): one
+          reduction pass over each ``V`` instead of a Gram; enough for T7's
+          ``Σ_b ||u_b||² = B² tr K`` (the update's use).
 
         Per layer, ``V_b`` is the layer's per-sample rule applied to ``w_bg b_bg`` and summed over
         the group (one batched matmul for a linear weight: the flops of the usual weight-gradient
@@ -125,7 +128,7 @@ class ScoreGram:
             raise ValueError("weights_bg must be finite")
         try:
             return self._factors.weighted_gradients(
-                weights_bg.to(self.gram_bgg.device), accumulate_grad
+                weights_bg.to(self.gram_bgg.device), accumulate_grad, diagonal_only
             )
         finally:
             self.release_factors()

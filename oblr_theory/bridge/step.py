@@ -27,7 +27,8 @@ so the update is one pass (``StepConfig.single_pass``, automatic when available)
 surrogate costs a second forward and backward (about ``1 + ghost/plain`` times a GRPO update).
 The single pass computes only the Gram's diagonal ``S`` (``score_gram(..., diagonal_only=True)``,
 about ``1/G`` of the full within-group Gram's extra work) and takes ``Σ_b ||u_b||² = B² tr K``
-from the B × B Gram ``K`` that ``weighted_gradients`` returns (see ``OBLRPO.update``); the
+from the diagonal of the B × B Gram ``K`` that ``weighted_gradients(..., diagonal_only=True)``
+returns (one reduction pass per layer, see ``OBLRPO.update``); the
 two-pass path keeps the full within-group Gram (a cross-check of the same numbers).
 """
 
@@ -419,7 +420,7 @@ class OBLRPO:
         T7 needs ``Σ_b ||u_b||²`` with ``u_b = (1/G) Σ_j A_bj s_bj``. Two passes: from the
         within-group Gram, ``||u_b||² = A_bᵀ K_b A_b / G²`` (``group_sq_norms``). Single pass: the
         ghost pass computes only ``S`` (``diagonal_only``), and ``weighted_gradients`` returns
-        ``K_bc = ⟨v_b, v_c⟩`` for ``v_b = Σ_j w_bj s_bj = −u_b / B``, so
+        the diagonal ``K_bb = ||v_b||²`` for ``v_b = Σ_j w_bj s_bj = −u_b / B``, so
         ``||u_b||² = B² K_bb`` and ``Σ_b ||u_b||² = B² tr K`` (the sign cancels in the square;
         ``B`` is this rank's number of groups, the sum is then reduced over ranks).
         ``||ĝ||²`` comes from ``p.grad`` in both paths (after the data-parallel average).
@@ -435,7 +436,7 @@ class OBLRPO:
         self.opt.zero_grad(set_to_none=True)
         if single:
             w_bg = -A_bg / (B * G)  # the surrogate L = Σ w log π; its gradient is −ĝ
-            K_bb = sg.weighted_gradients(w_bg.to(sg.gram_bgg.dtype))
+            K_bb = sg.weighted_gradients(w_bg.to(sg.gram_bgg.dtype), diagonal_only=True)
             group_sq_sum = B**2 * torch.diagonal(K_bb).sum()  # Σ_b ||u_b||², u_b = −B v_b
             loss = (w_bg * sg.seq_logp_bg.double()).sum()
             self.grad_sync()  # data parallel: average the gradient over ranks

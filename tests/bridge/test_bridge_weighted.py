@@ -165,6 +165,26 @@ def test_frozen_parameters_excluded(float64_norms):
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_diagonal_only_gram_is_the_full_grams_diagonal(dtype):
+    """``weighted_gradients(..., diagonal_only=True)``: ``K_bb = ||v_b||²`` as the full Gram's
+    diagonal (float64: to 1e-12; lower precision: the same blocked float32 policy, 1e-5), zeros
+    off it, and the same ``.grad``."""
+    model = tiny_model("qwen3", tied=True).to(dtype)
+    batch = make_batch(B=3, G=3, pad_side="left")
+    w_bg = weights(3, 3)
+    _, full_bb = ghost_weighted(model, batch, w_bg)
+    full_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    diag_bb = score_gram(model, *batch, keep_factors=True).weighted_gradients(w_bg, diagonal_only=True)
+    assert diag_bb.dtype == torch.float64
+    assert rel_err(torch.diagonal(diag_bb), torch.diagonal(full_bb)) < (1e-12 if dtype == torch.float64 else 1e-5)
+    assert float((diag_bb - torch.diag_embed(torch.diagonal(diag_bb))).abs().max()) == 0.0
+    assert float((full_bb - torch.diag_embed(torch.diagonal(full_bb))).abs().max()) > 0  # cross terms
+    for p, g in zip(model.parameters(), full_grads):
+        torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
+
+
 def test_accumulate_false_leaves_grad_and_snr_pieces():
     model = tiny_model("qwen3", tied=False)
     batch = make_batch(B=3, G=3)
