@@ -143,6 +143,7 @@ class GhostRecorder:
         self.shared: dict[int, torch.Tensor] = {}
         self.ties: dict[int, _TieState] = {}
         self._recomputing = False
+        self._aliases: dict[int, int] = {}  # id of a stand-in tensor seen in forward -> param id
         self._handles = []
         self._targets = []
         for name, mod in model.named_modules():
@@ -198,6 +199,10 @@ class GhostRecorder:
                 "per-sample computation to keep samples apart (use method='loop')"
             )
         use = _Use(name, module, kind, dict(own))
+        for attr, p in own.items():  # a wrapper's stand-in (FSDP's unsharded copy) -> the parameter
+            current = getattr(module, attr, None)
+            if current is not None and current is not p:
+                self._aliases[id(current)] = id(p)
         if kind in ("linear", "conv1d") and "weight" in own:
             use.saved = x.detach()
         elif kind == "embedding":
@@ -269,7 +274,11 @@ class GhostRecorder:
 
     # ----------------------------------------------------------------------------- checks
     def check_graph(self, loss: torch.Tensor) -> None:
-        """Walk the autograd graph: each trainable parameter it uses is used only by hooked calls."""
+        """Walk the autograd graph: each trainable parameter it uses is used only by hooked calls.
+
+        A wrapper that swaps a parameter for a stand-in during forward (FSDP2 runs each layer on
+        an unsharded copy of its sharded parameters) is followed through the stand-ins the
+        forward hooks saw, so the check counts the parameter's uses, not nothing."""
         counts: dict[int, int] = defaultdict(int)
         seen, stack = set(), [loss.grad_fn]
         while stack:
@@ -282,7 +291,7 @@ class GhostRecorder:
                     continue
                 var = getattr(nxt, "variable", None)
                 if var is not None:
-                    counts[id(var)] += 1
+                    counts[self._aliases.get(id(var), id(var))] += 1
                 stack.append(nxt)
         self._reachable = seen
         for pid, n_edges in counts.items():

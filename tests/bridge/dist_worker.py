@@ -38,9 +38,29 @@ def main(out: str, mode: str, steps: int = 2, B: int = 4, G: int = 4) -> None:
         roll.rewards_bg = (first % 3 == 0).double()  # a reward with signal on a random model
         diags.append(algo.update(D.local_rollout(roll, rank, world)).asdict())
     n_sharded = sum(isinstance(p, DTensor) for p in model.parameters())
+    caught = outside_use_caught(model, D.local_rollout(roll, rank, world)) if mode == "fsdp" else None
     torch.save({"diags": diags, "params": D.full_parameters(model), "initial": initial,
-                "single_pass": algo.single_pass, "n_sharded": n_sharded},
+                "single_pass": algo.single_pass, "n_sharded": n_sharded, "outside_use_caught": caught},
                os.path.join(out, f"rank{rank}_{mode}.pt"))
+
+
+def outside_use_caught(model, roll) -> bool:
+    """Negative control for the ghost pass's graph check on a sharded model: a parameter (the
+    final norm's weight) also used outside the hooked modules must be refused by name."""
+    from oblr_theory.bridge.gram import score_gram
+
+    def extra_use(module, args, output):
+        output.logits = output.logits + 0.0 * module.model.norm.weight.sum()
+        return output
+
+    handle = model.register_forward_hook(extra_use)
+    try:
+        score_gram(model, roll.input_ids_bgt, roll.attention_bgt, roll.completion_bgt)
+    except ValueError as e:
+        return "model.norm.weight" in str(e) and "outside the modules" in str(e)
+    finally:
+        handle.remove()
+    return False
 
 
 if __name__ == "__main__":

@@ -82,6 +82,7 @@ def test_two_gloo_fsdp_processes_match_one_process(reference, tmp_path):
     for r in ranks:
         assert not r["single_pass"]
         assert r["n_sharded"] == len(r["params"])  # every parameter was a DTensor shard
+        assert r["outside_use_caught"]  # the ghost graph check sees through FSDP's unsharded copies
         _assert_matches(ref, r, "fsdp")
     _assert_not_vacuous(ref, ranks)
 
