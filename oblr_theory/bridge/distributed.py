@@ -198,10 +198,9 @@ def fsdp_oblrpo(model: torch.nn.Module, config: StepConfig, layer_attr: str = "m
     the groups are split. Every rank must call :meth:`OBLRPO.update` with the same number of
     local groups.
 
-    Valid only if: the ghost Gram's conditions hold (``score_gram``); its graph check (every
-    trainable parameter used only through hooked modules) does not see the sharded layers'
-    parameters (their autograd leaves are FSDP's unsharded copies). Tested on CPU with gloo
-    (float64, two processes), not with NCCL on GPUs.
+    Valid only if: the ghost Gram's conditions hold (``score_gram``; its graph check follows
+    FSDP's unsharded stand-ins of the sharded parameters). Tested on CPU with gloo (float64, two
+    processes), not with NCCL on GPUs.
     """
     from torch.distributed.fsdp import FSDPModule
 
