@@ -129,8 +129,14 @@ def test_property_permutation_equivariance(data, rnd):
     rnd.shuffle(perm)
     for name in EXPECTED:
         est = _get(name)
+        # A permutation changes only the order of floating-point sums: differences of a few ulps
+        # of |r|, which grpo divides by std + eps (up to 1/eps = 1e6 for a constant group).
+        amp = 1.0
+        if name == "grpo":
+            amp = float(np.max(1.0 / (r.std(axis=-1, ddof=est.params["ddof"]) + est.params["eps"])))
+        atol = 1e-12 * (1.0 + float(np.abs(r).max())) * max(1.0, amp)
         np.testing.assert_allclose(est.advantages(r[:, perm], S[:, perm], ell[:, perm]),
-                                   est.advantages(r, S, ell)[:, perm], rtol=1e-12, atol=1e-12)
+                                   est.advantages(r, S, ell)[:, perm], rtol=1e-12, atol=atol)
 
 
 @settings(max_examples=40, deadline=None)
