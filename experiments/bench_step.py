@@ -18,6 +18,9 @@ interleaved rounds after ``--warmup`` rounds; on a GPU,
 each call is synchronised and the peak memory (``max_memory_allocated``) is recorded. The target
 of ISSUE 7 is ``oblr_po / grpo <= 1.3``. Prints one JSON document.
 
+``--profile PATH`` also writes ``torch.profiler`` operator tables (sorted by self time on the
+device) of one GRPO and one OBLR-PO update, after the timed rounds.
+
     python experiments/bench_step.py                         # small Qwen3 on CPU
     python experiments/bench_step.py --shape 0.6B --device cuda --dtype bfloat16
 """
@@ -63,6 +66,7 @@ class Config:
     repeats: int = 5
     warmup: int = 1
     seed: int = 0
+    profile: str = ""  # if set: torch.profiler tables of one grpo and one oblr_po update -> this file
 
 
 def build_model(cfg: Config):
@@ -117,6 +121,26 @@ def _timed(fn, device: str) -> tuple[float, float]:
     return dt, float(peak)
 
 
+def write_profile(path: str, jobs: dict, device: str, rows: int = 30) -> None:
+    """One call of each job under ``torch.profiler`` (CPU, and CUDA on a GPU): per-operator tables
+    sorted by self time on the device, so a slow phase can be traced to its operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    sort = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    parts = []
+    for name, fn in jobs.items():
+        _sync(device)
+        with profile(activities=activities) as prof:
+            fn()
+            _sync(device)
+        events = prof.key_averages()
+        n_ops = sum(e.count for e in events)
+        parts.append(f"== {name}: {n_ops} operator calls\n" + events.table(sort_by=sort, row_limit=rows))
+    with open(path, "w") as f:
+        f.write("\n\n".join(parts) + "\n")
+
+
 def git_revision() -> str:
     try:
         return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
@@ -144,6 +168,8 @@ def run(cfg: Config) -> dict:
             if r >= cfg.warmup:
                 times[k].append(dt)
                 peaks[k].append(peak)
+    if cfg.profile:
+        write_profile(cfg.profile, {k: jobs[k] for k in ("grpo", "oblr_po")}, cfg.device)
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}  # robust to other load on a shared machine
     ratio = med["oblr_po"] / med["grpo"]

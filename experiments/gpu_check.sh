@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for ISSUE 7 (torch bridge part 2), under 8 minutes on one H100/H200:
 #   1. bench_step: OBLR-PO update vs GRPO update on the same batch, Qwen3-0.6B shape with the
-#      real Qwen3 vocabulary (151936), random weights, bf16 and fp32;
+#      real Qwen3 vocabulary (151936), random weights, bf16 and fp32 (plus torch.profiler
+#      operator tables of one GRPO and one OBLR-PO update: profile_step_<dtype>.txt);
 #   2. qwen3_validation: theory vs practice at fixed θ on the built-in task with a Qwen3-0.6B-shaped
 #      model (character vocabulary, pretrained on GPU until its expected reward reaches 0.3), fp32;
 #   3. the validation figure.
@@ -33,7 +34,7 @@ for dt in bfloat16 float32; do
   [[ "$DEV" == "cpu" && "$dt" == "bfloat16" ]] && continue
   echo "== bench_step ($dt)"
   timeout "$T_BENCH" python experiments/bench_step.py "${SHAPE[@]}" "${BENCH[@]}" --device "$DEV" --dtype "$dt" \
-    > "$OUT_DIR/bench_step_$dt.json" 2> "$OUT_DIR/bench_step_$dt.log" || { echo "bench_step $dt failed (see log)"; status=1; }
+    --profile "$OUT_DIR/profile_step_$dt.txt" > "$OUT_DIR/bench_step_$dt.json" 2> "$OUT_DIR/bench_step_$dt.log" || { echo "bench_step $dt failed (see log)"; status=1; }
   python - "$OUT_DIR/bench_step_$dt.json" <<'PY' || true
 import json, sys
 d = json.load(open(sys.argv[1]))
