@@ -144,6 +144,8 @@ class GhostRecorder:
         self.ties: dict[int, _TieState] = {}
         self._recomputing = False
         self._aliases: dict[int, int] = {}  # id of a stand-in tensor seen in forward -> param id
+        # state of one weighted_gradients call: folded-input cache, weights per dtype, mode
+        self._fold_cache, self._w_cast, self._w_bg, self._diag_gram = None, {}, None, False
         self._handles = []
         self._targets = []
         for name, mod in model.named_modules():
