@@ -21,9 +21,9 @@ decoder layer and the root) and runs the two-pass update: the ghost Gram's forwa
 through the FSDP modules (parameters are unsharded inside each layer's forward and backward, so
 the hooks see plain tensors), the surrogate's backward ends in FSDP's reduce-scatter (each rank
 holds a ``Shard(0)`` DTensor of ``ĝ``), and ``||ĝ||²`` is the sum of the shards' squares reduced
-over ranks (:func:`sharded_grad_sq_norm`). Tested on CPU with two gloo processes and a float64
-tiny Qwen3 against one process (``tests/bridge/test_distributed.py``); not tested with NCCL on
-GPUs. The single-pass update is refused under FSDP: its gradient is written into ``p.grad``
+over ranks (:func:`oblr_theory.bridge.step.grad_sq_norm`). Tested on CPU with two gloo processes
+and a float64 tiny Qwen3 against one process (``tests/bridge/test_distributed.py``); not tested
+with NCCL on GPUs. The single-pass update is refused under FSDP: its gradient is written into ``p.grad``
 from hooked factors, which knows nothing of shards.
 """
 
@@ -39,7 +39,7 @@ import torch.distributed as dist
 from .step import OBLRPO, Rollout, StepConfig
 
 __all__ = ["init", "shard_groups", "all_reduce_sum", "average_gradients", "data_parallel_oblrpo",
-           "local_rollout", "shard_fsdp", "fsdp_oblrpo", "sharded_grad_sq_norm", "full_parameters", "world"]
+           "local_rollout", "shard_fsdp", "fsdp_oblrpo", "full_parameters", "world"]
 
 
 def init(backend: str | None = None) -> tuple[int, int]:
@@ -147,33 +147,6 @@ def _is_dtensor(t) -> bool:
     return isinstance(t, DTensor)
 
 
-def sharded_grad_sq_norm(params) -> torch.Tensor:
-    """``||g||² = Σ_p Σ_i g_pi²`` over the full gradients, float64, when ``p.grad`` may be a
-    DTensor shard (FSDP2).
-
-    A DTensor's sum of squares is a ``Partial(sum)`` scalar; the partials of one device mesh are
-    added locally and reduced once (one all-reduce per mesh), plain gradients are summed as they
-    are. Every rank must call it (it is a collective when any gradient is a DTensor).
-    """
-    params = list(params)
-    if not params:
-        raise ValueError("params is empty: no gradient to take the norm of")
-    total = torch.zeros((), dtype=torch.float64, device=params[0].device)
-    partial = {}  # (mesh, placements) -> Partial DTensor scalar
-    for p in params:
-        if p.grad is None:
-            continue
-        sq = p.grad.detach().double().pow(2).sum()
-        if _is_dtensor(sq):
-            key = (sq.device_mesh, tuple(sq.placements))
-            partial[key] = sq if key not in partial else partial[key] + sq
-        else:
-            total += sq
-    for sq in partial.values():
-        total += sq.full_tensor().to(total.device)
-    return total
-
-
 def full_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
     """Detached full copies of ``model.parameters()``: FSDP2 shards are all-gathered
     (``DTensor.full_tensor``, a collective: every rank must call it), plain tensors cloned."""
@@ -189,7 +162,8 @@ def fsdp_oblrpo(model: torch.nn.Module, config: StepConfig, layer_attr: str = "m
     - Gradient: the surrogate's backward through the same modules; FSDP reduce-scatters and
       averages over ranks, ``p.grad`` is this rank's shard of ``−ĝ``.
     - T7: ``Σ_b ||u_b||²`` and ``B`` with :func:`all_reduce_sum`, ``||ĝ||²`` with
-      :func:`sharded_grad_sq_norm`; the optimizer steps the shards.
+      :func:`oblr_theory.bridge.step.grad_sq_norm` (it reads the DTensor shards); the optimizer
+      steps the shards.
 
     ``config.single_pass`` must be ``None`` or ``False`` (set to ``False``). Without a process
     group it is ``OBLRPO(model, config)`` with the two-pass update (nothing sharded). A model
@@ -224,4 +198,4 @@ def fsdp_oblrpo(model: torch.nn.Module, config: StepConfig, layer_attr: str = "m
     if plain:
         raise ValueError(f"parameters {plain[:3]} are not FSDP-sharded; every trainable parameter "
                          f"must belong to a fully_shard module (layer_attr={layer_attr!r})")
-    return OBLRPO(model, cfg, reduce=all_reduce_sum, grad_sq_norm=sharded_grad_sq_norm)
+    return OBLRPO(model, cfg, reduce=all_reduce_sum)

@@ -43,6 +43,11 @@ import numpy as np
 import torch
 
 from .. import estimators
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # a torch build without torch.distributed: no sharded gradients
+    DTensor = ()
 from ..snr import EMASNR, snr_hat, snr_lr, snr_pieces_from_norms
 from .gram import score_gram
 from .logprobs import sequence_logprobs
@@ -221,6 +226,33 @@ def group_sq_norms(gram_bgg: torch.Tensor, advantages_bg: torch.Tensor) -> torch
     return torch.einsum("bi,bij,bj->b", A, gram_bgg, A) / G**2
 
 
+def grad_sq_norm(params) -> torch.Tensor:
+    """``||ĝ||² = Σ_p Σ_i (p.grad)_i²`` over the full gradients, float64 scalar (T7's
+    ``||ĝ||²`` when ``p.grad = −ĝ``).
+
+    Plain gradients are summed as they are. A DTensor shard's sum of squares (FSDP2) is a
+    ``Partial(sum)`` scalar; those of one device mesh are added locally and reduced once (one
+    all-reduce per mesh), so every rank must call it when any gradient is sharded.
+    """
+    params = list(params)
+    if not params:
+        raise ValueError("params is empty: no gradient to take the norm of")
+    total = torch.zeros((), dtype=torch.float64, device=params[0].device)
+    partial = {}  # (mesh, placements) -> Partial DTensor scalar
+    for p in params:
+        if p.grad is None:
+            continue
+        sq = p.grad.detach().double().pow(2).sum()
+        if isinstance(sq, DTensor):
+            key = (sq.device_mesh, tuple(sq.placements))
+            partial[key] = sq if key not in partial else partial[key] + sq
+        else:
+            total += sq
+    for sq in partial.values():
+        total += sq.full_tensor().to(total.device)
+    return total
+
+
 def batch_snr_pieces(group_sq_norm_sum, batch_size: int, mean_grad_sq_norm):
     """T7 pieces from ``Σ_b ||u_b||²``, ``B`` and ``||ĝ||²`` (``ĝ`` the batch-mean gradient)."""
     return snr_pieces_from_norms(torch.as_tensor(group_sq_norm_sum, dtype=torch.float64),
@@ -313,14 +345,13 @@ class OBLRPO:
     ``reduce`` (optional) is the distributed hook: ``reduce(tensor) -> tensor`` sums a float64
     tensor over ranks (identity on one process); the gradient itself is averaged by DDP
     (``forward_model``, the wrapper that runs the surrogate's forward and backward; the Gram
-    always runs on the unwrapped ``model``) or by ``grad_sync()``. ``grad_sq_norm(params)``
-    (optional) returns ``||ĝ||²`` as a float64 scalar when ``p.grad`` holds only a shard of the
-    gradient (FSDP); by default it is ``Σ_p ||p.grad||²``. Whole groups stay on one rank
+    always runs on the unwrapped ``model``) or by ``grad_sync()``; ``||ĝ||²`` comes from
+    :func:`grad_sq_norm`, which also reads FSDP's sharded gradients. Whole groups stay on one rank
     (:mod:`oblr_theory.bridge.distributed`).
     """
 
     def __init__(self, model, config: StepConfig = StepConfig(), *, reduce=None, grad_sync=None,
-                 forward_model=None, grad_sq_norm=None):
+                 forward_model=None):
         self.model, self.cfg = model, config
         self.forward_model = forward_model if forward_model is not None else model
         self.estimator = estimators.get(config.estimator, aggregation=config.aggregation,
@@ -336,7 +367,6 @@ class OBLRPO:
         self.ema = EMASNR(config.ema_beta)
         self.reduce = reduce or (lambda t: t)
         self.grad_sync = grad_sync or (lambda: None)
-        self.grad_sq_norm_fn = grad_sq_norm
         self.steps = 0
 
     # ------------------------------------------------------------------ pieces of the update
@@ -397,13 +427,7 @@ class OBLRPO:
                                          lengths=ell if "lengths" in self.estimator.needs else None)
 
     def _grad_sq_norm(self) -> torch.Tensor:
-        if self.grad_sq_norm_fn is not None:
-            return self.grad_sq_norm_fn(self.params)
-        total = torch.zeros((), dtype=torch.float64, device=self.params[0].device)
-        for p in self.params:
-            if p.grad is not None:
-                total += p.grad.detach().double().pow(2).sum()
-        return total
+        return grad_sq_norm(self.params)
 
     # ------------------------------------------------------------------ one update
     def update(self, rollout: Rollout, apply: bool = True) -> StepDiagnostics:

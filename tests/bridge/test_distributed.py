@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from oblr_theory.bridge import distributed as D  # noqa: E402
+from oblr_theory.bridge.step import grad_sq_norm  # noqa: E402
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_worker.py")
 SHARED = ("grad_sq_norm", "snr_batch", "snr_ema", "grad_sq_norm_hat", "noise_var_hat", "lr")
@@ -108,4 +109,4 @@ def test_single_process_needs_no_process_group():
     assert D.all_reduce_sum(t) is t
     p = torch.nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
     p.grad = torch.tensor([3.0, 4.0], dtype=torch.float64)
-    assert float(D.sharded_grad_sq_norm([p])) == 25.0
+    assert float(grad_sq_norm([p])) == 25.0
