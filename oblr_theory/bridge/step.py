@@ -55,7 +55,7 @@ from .task import ArithmeticTask, Problem, as_task_tokenizer
 
 __all__ = ["Rollout", "encode_prompts", "completion_masks", "sample_rollout", "sampling_config",
            "StepConfig", "StepDiagnostics", "OBLRPO", "surrogate_loss", "group_sq_norms",
-           "batch_snr_pieces", "plugin_optimal_baseline", "train",
+           "batch_snr_pieces", "grad_sq_norm", "plugin_optimal_baseline", "train",
            "expected_task_reward"]
 
 
