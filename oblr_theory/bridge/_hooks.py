@@ -78,6 +78,17 @@ def _is_plain(t: torch.Tensor) -> bool:
     return type(t) in (torch.Tensor, nn.Parameter)
 
 
+def average_into_shards(p: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """A sharded parameter's gradient from each rank's full local gradient ``full``: the mean
+    over the parameter's device mesh, laid out as ``p`` (a reduce-scatter for FSDP2's
+    ``Shard(0)``), as FSDP's own backward averages data-parallel gradients."""
+    from torch.distributed.tensor import DTensor, Partial
+
+    mesh = p.device_mesh
+    partial = DTensor.from_local(full, mesh, [Partial("avg")] * mesh.ndim, run_check=False)
+    return partial.redistribute(mesh, p.placements)
+
+
 def has_zero_entry(tensors: list[torch.Tensor]) -> list[bool]:
     """Whether each tensor holds an exact zero, with one host sync per device."""
     out = [False] * len(tensors)
@@ -242,7 +253,8 @@ class GhostRecorder:
             with torch.no_grad():
                 return self._call_unit_affine(module, args, kwargs).detach(), None
         y = output.detach()
-        return (y - bias.detach() if bias is not None else y), weight.detach()
+        # a copy: a wrapper (FSDP2) frees the storage of the unsharded weight it lent forward
+        return (y - bias.detach() if bias is not None else y), weight.detach().clone()
 
     def _check_affine(self, name, module, args, kwargs, output, weight, bias) -> None:
         """Check ``y = x̂ ⊙ w + c`` on the first sample, with ``x̂`` recomputed by calling the
@@ -523,6 +535,10 @@ class GhostRecorder:
         squared norms ``||v_b||²`` are computed (one reduction pass over each ``V``) and returned
         on the diagonal, zeros off it.
 
+        A sharded parameter (a DTensor, FSDP2) gets its gradient as FSDP's backward would: each
+        rank's full local ``Σ_b V_b`` is averaged over the ranks into the parameter's shards
+        (``average_into_shards``); every rank must call this, with the same model.
+
         Cost: one weight-gradient matmul per linear weight plus a fixed, small number of
         operations per parameter (the per-parameter Grams are summed once at the end), so that
         on a GPU the launch overhead stays small next to GRPO's own backward.
@@ -536,6 +552,9 @@ class GhostRecorder:
                        if u.grad is not None]
             if sources:
                 grams.extend(self._weighted_param(self.trainable[pid], sources, accumulate_grad))
+            elif accumulate_grad and not _is_plain(self.trainable[pid]):  # no local gradient:
+                p = self.trainable[pid]  # still join the ranks' reduction, with zeros
+                self._set_grad(p, torch.zeros(p.shape, dtype=p.dtype, device=w_bg.device))
             for u in uses:  # free each use's factors once all its parameters are done
                 pending[id(u)] -= 1
                 if pending[id(u)] == 0:
@@ -597,18 +616,19 @@ class GhostRecorder:
         gram = gm.row_sq_norms if self._diag_gram else gm.batch_gram
         dense = [f for kind, f in sources if kind == "rows"]
         sparse = [s for kind, s in sources if kind == "sparse"]
+        # the full local gradient: p.grad itself for a plain parameter (None: not yet created)
+        grad = p.grad if accumulate and _is_plain(p) else None
         if not dense:  # embedding-only: the batch's distinct rows
             uniq_u, rows_bud = gm.merge_sparse_rows(sparse)
             if accumulate:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                gm.add_rows_(p.grad, uniq_u, rows_bud.sum(0))
+                if grad is None:
+                    grad = torch.zeros(p.shape, dtype=p.dtype, device=rows_bud.device)
+                gm.add_rows_(grad, uniq_u, rows_bud.sum(0))
+                self._set_grad(p, grad)
             return [gram(rows_bud)]
         shape = p.shape or (1,)  # rows along the first axis; a 0-d parameter is one row
         step = max(1, self.max_elems // max(self.B * shape[1:].numel(), 1))
         whole = step >= shape[0]  # one chunk: the gradient is assigned, not added to zeros
-        if accumulate and p.grad is None and not whole:
-            p.grad = torch.zeros_like(p)
         grams = []
         for r0 in range(0, shape[0], step):
             rows = slice(None) if whole else slice(r0, r0 + step)
@@ -624,8 +644,23 @@ class GhostRecorder:
             grams.append(gram(v_br_))
             if accumulate:
                 total = v_br_.sum(0, dtype=gm.work_dtype(p.dtype)).to(p.dtype)
-                if p.grad is None:
-                    p.grad = total.view(p.shape)
+                if grad is None and whole:
+                    grad = total.view(p.shape)
                 else:
-                    p.grad.view(shape)[rows] += total
+                    if grad is None:
+                        grad = torch.zeros(p.shape, dtype=p.dtype, device=total.device)
+                    grad.view(shape)[rows] += total
+        if accumulate:
+            self._set_grad(p, grad)
         return grams
+
+    @staticmethod
+    def _set_grad(p: torch.Tensor, full: torch.Tensor) -> None:
+        """``p.grad = full`` (plain parameter; a no-op when ``full`` is ``p.grad``), or, for a
+        sharded parameter, ``p.grad += `` the ranks' mean of ``full`` in ``p``'s layout."""
+        if _is_plain(p):
+            if full is not p.grad:
+                p.grad = full
+            return
+        shards = average_into_shards(p, full)
+        p.grad = shards if p.grad is None else p.grad + shards

@@ -4,9 +4,10 @@ The unit of independence is the prompt group (T7), so a batch of ``B`` groups is
 groups: rank ``k`` of ``R`` owns ``B/R`` groups, samples them, scores them and computes their
 advantages locally (every estimator's advantage map works within one group). What crosses ranks:
 
-- the gradient ``ĝ = (1/B) Σ_b u_b``: DDP (two-pass update), FSDP's reduce-scatter (two-pass
-  update, each rank keeps a shard) or an all-reduce of the ghost-factor gradients (single-pass
-  update, DDP only) averages the local means (equal local ``B``), so ``||ĝ||²`` is global;
+- the gradient ``ĝ = (1/B) Σ_b u_b``: DDP (two-pass update) or an all-reduce of the ghost-factor
+  gradients (single-pass update); under FSDP, FSDP's reduce-scatter (two passes) or a
+  reduce-scatter of the ghost-factor gradients into the shards (single pass). Each averages the
+  local means (equal local ``B``), so ``||ĝ||²`` is global;
 - ``Σ_b ||u_b||²`` and ``B`` (sums, all-reduced), which with ``||ĝ||²`` give the T7 pieces
   exactly (see :mod:`oblr_theory.bridge.step`); hence the same SNR and learning rate on every
   rank, and the same statistics as one process on the whole batch.
@@ -17,20 +18,20 @@ Gram runs on the unwrapped module (no DDP hooks), the surrogate forward/backward
 wrapper, so the gradient all-reduce is DDP's own.
 
 FSDP: :func:`fsdp_oblrpo` shards the model with :func:`shard_fsdp` (FSDP2 ``fully_shard`` on each
-decoder layer and the root) and runs the two-pass update: the ghost Gram's forward and backward go
-through the FSDP modules (parameters are unsharded inside each layer's forward and backward, so
-the hooks see plain tensors), the surrogate's backward ends in FSDP's reduce-scatter (each rank
-holds a ``Shard(0)`` DTensor of ``ĝ``), and ``||ĝ||²`` is the sum of the shards' squares reduced
-over ranks (:func:`oblr_theory.bridge.step.grad_sq_norm`). Tested on CPU with two gloo processes
-and a float64 tiny Qwen3 against one process (``tests/bridge/test_distributed.py``); not tested
-with NCCL on GPUs. The single-pass update is refused under FSDP: its gradient is written into ``p.grad``
-from hooked factors, which knows nothing of shards.
+decoder layer and the root). The ghost Gram's forward and backward go through the FSDP modules
+(parameters are unsharded inside each layer's forward and backward, so the hooks see plain
+tensors). Single pass: ``weighted_gradients`` forms each rank's full local gradient from the kept
+factors, one parameter at a time, and averages it into the parameter's ``Shard(0)`` DTensor
+gradient (a reduce-scatter); two passes: the surrogate's backward ends in FSDP's own
+reduce-scatter. ``||ĝ||²`` is the sum of the shards' squares reduced over ranks
+(:func:`oblr_theory.bridge.step.grad_sq_norm`). Both modes are tested on CPU with two gloo
+processes and a float64 tiny Qwen3 against one process (``tests/bridge/test_distributed.py``);
+not with NCCL on GPUs.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -155,34 +156,32 @@ def full_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
 
 def fsdp_oblrpo(model: torch.nn.Module, config: StepConfig, layer_attr: str = "model.layers",
                 **fsdp_kwargs) -> OBLRPO:
-    """OBLR-PO with the model sharded by FSDP2 (:func:`shard_fsdp`), two-pass update.
+    """OBLR-PO with the model sharded by FSDP2 (:func:`shard_fsdp`).
 
     - Gram: ``score_gram(model, ..., method="ghost")`` runs through the FSDP modules; each rank
       scores its own groups with the full (unsharded-in-forward) parameters.
-    - Gradient: the surrogate's backward through the same modules; FSDP reduce-scatters and
-      averages over ranks, ``p.grad`` is this rank's shard of ``−ĝ``.
+    - Gradient, single pass (``config.single_pass`` None or True): ``weighted_gradients`` forms
+      each rank's full local gradient from the kept ghost factors, one parameter at a time, and
+      averages it over the ranks into the parameter's shards (a reduce-scatter,
+      ``_hooks.average_into_shards``), as FSDP's backward would. Two passes
+      (``single_pass=False``): the surrogate's backward through the FSDP modules; FSDP
+      reduce-scatters and averages. Either way ``p.grad`` is this rank's shard of ``−ĝ``.
     - T7: ``Σ_b ||u_b||²`` and ``B`` with :func:`all_reduce_sum`, ``||ĝ||²`` with
       :func:`oblr_theory.bridge.step.grad_sq_norm` (it reads the DTensor shards); the optimizer
       steps the shards.
 
-    ``config.single_pass`` must be ``None`` or ``False`` (set to ``False``). Without a process
-    group it is ``OBLRPO(model, config)`` with the two-pass update (nothing sharded). A model
-    that is already an FSDP module is not sharded again (then ``fsdp_kwargs`` must be empty).
-    The device mesh must span the default group's ranks (``fully_shard``'s default), over which
-    the groups are split. Every rank must call :meth:`OBLRPO.update` with the same number of
-    local groups.
+    Without a process group it is ``OBLRPO(model, config)`` (nothing sharded). A model that is
+    already an FSDP module is not sharded again (then ``fsdp_kwargs`` must be empty). The device
+    mesh must span the default group's ranks (``fully_shard``'s default), over which the groups
+    are split. Every rank must call :meth:`OBLRPO.update` with the same number of local groups.
 
     Valid only if: the ghost Gram's conditions hold (``score_gram``; its graph check follows
     FSDP's unsharded stand-ins of the sharded parameters). Tested on CPU with gloo (float64, two
-    processes), not with NCCL on GPUs.
+    processes, both update modes), not with NCCL on GPUs.
     """
     from torch.distributed.fsdp import FSDPModule
 
-    if config.single_pass:
-        raise ValueError("config.single_pass=True is not supported under FSDP: the single pass "
-                         "writes p.grad from the ghost factors, not through FSDP's reduce-scatter; "
-                         "use single_pass=None or False (the two-pass update)")
-    cfg = replace(config, single_pass=False)
+    cfg = config
     if not (dist.is_available() and dist.is_initialized()):
         return OBLRPO(model, cfg)
     if isinstance(model, FSDPModule):
@@ -191,11 +190,17 @@ def fsdp_oblrpo(model: torch.nn.Module, config: StepConfig, layer_attr: str = "m
                              "would be ignored")
     else:
         shard_fsdp(model, layer_attr=layer_attr, **fsdp_kwargs)
-    for m in model.modules():  # the optimizer must hold the sharded parameters, not views of a
-        if isinstance(m, FSDPModule):  # forward's unsharded ones (the root keeps those after forward)
+    fsdp_modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+    def reshard() -> None:  # the root keeps forward's unsharded parameters after a forward
+        for m in fsdp_modules:
             m.reshard()
+
+    reshard()  # the optimizer must hold the sharded parameters, not forward's unsharded ones
     plain = [n for n, p in model.named_parameters() if p.requires_grad and not _is_dtensor(p)]
     if plain:
         raise ValueError(f"parameters {plain[:3]} are not FSDP-sharded; every trainable parameter "
                          f"must belong to a fully_shard module (layer_attr={layer_attr!r})")
-    return OBLRPO(model, cfg, reduce=all_reduce_sum)
+    # before every update, so that the ghost pass registers (and writes the single pass's
+    # gradients into) the sharded parameters the optimizer holds
+    return OBLRPO(model, cfg, reduce=all_reduce_sum, prepare=reshard)

@@ -97,6 +97,8 @@ class ScoreGram:
         - ``accumulate_grad=True`` adds ``Σ_b v_b = ∇_θ Σ_bg w_bg seq_logp_bg`` into each trainable
           parameter's ``.grad`` (created as zeros when None), exactly as ``backward()`` of that
           surrogate would. It is an ascent direction: negate ``w`` (or the grads) for a loss.
+          A parameter sharded by FSDP2 (a DTensor) gets, like FSDP's own backward, the mean over
+          its mesh's ranks of their ``Σ_b v_b``, in its shards (every rank must call it).
         - returns ``K_bc = ⟨v_b, v_c⟩``, float64 (B, B): the Gram of per-group gradients that
           ``oblr_theory.snr.snr_pieces_from_gram`` reads (T7; ``u_b = B v_b`` when
           ``w = A/(B G)``, so pass ``B² K``).

@@ -346,12 +346,14 @@ class OBLRPO:
     tensor over ranks (identity on one process); the gradient itself is averaged by DDP
     (``forward_model``, the wrapper that runs the surrogate's forward and backward; the Gram
     always runs on the unwrapped ``model``) or by ``grad_sync()``; ``||ĝ||²`` comes from
-    :func:`grad_sq_norm`, which also reads FSDP's sharded gradients. Whole groups stay on one rank
+    :func:`grad_sq_norm`, which also reads FSDP's sharded gradients. ``prepare()`` (optional) runs
+    at the start of every update (FSDP: reshard, so that the ghost pass sees the sharded
+    parameters the optimizer holds). Whole groups stay on one rank
     (:mod:`oblr_theory.bridge.distributed`).
     """
 
     def __init__(self, model, config: StepConfig = StepConfig(), *, reduce=None, grad_sync=None,
-                 forward_model=None):
+                 forward_model=None, prepare=None):
         self.model, self.cfg = model, config
         self.forward_model = forward_model if forward_model is not None else model
         self.estimator = estimators.get(config.estimator, aggregation=config.aggregation,
@@ -367,6 +369,7 @@ class OBLRPO:
         self.ema = EMASNR(config.ema_beta)
         self.reduce = reduce or (lambda t: t)
         self.grad_sync = grad_sync or (lambda: None)
+        self.prepare = prepare or (lambda: None)
         self.steps = 0
 
     # ------------------------------------------------------------------ pieces of the update
@@ -451,6 +454,7 @@ class OBLRPO:
         """
         B, G, _ = rollout.shape
         single = self.single_pass
+        self.prepare()
         t0 = time.perf_counter()
         S_bg, gram, sg = self.sq_norms_and_gram(rollout, keep_factors=single) if self.needs_gram \
             else (None, None, None)

@@ -5,8 +5,9 @@ its whole groups, runs data-parallel OBLR-PO updates, and writes its diagnostics
 parameters (gathered in full under FSDP) to ``OUT/rank{k}_{mode}.pt``. With ``WORLD_SIZE`` unset
 it is the one-process reference. ``python dist_worker.py OUT [ddp|fsdp]``: ``ddp`` (default) runs
 the two-pass update (``two``) and, when ``score_gram`` keeps factors, the single pass
-(``single``) with :func:`data_parallel_oblrpo`; ``fsdp`` runs the two-pass update with
-:func:`fsdp_oblrpo` (one process: the same update unsharded, i.e. ``two``).
+(``single``) with :func:`data_parallel_oblrpo`; ``fsdp`` runs both with :func:`fsdp_oblrpo`
+(``fsdp``: two passes, ``fsdp_single``: single pass; one process: the same updates unsharded,
+i.e. ``two`` and ``single``).
 """
 
 import os
@@ -29,8 +30,10 @@ def main(out: str, mode: str, steps: int = 2, B: int = 4, G: int = 4) -> None:
     tok, task = CharTokenizer(), ArithmeticTask()
     model = tiny_qwen3(tok, seed=0, dtype=torch.float64)
     initial = D.full_parameters(model)
-    cfg = StepConfig(estimator="optimal_loo", eta_max=0.05, ema_beta=0.5, single_pass=mode == "single")
-    algo = D.fsdp_oblrpo(model, cfg) if mode == "fsdp" else D.data_parallel_oblrpo(model, cfg)
+    single = mode in ("single", "fsdp_single")
+    cfg = StepConfig(estimator="optimal_loo", eta_max=0.05, ema_beta=0.5, single_pass=single)
+    fsdp = mode.startswith("fsdp")
+    algo = D.fsdp_oblrpo(model, cfg) if fsdp else D.data_parallel_oblrpo(model, cfg)
     diags = []
     for t in range(steps):
         roll = sample_rollout(model, tok, task, task.sample(B, np.random.default_rng(t)), G, 3, seed=100 + t)
@@ -38,7 +41,7 @@ def main(out: str, mode: str, steps: int = 2, B: int = 4, G: int = 4) -> None:
         roll.rewards_bg = (first % 3 == 0).double()  # a reward with signal on a random model
         diags.append(algo.update(D.local_rollout(roll, rank, world)).asdict())
     n_sharded = sum(isinstance(p, DTensor) for p in model.parameters())
-    caught = outside_use_caught(model, D.local_rollout(roll, rank, world)) if mode == "fsdp" else None
+    caught = outside_use_caught(model, D.local_rollout(roll, rank, world)) if fsdp else None
     torch.save({"diags": diags, "params": D.full_parameters(model), "initial": initial,
                 "single_pass": algo.single_pass, "n_sharded": n_sharded, "outside_use_caught": caught},
                os.path.join(out, f"rank{rank}_{mode}.pt"))
@@ -69,7 +72,7 @@ if __name__ == "__main__":
     from oblr_theory.bridge.gram import score_gram
 
     if (sys.argv[2] if len(sys.argv) > 2 else "ddp") == "fsdp":
-        modes = ["fsdp"]
+        modes = ["fsdp", "fsdp_single"]
     else:
         modes = ["two"] + (["single"] if "keep_factors" in inspect.signature(score_gram).parameters else [])
     for mode in modes:

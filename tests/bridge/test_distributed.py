@@ -74,27 +74,27 @@ def test_two_gloo_processes_match_one_process(reference, tmp_path):
 
 
 def test_two_gloo_fsdp_processes_match_one_process(reference, tmp_path):
-    """FSDP2 on CPU (gloo): the ghost Gram through sharded layers, FSDP's reduce-scatter for
-    the gradient, ``||ĝ||²`` from the shards; equal to one process's two-pass update."""
+    """FSDP2 on CPU (gloo): the ghost Gram through sharded layers; the gradient from FSDP's
+    reduce-scatter (two passes) or from the ghost factors averaged into the shards (single
+    pass); ``||ĝ||²`` from the shards; each equal to one process's update of the same mode."""
     _torchrun(tmp_path, 29547, ["fsdp"])
-    ref = torch.load(reference / "rank0_two.pt")
-    assert not ref["single_pass"]
-    ranks = [torch.load(tmp_path / f"rank{k}_fsdp.pt") for k in range(2)]
-    for r in ranks:
-        assert not r["single_pass"]
-        assert r["n_sharded"] == len(r["params"])  # every parameter was a DTensor shard
-        assert r["outside_use_caught"]  # the ghost graph check sees through FSDP's unsharded copies
-        _assert_matches(ref, r, "fsdp")
-    _assert_not_vacuous(ref, ranks)
+    for mode, ref_mode in (("fsdp", "two"), ("fsdp_single", "single")):
+        ref = torch.load(reference / f"rank0_{ref_mode}.pt")
+        ranks = [torch.load(tmp_path / f"rank{k}_{mode}.pt") for k in range(2)]
+        for r in ranks:
+            assert r["single_pass"] == ref["single_pass"] == (mode == "fsdp_single")
+            assert r["n_sharded"] == len(r["params"])  # every parameter was a DTensor shard
+            assert r["outside_use_caught"]  # the graph check sees through FSDP's unsharded copies
+            _assert_matches(ref, r, mode)
+        _assert_not_vacuous(ref, ranks)
 
 
-def test_fsdp_refuses_the_single_pass():
+def test_fsdp_without_a_process_group_is_unsharded():
     from oblr_theory.bridge.models import tiny_qwen3
     from oblr_theory.bridge.step import StepConfig
 
-    with pytest.raises(ValueError, match="single_pass=True is not supported under FSDP"):
-        D.fsdp_oblrpo(tiny_qwen3(seed=0), StepConfig(single_pass=True))
-    assert not D.fsdp_oblrpo(tiny_qwen3(seed=0), StepConfig()).single_pass  # one process: unsharded
+    algo = D.fsdp_oblrpo(tiny_qwen3(seed=0), StepConfig())
+    assert algo.single_pass and all(type(p) is torch.nn.Parameter for p in algo.params)
 
 
 def test_whole_groups_stay_on_one_rank():
