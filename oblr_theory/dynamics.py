@@ -162,7 +162,7 @@ def _bandit_group_gradients(problem, prompts_sb, adv_sbg, coef_sbgk):
 
 def _generic_batch(problem, theta_sd, prompts_sb, unif_sbg):
     """Token MDPs (any enumerable problem): per seed, enumerate then sample from the outcomes."""
-    S, (B, G) = theta_sd.shape[0], unif_sbg.shape[1:]
+    S = theta_sd.shape[0]
     cols = {k: [] for k in ("r", "S", "ell", "scores", "J", "grad", "b", "modal")}
     for s in range(S):
         st = exact_state(problem.with_theta(theta_sd[s]))

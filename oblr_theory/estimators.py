@@ -118,7 +118,7 @@ class Estimator:
         s = spec(self.name)
         r = _ops.check_array("rewards", rewards)
         if r.ndim < 1:
-            raise ValueError(f"rewards must have shape (..., G), got a scalar")
+            raise ValueError("rewards must have shape (..., G), got a scalar")
         group = r.shape[-1]
         if group < s.min_group:
             raise ValueError(f"estimator {self.name!r} needs group size G >= {s.min_group}, "

@@ -6,9 +6,9 @@ import pytest
 from scipy import stats as sps
 
 from oblr_theory import estimators, exact, montecarlo as mc, stats
-from oblr_theory.problems import SoftmaxBandit, TokenMDP
+from oblr_theory.problems import TokenMDP
 
-from conftest import random_bandit, random_token_mdp
+from conftest import random_bandit
 
 ALPHA = 1e-6  # family-wise false-failure rate of each statistical test below
 

@@ -5,13 +5,10 @@ MDPs (tabular and log-linear, binary rewards). Every comparison is to the engine
 values, never to a number typed here.
 """
 
-import dataclasses
-
 import numpy as np
 import pytest
 
 from oblr_theory import estimators, exact, theory
-from oblr_theory.problems import SoftmaxBandit
 
 from conftest import random_bandit, random_token_mdp
 

@@ -12,7 +12,7 @@ from functools import lru_cache
 import sympy as sp
 
 from .bandit import ESTIMATORS, SymbolicBandit
-from .trace import ProofTrace, fmt, is_zero
+from .trace import ProofTrace, fmt
 from .variance import SYM, _targets
 
 __all__ = ["CASES", "bandit", "derive_t1_bandit", "derive_t2_bandit", "derive_t3_bandit",

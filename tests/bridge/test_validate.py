@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from oblr_theory import estimators, exact
+from oblr_theory import exact
 from oblr_theory.problems import SoftmaxBandit
 
 torch = pytest.importorskip("torch")
