@@ -6,8 +6,9 @@ Both run through ``oblr_theory.bridge.step.OBLRPO.update`` on the same model, ba
   optimizer step (no Gram);
 - ``oblr_po``: estimator ``optimal_loo`` with the exact ``S`` from the ghost Gram and the T7/T5
   SNR learning rate; one diagonal-only ghost pass (``S`` only) whose kept factors also give the
-  update gradient and the B × B per-group Gram for the SNR
-  (``score_gram(..., keep_factors=True, diagonal_only=True)``), optimizer step;
+  update gradient and the per-group squared norms ``||u_b||²`` for the SNR
+  (``score_gram(..., keep_factors=True, diagonal_only=True)``, then
+  ``weighted_gradients(..., diagonal_only=True)``), optimizer step;
 - ``oblr_po_two_pass``: the same with ``single_pass=False`` (Gram pass, then the surrogate's
   forward and backward);
 - ``ghost``: the full (within-group) ghost Gram pass alone;
@@ -194,7 +195,7 @@ def run(cfg: Config) -> dict:
         "target_ratio": 1.3,
         "meets_target": bool(ratio <= 1.3),
         "note": "oblr_po: one diagonal-only ghost pass (S) whose kept factors give the update "
-                "gradient and the B x B per-group Gram for T7 (single pass, when score_gram "
+                "gradient and the per-group squared norms for T7 (single pass, when score_gram "
                 "supports keep_factors); oblr_po_two_pass: full ghost Gram pass + surrogate "
                 "forward/backward; ghost / ghost_diagonal: the full / diagonal-only Gram pass alone",
         "git_revision": git_revision(),
