@@ -37,7 +37,7 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from .step import OBLRPO, Rollout, StepConfig
+from .step import OBLRPO, DTensor, Rollout, StepConfig
 
 __all__ = ["init", "shard_groups", "all_reduce_sum", "average_gradients", "data_parallel_oblrpo",
            "local_rollout", "shard_fsdp", "fsdp_oblrpo", "full_parameters", "world"]
@@ -143,8 +143,6 @@ def shard_fsdp(model: torch.nn.Module, layer_attr: str = "model.layers", **kwarg
 
 
 def _is_dtensor(t) -> bool:
-    from torch.distributed.tensor import DTensor
-
     return isinstance(t, DTensor)
 
 
@@ -181,9 +179,8 @@ def fsdp_oblrpo(model: torch.nn.Module, config: StepConfig, layer_attr: str = "m
     """
     from torch.distributed.fsdp import FSDPModule
 
-    cfg = config
     if not (dist.is_available() and dist.is_initialized()):
-        return OBLRPO(model, cfg)
+        return OBLRPO(model, config)
     if isinstance(model, FSDPModule):
         if fsdp_kwargs:
             raise ValueError(f"model is already sharded by FSDP; fsdp_kwargs {sorted(fsdp_kwargs)} "
@@ -203,4 +200,4 @@ def fsdp_oblrpo(model: torch.nn.Module, config: StepConfig, layer_attr: str = "m
                          f"must belong to a fully_shard module (layer_attr={layer_attr!r})")
     # before every update, so that the ghost pass registers (and writes the single pass's
     # gradients into) the sharded parameters the optimizer holds
-    return OBLRPO(model, cfg, reduce=all_reduce_sum, prepare=reshard)
+    return OBLRPO(model, config, reduce=all_reduce_sum, prepare=reshard)

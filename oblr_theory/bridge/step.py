@@ -43,15 +43,15 @@ import numpy as np
 import torch
 
 from .. import estimators
+from ..snr import EMASNR, snr_hat, snr_lr, snr_pieces_from_norms
+from .gram import score_gram
+from .logprobs import sequence_logprobs
+from .task import ArithmeticTask, Problem, as_task_tokenizer
 
 try:
     from torch.distributed.tensor import DTensor
 except ImportError:  # a torch build without torch.distributed: no sharded gradients
     DTensor = ()
-from ..snr import EMASNR, snr_hat, snr_lr, snr_pieces_from_norms
-from .gram import score_gram
-from .logprobs import sequence_logprobs
-from .task import ArithmeticTask, Problem, as_task_tokenizer
 
 __all__ = ["Rollout", "encode_prompts", "completion_masks", "sample_rollout", "sampling_config",
            "StepConfig", "StepDiagnostics", "OBLRPO", "surrogate_loss", "group_sq_norms",
