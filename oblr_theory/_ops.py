@@ -78,10 +78,12 @@ def any_(x) -> bool:
     return bool(x.any())
 
 
-def check_array(name: str, x, like=None, nonneg: bool = False):
+def check_array(name: str, x, like=None, nonneg: bool = False, values: bool = True):
     """Validate an input array: float dtype, finite, shape of ``like`` (if given), ``>= 0`` if asked.
 
     Raises ``ValueError`` naming the argument. Plain Python lists become float64 numpy arrays.
+    ``values=False`` skips the checks of the values (finite, sign), which for a tensor on an
+    accelerator wait for the device; the caller then answers for them.
     """
     if not is_torch(x):
         x = np.asarray(x, dtype=np.float64) if not isinstance(x, np.ndarray) or x.dtype.kind != "f" else x
@@ -91,6 +93,8 @@ def check_array(name: str, x, like=None, nonneg: bool = False):
         raise ValueError(f"{name} must have the rewards' shape {tuple(like.shape)}, got {tuple(x.shape)}")
     if like is not None and is_torch(x) != is_torch(like):
         raise ValueError(f"{name} must be the same array type as rewards (numpy or torch)")
+    if not values:
+        return x
     finite = x.isfinite() if is_torch(x) else np.isfinite(x)
     if not bool(finite.all()):
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")

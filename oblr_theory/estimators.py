@@ -109,22 +109,26 @@ class Estimator:
     def min_group(self) -> int:
         return spec(self.name).min_group
 
-    def advantages(self, rewards, sq_norms=None, lengths=None):
+    def advantages(self, rewards, sq_norms=None, lengths=None, *, check_values: bool = True):
         """Advantages ``A`` of shape ``(..., G)`` for rewards of shape ``(..., G)``.
 
         ``sq_norms`` (``S_j = ||s_j||²``) and ``lengths`` (``ℓ_j``) have the rewards' shape and
         are required only by the estimators (or aggregations) that use them.
+        ``check_values=False`` skips the finiteness and sign checks of the inputs (shapes and
+        types are still checked): on a GPU each is a host synchronisation, and a caller that
+        validated its inputs, or checks the advantages afterwards, need not wait.
         """
         s = spec(self.name)
-        r = _ops.check_array("rewards", rewards)
+        chk = {"values": check_values}
+        r = _ops.check_array("rewards", rewards, **chk)
         if r.ndim < 1:
             raise ValueError("rewards must have shape (..., G), got a scalar")
         group = r.shape[-1]
         if group < s.min_group:
             raise ValueError(f"estimator {self.name!r} needs group size G >= {s.min_group}, "
                              f"got rewards with G = {group}")
-        S = _ops.check_array("sq_norms", sq_norms, like=r, nonneg=True) if sq_norms is not None else None
-        ell = _ops.check_array("lengths", lengths, like=r, nonneg=True) if lengths is not None else None
+        S = _ops.check_array("sq_norms", sq_norms, like=r, nonneg=True, **chk) if sq_norms is not None else None
+        ell = _ops.check_array("lengths", lengths, like=r, nonneg=True, **chk) if lengths is not None else None
         for arg, val in (("sq_norms", S), ("lengths", ell)):
             if arg in self.needs and val is None:
                 why = f"estimator {self.name!r}" if arg in s.needs else f"aggregation {self.aggregation!r}"

@@ -156,3 +156,17 @@ def test_property_dr_grpo_rescaled_is_rloo(data):
     G = r.shape[-1]
     np.testing.assert_allclose(estimators.get("dr_grpo").advantages(r) * G / (G - 1),
                                estimators.get("rloo").advantages(r), atol=1e-12)
+
+
+def test_check_values_false_skips_only_the_value_checks():
+    """``check_values=False`` (a GPU caller that validates elsewhere) still checks shapes and
+    needs, and gives the same advantages on valid input."""
+    r, S = np.array([1.0, 0.0, 1.0]), np.array([1.0, 2.0, 3.0])
+    est = estimators.get("optimal_loo")
+    np.testing.assert_array_equal(est.advantages(r, sq_norms=S, check_values=False),
+                                  est.advantages(r, sq_norms=S))
+    assert np.isnan(est.advantages(np.array([1.0, np.nan, 0.0]), sq_norms=S, check_values=False)).any()
+    with pytest.raises(ValueError, match="sq_norms must have"):
+        est.advantages(r, sq_norms=S[:2], check_values=False)
+    with pytest.raises(ValueError, match="needs sq_norms"):
+        est.advantages(r, check_values=False)

@@ -164,7 +164,7 @@ def norm_weight_grads(
     Returns (B, G, *param_shape).
     """
     wd = work_dtype(b_bgp_.dtype)
-    prod = b_bgp_.to(wd) * xhat_bgp_.to(wd)
+    prod = b_bgp_.to(wd) * xhat_bgp_  # exact float32 product of half-precision factors
     pos_axes = tuple(range(2, prod.dim() - param_dims))
     return prod.sum(dim=pos_axes) if pos_axes else prod
 
@@ -222,13 +222,13 @@ def fold_weights(x_bg_: torch.Tensor, w_bg: torch.Tensor) -> torch.Tensor:
     """``w_bg x_bg…``: per-sample weights broadcast over the trailing axes of (B, G, …).
 
     ``w_bg`` should already be in ``work_dtype(x.dtype)`` on x's device (cast it once per pass,
-    not per layer); half precision multiplies in float32: one rounding of the product, not two.
+    not per layer); half precision multiplies in float32 and rounds once, in one kernel.
     """
     wd = work_dtype(x_bg_.dtype)
     w = w_bg.to(device=x_bg_.device, dtype=wd).view(*w_bg.shape, *([1] * (x_bg_.dim() - 2)))
     if wd == x_bg_.dtype:
         return x_bg_ * w
-    return (x_bg_.to(wd) * w).to(x_bg_.dtype)
+    return torch.mul(x_bg_, w, out=torch.empty_like(x_bg_))  # float32 product, stored as x's dtype
 
 
 def group_outer(x_bgtr: torch.Tensor, y_bgtd: torch.Tensor) -> torch.Tensor:
@@ -239,24 +239,25 @@ def group_outer(x_bgtr: torch.Tensor, y_bgtd: torch.Tensor) -> torch.Tensor:
     the usual weight-gradient matmul, split by group.
     """
     B, G, T, R = x_bgtr.shape
-    return x_bgtr.reshape(B, G * T, R).transpose(1, 2) @ y_bgtd.reshape(B, G * T, -1)
+    return torch.bmm(x_bgtr.reshape(B, G * T, R).transpose(1, 2), y_bgtd.reshape(B, G * T, -1))
 
 
 def weighted_embedding_rows(
-    ids_bgt: torch.Tensor, wb_bgtd: torch.Tensor
+    uniq_u: torch.Tensor, inv_n: torch.Tensor, wb_bgtd: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group weighted embedding gradient on the batch's distinct ids ``U``.
 
     ``V_b[u] = Σ_g Σ_{t: i_bgt = U[u]} w_bg b_bgt`` (``wb = w b`` already folded); rows outside
-    ``U`` are zero for every group. Returns ``(U, rows_bud)`` with rows (B, |U|, d).
+    ``U`` are zero for every group. ``(U, inv)``: ``group_vocab`` of the batch's ids, flattened
+    in (b, g, t) order. Returns ``(U, rows_bud)`` with rows (B, |U|, d).
     """
-    B, d = ids_bgt.shape[0], wb_bgtd.shape[-1]
-    uniq_u, inv = torch.unique(ids_bgt.reshape(-1), return_inverse=True)
+    B, d = wb_bgtd.shape[0], wb_bgtd.shape[-1]
     n_u = uniq_u.numel()
-    group_n = torch.arange(B, device=ids_bgt.device).repeat_interleave(ids_bgt[0].numel())
+    per_group = inv_n.numel() // B
+    group_n = torch.arange(B, device=inv_n.device).repeat_interleave(per_group)
     wd = work_dtype(wb_bgtd.dtype)
     rows = torch.zeros(B * n_u, d, dtype=wd, device=wb_bgtd.device)
-    add_rows_(rows, group_n * n_u + inv, wb_bgtd.reshape(-1, d))
+    add_rows_(rows, group_n * n_u + inv_n.reshape(-1), wb_bgtd.reshape(-1, d))
     return uniq_u, rows.reshape(B, n_u, d)
 
 
@@ -321,24 +322,50 @@ def row_dots(x_nk: torch.Tensor, y_nk: torch.Tensor) -> torch.Tensor:
     return out_n
 
 
-def row_sq_norms(x_nk: torch.Tensor) -> torch.Tensor:
-    """``d[n] = ||x_n||²`` for (N, …) tensors (flattened per row), float64 (N,).
+def row_block_norms(x_nk: torch.Tensor) -> list[torch.Tensor]:
+    """Norms of blocks of each row of (N, …) tensors: parts (N, k) whose squares sum to
+    ``||x_n||²`` over all parts (``sum_sq_parts``), with no copy of ``x``.
 
-    Float64 inputs directly. Lower precision: float32 norms of blocks of ``BLOCK`` entries
-    (``torch.linalg.vector_norm`` accumulates in float32 without a float32 copy of ``x``), their
-    squares summed in float64: the precision policy of ``cross_rows`` in one reduction pass.
+    Float64: one (N, 1) part. Lower precision: float32 norms of blocks of ``BLOCK`` entries
+    (``torch.linalg.vector_norm`` accumulates in float32 as it reads ``x``), one reduction kernel
+    per part (two when the row length is not a multiple of ``BLOCK``). Their squares are summed in
+    float64 later, so that many parameters' parts are reduced together in one pass.
     """
     N = x_nk.shape[0]
-    x = x_nk.reshape(N, -1)
-    if x.dtype == ACC:
-        return (x * x).sum(-1)
-    main = (x.shape[1] // BLOCK) * BLOCK
+    if x_nk.dtype == ACC:
+        return [torch.linalg.vector_norm(x_nk.reshape(N, -1), dim=-1, keepdim=True)]
+    K = x_nk.numel() // max(N, 1)
+    main = (K // BLOCK) * BLOCK
     f32 = torch.float32
-    out_n = torch.linalg.vector_norm(x[:, main:], dim=-1, dtype=f32).to(ACC).square()
+    if main and main == K:  # one kernel over whole blocks, no intermediate view
+        return [torch.linalg.vector_norm(x_nk.reshape(N, -1, BLOCK), dim=-1, dtype=f32)]
+    x = x_nk.reshape(N, -1)
+    parts = []
     if main:
-        blocks = x[:, :main].reshape(N, -1, BLOCK)
-        out_n += torch.linalg.vector_norm(blocks, dim=-1, dtype=f32).to(ACC).square().sum(-1)
-    return out_n
+        parts.append(torch.linalg.vector_norm(x[:, :main].reshape(N, -1, BLOCK), dim=-1, dtype=f32))
+    if main < K:
+        parts.append(torch.linalg.vector_norm(x[:, main:], dim=-1, dtype=f32, keepdim=True))
+    return parts
+
+
+def sum_sq_parts(parts: list[torch.Tensor]) -> torch.Tensor:
+    """``Σ_parts Σ_k part[n, k]²`` in float64, (N,): the precision policy of ``cross_rows``
+    (float32 block norms, float64 sum), one concatenation per dtype."""
+    by_dtype: dict = {}
+    for part in parts:
+        by_dtype.setdefault(part.dtype, []).append(part)
+    total = None
+    for same in by_dtype.values():
+        blocks = same[0] if len(same) == 1 else torch.cat(same, dim=1)
+        sq = blocks.to(ACC).square().sum(-1)
+        total = sq if total is None else total + sq
+    return total
+
+
+def row_sq_norms(x_nk: torch.Tensor) -> torch.Tensor:
+    """``d[n] = ||x_n||²`` for (N, …) tensors (flattened per row), float64 (N,): float32 norms
+    of blocks of ``BLOCK`` entries (no float32 copy of ``x``), squares summed in float64."""
+    return sum_sq_parts(row_block_norms(x_nk))
 
 
 def sq_norms_of_rows(x_bg_: torch.Tensor) -> torch.Tensor:
@@ -368,7 +395,7 @@ def act_kernels(a_bgtd: torch.Tensor) -> torch.Tensor:
     """
     B, G, T, d_in = a_bgtd.shape
     a_ntd = a_bgtd.reshape(B * G, T, d_in)
-    return (a_ntd @ a_ntd.transpose(1, 2)).to(work_dtype(a_bgtd.dtype))
+    return torch.bmm(a_ntd, a_ntd.transpose(1, 2)).to(work_dtype(a_bgtd.dtype))
 
 
 def linear_sq_norms_ghost(
@@ -391,9 +418,13 @@ def linear_sq_norms_ghost(
     step = max(1, max_elems // max(T * T, 1))
     parts = []
     for n0 in range(0, N, step):
-        a, g = a_ntd[n0 : n0 + step], b_nto[n0 : n0 + step]
-        ka = ka_ntt[n0 : n0 + step] if ka_ntt is not None else (a @ a.transpose(1, 2)).to(wd)
-        kb = (g @ g.transpose(1, 2)).to(wd)  # (n, T, T)
+        rows = slice(n0, n0 + step)
+        a, g = (a_ntd, b_nto) if step >= N else (a_ntd[rows], b_nto[rows])  # no-op views skipped
+        if ka_ntt is not None:
+            ka = ka_ntt if step >= N else ka_ntt[rows]
+        else:
+            ka = torch.bmm(a, a.transpose(1, 2)).to(wd)
+        kb = torch.bmm(g, g.transpose(1, 2))  # (n, T, T), promoted to ka's dtype in the product
         parts.append((ka * kb).sum(-1).to(ACC).sum(-1))
     return (parts[0] if len(parts) == 1 else torch.cat(parts)).reshape(B, G)
 

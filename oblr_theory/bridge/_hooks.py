@@ -89,6 +89,16 @@ def average_into_shards(p: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
     return partial.redistribute(mesh, p.placements)
 
 
+def _rows(x: torch.Tensor, r: slice | None) -> torch.Tensor:
+    """``x[:, r]``, or ``x`` itself when ``r`` is None (all rows: no indexing operation)."""
+    return x if r is None else x[:, r]
+
+
+def _cols(x: torch.Tensor, r: slice | None) -> torch.Tensor:
+    """``x[..., r]``, or ``x`` itself when ``r`` is None."""
+    return x if r is None else x[..., r]
+
+
 def has_zero_entry(tensors: list[torch.Tensor]) -> list[bool]:
     """Whether each tensor holds an exact zero, with one host sync per device."""
     out = [False] * len(tensors)
@@ -115,6 +125,12 @@ class _Use:
     node: object = None  # grad_fn of the output, for the reachability check
     got_grad: bool = False
     grad: torch.Tensor | None = None  # b = ∂L/∂y, kept only with keep_factors
+    # with keep_factors: small per-sample gradients (B, G, *shape) the Gram pass already built
+    # (biases, norm weights), by parameter attribute name; the weighted pass only folds them
+    per_sample: dict = field(default_factory=dict)
+    # a trainable embedding's token ids: per group (U_b, inverse_gt), and over the batch (U, inverse_n)
+    vocab: list | None = None
+    batch_vocab: tuple | None = None
     span: slice | None = None  # positions where b is nonzero (linear factors only)
 
 
@@ -150,7 +166,7 @@ class GhostRecorder:
         self.uses_by_param: dict[int, list[_Use]] = defaultdict(list)
         self.uses: list[_Use] = []
         self.roots: list[tuple[_Use, torch.Tensor]] = []
-        self.gram_bgg: torch.Tensor | None = None
+        self._contributions: list[torch.Tensor] = []  # summed once, in finalize
         self.shared: dict[int, torch.Tensor] = {}
         self.ties: dict[int, _TieState] = {}
         self._recomputing = False
@@ -223,6 +239,11 @@ class GhostRecorder:
             if not output.requires_grad:
                 output.requires_grad_()  # a frozen embedding still roots the backward pass
             self.roots.append((use, output))
+            if own:  # distinct ids now: their host syncs are cheap while the device queue is short
+                ids_bgt = use.saved.reshape(self.B, self.G, -1)
+                use.vocab = [gm.group_vocab(ids_bgt[b]) for b in range(self.B)]
+                if self.keep_factors:
+                    use.batch_vocab = gm.group_vocab(use.saved.reshape(-1))
         elif kind == "norm" and "weight" in own:
             use.saved, use.scale = self._normalised_input(name, module, args, kwargs, output)
         if use.params:
@@ -338,7 +359,7 @@ class GhostRecorder:
     # ----------------------------------------------------------------------------- gradients
     def _add(self, gram_bgg: torch.Tensor) -> None:
         """Add one contribution: (B, G, G), or (B, G) squared norms when ``diagonal_only``."""
-        self.gram_bgg = gram_bgg if self.gram_bgg is None else self.gram_bgg + gram_bgg
+        self._contributions.append(gram_bgg)
 
     def _plan(self, pid: int) -> str:
         uses = self.uses_by_param[pid]
@@ -374,6 +395,8 @@ class GhostRecorder:
         if use.span is None:  # only output layers (d_out >= 4 d_in) are worth the sync
             wide = g.shape[-1] >= 4 * a.shape[-1]
             use.span = gm.active_span(g) if wide else slice(None)
+        if use.span == slice(None):
+            return a, g
         return a[:, :, use.span], g[:, :, use.span]
 
     def _embedding_grad(self, use: _Use, g_bg_: torch.Tensor) -> torch.Tensor:
@@ -384,9 +407,10 @@ class GhostRecorder:
         keep = (use.saved.reshape(self.B, self.G, -1) != pad).unsqueeze(-1)
         return torch.where(keep, g_bg_, torch.zeros_like(g_bg_))
 
-    def _vocab(self, use: _Use, b: int):
-        ids_gt = use.saved.reshape(self.B, self.G, -1)[b]
-        return gm.group_vocab(ids_gt)
+    @staticmethod
+    def _vocab(use: _Use, b: int):
+        """Group ``b``'s distinct ids and inverse, from the embedding's forward hook."""
+        return use.vocab[b]
 
     def _single(self, use: _Use, pname: str, p: torch.Tensor, g_bg_: torch.Tensor) -> torch.Tensor:
         """Gram ``(B, G, G)`` of one use of one parameter (``diagonal_only``: its diagonal
@@ -401,7 +425,8 @@ class GhostRecorder:
                                               ka_of=lambda: self._act_kernels(a_bgtd))
                 return gm.linear_gram(a_bgtd, b_bgto, self.max_elems, self.route)
             g_bgto = g_bg_.reshape(self.B, self.G, -1, g_bg_.shape[-1])
-            return rows_gram(gm.bias_grads(g_bgto.to(gm.work_dtype(g_bgto.dtype))))
+            grads = gm.bias_grads(g_bgto.to(gm.work_dtype(g_bgto.dtype)))
+            return rows_gram(self._kept(use, pname, grads))
         if use.kind == "embedding":
             g_bg_ = self._embedding_grad(use, g_bg_)
             out = []
@@ -414,7 +439,14 @@ class GhostRecorder:
             grads = self._norm_weight_grads(use, g_bg_, p)
         else:
             grads = gm.norm_bias_grads(g_bg_, p.dim())
-        return rows_gram(grads.reshape(self.B, self.G, -1))
+        return rows_gram(self._kept(use, pname, grads).reshape(self.B, self.G, -1))
+
+    def _kept(self, use: _Use, pname: str, grads_bg_: torch.Tensor) -> torch.Tensor:
+        """Remember a use's per-sample gradients (B, G, …) for ``weighted_gradients`` when the
+        factors are kept and they are small (at most ``max_elems`` entries); returns them."""
+        if self.keep_factors and grads_bg_.numel() <= self.max_elems:
+            use.per_sample[pname] = grads_bg_
+        return grads_bg_
 
     def _act_kernels(self, a_bgtd: torch.Tensor) -> torch.Tensor:
         """``gm.act_kernels(a)``, reused by consecutive layers with the same input (q/k/v,
@@ -508,15 +540,18 @@ class GhostRecorder:
         for full in self.shared.values():
             self._add(rows_gram(full.reshape(self.B, self.G, -1)))
         self.shared.clear()
-        if self.gram_bgg is None:
+        if not self._contributions:
             return torch.zeros(self.B, self.G, self.G, dtype=dtype, device=device)
-        return torch.diag_embed(self.gram_bgg) if self.diagonal_only else self.gram_bgg
+        total = torch.stack(self._contributions).sum(0)
+        self._contributions.clear()
+        return torch.diag_embed(total) if self.diagonal_only else total
 
     # ----------------------------------------------------------------- weighted gradients
     def release_factors(self) -> None:
         """Drop every kept factor (layer inputs and output gradients); frees their memory."""
         for use in self.uses:
-            use.saved, use.scale, use.grad = None, None, None
+            use.saved, use.scale, use.grad, use.per_sample = None, None, None, {}
+            use.vocab, use.batch_vocab = None, None
         self.uses.clear()
         self.uses_by_param.clear()
         self.ties.clear()
@@ -532,16 +567,18 @@ class GhostRecorder:
         over the true shared-parameter gradient. Dense parameters are built in chunks of rows
         (at most ``max_elems`` entries of ``V`` at a time); embedding-only parameters on the
         batch's distinct token rows. Returns float64 (B, B); with ``diagonal_only`` only the
-        squared norms ``||v_b||²`` are computed (one reduction pass over each ``V``) and returned
-        on the diagonal, zeros off it.
+        squared norms ``||v_b||²`` are computed (one reduction kernel per ``V``: float32 block
+        norms, squared and summed in float64 once for all parameters), on the diagonal.
 
         A sharded parameter (a DTensor, FSDP2) gets its gradient as FSDP's backward would: each
         rank's full local ``Σ_b V_b`` is averaged over the ranks into the parameter's shards
         (``average_into_shards``); every rank must call this, with the same model.
 
-        Cost: one weight-gradient matmul per linear weight plus a fixed, small number of
-        operations per parameter (the per-parameter Grams are summed once at the end), so that
-        on a GPU the launch overhead stays small next to GRPO's own backward.
+        Cost: one weight-gradient matmul per linear weight (the weights folded into its narrower
+        factor), its sum over groups and one norm kernel; the per-sample bias and norm-weight
+        gradients kept from the Gram pass are only folded (one small matmul). A handful of
+        kernels per parameter, so that on a GPU the launch overhead stays small next to GRPO's
+        own backward.
         """
         grams: list[torch.Tensor] = []
         pending = {id(u): len(u.params) for u in self.uses}
@@ -558,12 +595,14 @@ class GhostRecorder:
             for u in uses:  # free each use's factors once all its parameters are done
                 pending[id(u)] -= 1
                 if pending[id(u)] == 0:
-                    u.saved, u.scale, u.grad = None, None, None
+                    u.saved, u.scale, u.grad, u.per_sample = None, None, None, {}
+                    u.vocab, u.batch_vocab = None, None
         self._fold_cache, self._w_cast, self._w_bg = None, {}, None
         if not grams:
             return torch.zeros(self.B, self.B, dtype=gm.ACC, device=w_bg.device)
-        total = torch.stack(grams).sum(0)
-        return torch.diag_embed(total) if diagonal_only else total
+        if diagonal_only:  # every parameter's block norms, squared and summed in one pass
+            return torch.diag_embed(gm.sum_sq_parts(grams))
+        return torch.stack(grams).sum(0)
 
     def _weights_for(self, x: torch.Tensor) -> torch.Tensor:
         """The pass's weights ``w_bg`` in ``x``'s work dtype and device, cast once per pass."""
@@ -585,35 +624,45 @@ class GhostRecorder:
 
     def _weighted_source(self, use: _Use, p: torch.Tensor):
         """One use's per-group weighted gradient of ``p``: ``("rows", f)`` with ``f(slice) ->
-        (B, R, …)`` rows of ``V`` along ``p``'s first axis, or ``("sparse", (U, rows_bu…))``."""
+        (B, R, …)`` rows of ``V`` along ``p``'s first axis (``f(None)``: all of them), or
+        ``("sparse", (U, rows_bu…))``."""
         pname = next(k for k, q in use.params.items() if q is p)
         g_bg_ = use.grad.reshape(self.B, self.G, *use.grad.shape[1:])
         if use.kind in ("linear", "conv1d") and pname == "weight":
             a_bgtd, b_bgto = self._factors(use, g_bg_)
             if use.kind == "linear":  # W: (d_out, d_in), rows are outputs
+                if b_bgto.shape[-1] < a_bgtd.shape[-1]:  # fold into the narrower factor
+                    bw_bgto = self._fold(b_bgto)
+                    return "rows", lambda r: gm.group_outer(_cols(bw_bgto, r), a_bgtd)
                 aw_bgtd = self._folded_input(a_bgtd)
-                return "rows", lambda r: gm.group_outer(b_bgto[..., r], aw_bgtd)
+                return "rows", lambda r: gm.group_outer(_cols(b_bgto, r), aw_bgtd)
             bw_bgto = self._fold(b_bgto)  # Conv1D W: (d_in, d_out), rows are inputs
-            return "rows", lambda r: gm.group_outer(a_bgtd[..., r], bw_bgto)
+            return "rows", lambda r: gm.group_outer(_cols(a_bgtd, r), bw_bgto)
+        if pname in use.per_sample:  # V_b = Σ_g w_bg ∇p_bg from the Gram pass's gradients
+            grads_bg_ = use.per_sample[pname]
+            w_b1g = self._weights_for(grads_bg_).unsqueeze(1)
+            v_b_ = torch.bmm(w_b1g, grads_bg_.reshape(self.B, self.G, -1))
+            v_b_ = v_b_.reshape(self.B, *(p.shape or (1,)))
+            return "rows", lambda r: _rows(v_b_, r)
         wg_bg_ = self._fold(g_bg_)
         if use.kind in ("linear", "conv1d"):  # bias
             v_bo = wg_bg_.reshape(self.B, -1, wg_bg_.shape[-1]).sum(1, dtype=gm.work_dtype(p.dtype))
-            return "rows", lambda r: v_bo[:, r]
+            return "rows", lambda r: _rows(v_bo, r)
         if use.kind == "embedding":
-            ids_bgt = use.saved.reshape(self.B, self.G, -1)
-            wg_bgtd = self._embedding_grad(use, wg_bg_).reshape(*ids_bgt.shape, -1)
-            return "sparse", gm.weighted_embedding_rows(ids_bgt, wg_bgtd)
+            wg_bgtd = self._embedding_grad(use, wg_bg_).reshape(self.B, self.G, -1, wg_bg_.shape[-1])
+            return "sparse", gm.weighted_embedding_rows(*use.batch_vocab, wg_bgtd)
         if pname == "weight":  # norm
             v_b_ = self._norm_weight_grads(use, wg_bg_, p).sum(1)
         else:
             v_b_ = gm.norm_bias_grads(wg_bg_, p.dim()).sum(1)
         v_b_ = v_b_.reshape(self.B, *(p.shape or (1,)))  # a 0-d parameter as one row
-        return "rows", lambda r: v_b_[:, r]
+        return "rows", lambda r: _rows(v_b_, r)
 
     def _weighted_param(self, p: torch.Tensor, sources: list, accumulate: bool) -> list[torch.Tensor]:
         """Grams (B, B) of one parameter's summed per-group gradients, one per chunk of rows
-        (their diagonals (B,) when the pass is ``diagonal_only``); ``.grad += Σ_b V_b``."""
-        gram = gm.row_sq_norms if self._diag_gram else gm.batch_gram
+        (when the pass is ``diagonal_only``: the chunks' block norms, ``gm.row_block_norms``);
+        ``.grad += Σ_b V_b``."""
+        diag = self._diag_gram
         dense = [f for kind, f in sources if kind == "rows"]
         sparse = [s for kind, s in sources if kind == "sparse"]
         # the full local gradient: p.grad itself for a plain parameter (None: not yet created)
@@ -625,13 +674,13 @@ class GhostRecorder:
                     grad = torch.zeros(p.shape, dtype=p.dtype, device=rows_bud.device)
                 gm.add_rows_(grad, uniq_u, rows_bud.sum(0))
                 self._set_grad(p, grad)
-            return [gram(rows_bud)]
+            return gm.row_block_norms(rows_bud) if diag else [gm.batch_gram(rows_bud)]
         shape = p.shape or (1,)  # rows along the first axis; a 0-d parameter is one row
         step = max(1, self.max_elems // max(self.B * shape[1:].numel(), 1))
         whole = step >= shape[0]  # one chunk: the gradient is assigned, not added to zeros
         grams = []
         for r0 in range(0, shape[0], step):
-            rows = slice(None) if whole else slice(r0, r0 + step)
+            rows = None if whole else slice(r0, r0 + step)  # None: all rows, no indexing
             v_br_ = dense[0](rows)
             for f in dense[1:]:
                 v_br_ = v_br_ + f(rows)
@@ -641,15 +690,16 @@ class GhostRecorder:
                 inside = (uniq_u >= r0) & (uniq_u < r0 + step)
                 gm.add_rows_(v_br_.transpose(0, 1), uniq_u[inside] - r0,
                              rows_bud[:, inside].transpose(0, 1))
-            grams.append(gram(v_br_))
+            grams.extend(gm.row_block_norms(v_br_) if diag else [gm.batch_gram(v_br_)])
             if accumulate:
-                total = v_br_.sum(0, dtype=gm.work_dtype(p.dtype)).to(p.dtype)
+                total = v_br_.sum(0)  # half precision: float32 accumulation, one rounding
+                total = total if total.dtype == p.dtype else total.to(p.dtype)
                 if grad is None and whole:
                     grad = total.view(p.shape)
                 else:
                     if grad is None:
                         grad = torch.zeros(p.shape, dtype=p.dtype, device=total.device)
-                    grad.view(shape)[rows] += total
+                    grad.view(shape)[rows or slice(None)] += total
         if accumulate:
             self._set_grad(p, grad)
         return grams

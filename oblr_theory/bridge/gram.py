@@ -126,14 +126,22 @@ class ScoreGram:
             is_tensor = isinstance(weights_bg, torch.Tensor)
             shape = tuple(weights_bg.shape) if is_tensor else type(weights_bg)
             raise ValueError(f"weights_bg must be a tensor of shape (B, G) = {(B, G)}, got {shape}")
-        if not bool(torch.isfinite(weights_bg).all()):
-            raise ValueError("weights_bg must be finite")
+        # checked after the pass, so that the host does not wait here for the ghost pass's GPU
+        # work; on failure every trainable .grad is cleared (it may hold non-finite values)
+        finite = torch.isfinite(weights_bg).all()
+        params = list(self._factors.trainable.values())
         try:
-            return self._factors.weighted_gradients(
+            out = self._factors.weighted_gradients(
                 weights_bg.to(self.gram_bgg.device), accumulate_grad, diagonal_only
             )
         finally:
             self.release_factors()
+        if not bool(finite):
+            if accumulate_grad:
+                for p in params:
+                    p.grad = None
+            raise ValueError("weights_bg must be finite (the parameters' .grad were cleared)")
+        return out
 
     def release_factors(self) -> None:
         """Free the kept ghost factors (layer inputs and output gradients) without using them."""

@@ -35,6 +35,7 @@ two-pass path keeps the full within-group Gram (a cross-check of the same number
 from __future__ import annotations
 
 import inspect
+from collections import defaultdict
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -42,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .. import estimators
+from .. import _ops, estimators
 from ..snr import EMASNR, snr_hat, snr_lr, snr_pieces_from_norms
 from .gram import score_gram
 from .logprobs import sequence_logprobs
@@ -230,7 +231,9 @@ def grad_sq_norm(params) -> torch.Tensor:
     """``||ĝ||² = Σ_p Σ_i (p.grad)_i²`` over the full gradients, float64 scalar (T7's
     ``||ĝ||²`` when ``p.grad = −ĝ``).
 
-    Plain gradients are summed as they are. A DTensor shard's sum of squares (FSDP2) is a
+    Plain gradients: per-tensor norms by ``torch._foreach_norm`` (a few fused kernels for all
+    parameters, float32 accumulation for half precision, as ``_ghost_math.row_block_norms``),
+    squared and summed in float64. A DTensor shard's sum of squares (FSDP2) is a
     ``Partial(sum)`` scalar; those of one device mesh are added locally and reduced once (one
     all-reduce per mesh), so every rank must call it when any gradient is sharded.
     """
@@ -238,16 +241,21 @@ def grad_sq_norm(params) -> torch.Tensor:
     if not params:
         raise ValueError("params is empty: no gradient to take the norm of")
     total = torch.zeros((), dtype=torch.float64, device=params[0].device)
+    plain: dict = defaultdict(list)  # (device, dtype) -> gradients
     partial = {}  # (mesh, placements) -> Partial DTensor scalar
     for p in params:
         if p.grad is None:
             continue
-        sq = p.grad.detach().double().pow(2).sum()
-        if isinstance(sq, DTensor):
+        if isinstance(p.grad, DTensor):
+            sq = p.grad.detach().double().pow(2).sum()
             key = (sq.device_mesh, tuple(sq.placements))
             partial[key] = sq if key not in partial else partial[key] + sq
         else:
-            total += sq
+            plain[(p.grad.device, p.grad.dtype)].append(p.grad.detach())
+    for (device, dtype), grads in plain.items():
+        acc = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        norms = torch._foreach_norm(grads, 2, dtype=acc)
+        total += torch.stack(norms).to(device=total.device, dtype=torch.float64).square().sum()
     for sq in partial.values():
         total += sq.full_tensor().to(total.device)
     return total
@@ -421,13 +429,16 @@ class OBLRPO:
                                dim1=-2, dim2=-1)
         return S, gram, (sg if keep_factors else None)
 
-    def advantages(self, rollout: Rollout, S_bg: torch.Tensor | None) -> torch.Tensor:
-        """``A = f(r, S, ℓ)`` from the registry, float64, on the rollout's device."""
+    def advantages(self, rollout: Rollout, S_bg: torch.Tensor | None,
+                   check_values: bool = True) -> torch.Tensor:
+        """``A = f(r, S, ℓ)`` from the registry, float64, on the rollout's device
+        (``check_values``: see ``Estimator.advantages``)."""
         r = rollout.rewards_bg.to(torch.float64)
         ell = rollout.lengths_bg.to(torch.float64)
         S = S_bg.to(torch.float64) if S_bg is not None else None
         return self.estimator.advantages(r, sq_norms=S if "sq_norms" in self.estimator.needs else None,
-                                         lengths=ell if "lengths" in self.estimator.needs else None)
+                                         lengths=ell if "lengths" in self.estimator.needs else None,
+                                         check_values=check_values)
 
     def _grad_sq_norm(self) -> torch.Tensor:
         return grad_sq_norm(self.params)
@@ -451,20 +462,33 @@ class OBLRPO:
         ``||u_b||² = B² K_bb`` and ``Σ_b ||u_b||² = B² tr K`` (the sign cancels in the square;
         ``B`` is this rank's number of groups, the sum is then reduced over ranks).
         ``||ĝ||²`` comes from ``p.grad`` in both paths (after the data-parallel average).
+
+        No host synchronisation between the ghost pass and the weighted pass in the single pass:
+        the rewards are checked before the ghost pass, ``S`` (sums of squares) and the
+        advantages through the weights, which ``weighted_gradients`` checks after its pass. So on
+        a GPU the host issues the weighted pass while the device still runs the ghost pass.
         """
         B, G, _ = rollout.shape
         single = self.single_pass
         self.prepare()
         t0 = time.perf_counter()
+        if single:  # now, while the device queue is short (see above)
+            _ops.check_array("rewards", rollout.rewards_bg.to(torch.float64))
         S_bg, gram, sg = self.sq_norms_and_gram(rollout, keep_factors=single) if self.needs_gram \
             else (None, None, None)
-        A_bg = self.advantages(rollout, S_bg)
+        A_bg = self.advantages(rollout, S_bg, check_values=not single)
         t1 = time.perf_counter()
 
         self.opt.zero_grad(set_to_none=True)
         if single:
             w_bg = -A_bg / (B * G)  # the surrogate L = Σ w log π; its gradient is −ĝ
-            K_bb = sg.weighted_gradients(w_bg.to(sg.gram_bgg.dtype), diagonal_only=True)
+            try:
+                K_bb = sg.weighted_gradients(w_bg.to(sg.gram_bgg.dtype), diagonal_only=True)
+            except ValueError as err:
+                if "finite" not in str(err):
+                    raise
+                raise ValueError(f"estimator {self.cfg.estimator!r} gave non-finite advantages "
+                                 f"(from the rewards and S = ||s||²); no update made: {err}") from err
             group_sq_sum = B**2 * torch.diagonal(K_bb).sum()  # Σ_b ||u_b||², u_b = −B v_b
             loss = (w_bg * sg.seq_logp_bg.double()).sum()
             self.grad_sync()  # data parallel: average the gradient over ranks

@@ -252,3 +252,17 @@ def test_without_keep_factors_raises():
     with pytest.raises(ValueError, match="already released"):
         kept2.weighted_gradients(weights(2, 3))
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_non_finite_weights_raise_after_the_pass_and_clear_the_grads():
+    """The finiteness check runs after the pass (no host sync before it on a GPU); the
+    gradients it may have filled with NaN are cleared, and the factors are released."""
+    model = tiny_model("qwen3")
+    kept = score_gram(model, *make_batch(), keep_factors=True)
+    w = weights(2, 3)
+    w[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="weights_bg must be finite"):
+        kept.weighted_gradients(w)
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="already released"):
+        kept.weighted_gradients(weights(2, 3))

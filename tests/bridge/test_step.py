@@ -228,3 +228,23 @@ def test_plugin_optimal_baseline_is_the_registry_baseline():
     S = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
     b = plugin_optimal_baseline(r, S)
     assert torch.allclose(b, torch.tensor([2.5 / 6, 1 / 3], dtype=torch.float64), rtol=1e-14)
+
+
+def test_single_pass_rejects_non_finite_rewards_and_advantages(model64, rollout, monkeypatch):
+    """Rewards are checked before the ghost pass; the advantages (hence S) through the
+    weighted pass's deferred check. Either way no update is made."""
+    before = [p.detach().clone() for p in model64.parameters()]
+    bad = dataclasses.replace(rollout, rewards_bg=rollout.rewards_bg.clone())
+    bad.rewards_bg[1, 2] = float("inf")
+    step = OBLRPO(model64, StepConfig(lr_rule="snr", eta_max=0.1))
+    assert step.single_pass
+    with pytest.raises(ValueError, match="rewards contains non-finite"):
+        step.update(bad)
+    nan_adv = estimators.get("optimal_loo")
+    real = type(nan_adv).advantages
+    monkeypatch.setattr(type(nan_adv), "advantages",
+                        lambda self, *a, **k: real(self, *a, **k) * float("nan"))
+    with pytest.raises(ValueError, match="non-finite advantages"):
+        step.update(rollout)
+    assert all(torch.equal(p, q) for p, q in zip(model64.parameters(), before))
+    assert all(p.grad is None for p in model64.parameters())
