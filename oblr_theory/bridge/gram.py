@@ -140,7 +140,7 @@ class ScoreGram:
             if accumulate_grad:
                 for p in params:
                     p.grad = None
-            raise ValueError("weights_bg must be finite (the parameters' .grad were cleared)")
+            raise NonFiniteWeights("weights_bg must be finite (the parameters' .grad were cleared)")
         return out
 
     def release_factors(self) -> None:
@@ -148,6 +148,10 @@ class ScoreGram:
         if self._factors is not None:
             self._factors.release_factors()
             self._factors = None
+
+
+class NonFiniteWeights(ValueError):
+    """``weighted_gradients`` got weights with a NaN or an infinity (found after its pass)."""
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -35,8 +35,8 @@ two-pass path keeps the full within-group Gram (a cross-check of the same number
 from __future__ import annotations
 
 import inspect
-from collections import defaultdict
 import time
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -45,7 +45,7 @@ import torch
 
 from .. import _ops, estimators
 from ..snr import EMASNR, snr_hat, snr_lr, snr_pieces_from_norms
-from .gram import score_gram
+from .gram import NonFiniteWeights, score_gram
 from .logprobs import sequence_logprobs
 from .task import ArithmeticTask, Problem, as_task_tokenizer
 
@@ -484,9 +484,7 @@ class OBLRPO:
             w_bg = -A_bg / (B * G)  # the surrogate L = Σ w log π; its gradient is −ĝ
             try:
                 K_bb = sg.weighted_gradients(w_bg.to(sg.gram_bgg.dtype), diagonal_only=True)
-            except ValueError as err:
-                if "finite" not in str(err):
-                    raise
+            except NonFiniteWeights as err:
                 raise ValueError(f"estimator {self.cfg.estimator!r} gave non-finite advantages "
                                  f"(from the rewards and S = ||s||²); no update made: {err}") from err
             group_sq_sum = B**2 * torch.diagonal(K_bb).sum()  # Σ_b ||u_b||², u_b = −B v_b
