@@ -324,7 +324,7 @@ def row_dots(x_nk: torch.Tensor, y_nk: torch.Tensor) -> torch.Tensor:
 
 def row_block_norms(x_nk: torch.Tensor) -> list[torch.Tensor]:
     """Norms of blocks of each row of (N, …) tensors: parts (N, k) whose squares sum to
-    ``||x_n||²`` over all parts (``sum_sq_parts``), with no copy of ``x``.
+    ``||x_n||²`` over all parts (``sum_parts(norms=...)``), with no copy of ``x``.
 
     Float64: one (N, 1) part. Lower precision: float32 norms of blocks of ``BLOCK`` entries
     (``torch.linalg.vector_norm`` accumulates in float32 as it reads ``x``), one reduction kernel
@@ -348,24 +348,33 @@ def row_block_norms(x_nk: torch.Tensor) -> list[torch.Tensor]:
     return parts
 
 
-def sum_sq_parts(parts: list[torch.Tensor]) -> torch.Tensor:
-    """``Σ_parts Σ_k part[n, k]²`` in float64, (N,): the precision policy of ``cross_rows``
-    (float32 block norms, float64 sum), one concatenation per dtype."""
-    by_dtype: dict = {}
-    for part in parts:
-        by_dtype.setdefault(part.dtype, []).append(part)
+def sum_parts(dots: list[torch.Tensor] = (), norms: list[torch.Tensor] = ()) -> torch.Tensor:
+    """``Σ_parts Σ_k dot[n, k] + Σ_parts Σ_k norm[n, k]²`` in float64, (N,).
+
+    ``dots``: partial sums (N, k) of inner products (``linear_sq_norm_parts_ghost``); ``norms``:
+    block norms (N, k) (``row_block_norms``), squared here. Both are float32 for half-precision
+    layers and are only added up in float64 (the precision policy of ``cross_rows``), one
+    concatenation and one reduction per dtype and kind for any number of layers, so a pass adds
+    no per-layer float64 work.
+    """
     total = None
-    for same in by_dtype.values():
-        blocks = same[0] if len(same) == 1 else torch.cat(same, dim=1)
-        sq = blocks.to(ACC).square().sum(-1)
-        total = sq if total is None else total + sq
+    for parts, square in ((dots, False), (norms, True)):
+        by_dtype: dict = {}
+        for part in parts:
+            by_dtype.setdefault(part.dtype, []).append(part)
+        for same in by_dtype.values():
+            blocks = (same[0] if len(same) == 1 else torch.cat(same, dim=1)).to(ACC)
+            s = (blocks.square() if square else blocks).sum(-1)
+            total = s if total is None else total + s
+    if total is None:
+        raise ValueError("sum_parts needs at least one part")
     return total
 
 
 def row_sq_norms(x_nk: torch.Tensor) -> torch.Tensor:
     """``d[n] = ||x_n||²`` for (N, …) tensors (flattened per row), float64 (N,): float32 norms
     of blocks of ``BLOCK`` entries (no float32 copy of ``x``), squares summed in float64."""
-    return sum_sq_parts(row_block_norms(x_nk))
+    return sum_parts(norms=row_block_norms(x_nk))
 
 
 def sq_norms_of_rows(x_bg_: torch.Tensor) -> torch.Tensor:
@@ -391,24 +400,24 @@ def prefer_ghost_diagonal(seq_len: int, d_in: int, d_out: int) -> bool:
 def act_kernels(a_bgtd: torch.Tensor) -> torch.Tensor:
     """Each sample's activation kernel ``Ka_n[t, t'] = a_nt · a_nt'``: (N, T, T) in the work dtype.
 
-    Layers fed the same input (q/k/v, gate/up) share it (see ``linear_sq_norms_ghost``).
+    Layers fed the same input (q/k/v, gate/up) share it (see ``linear_sq_norm_parts_ghost``).
     """
     B, G, T, d_in = a_bgtd.shape
     a_ntd = a_bgtd.reshape(B * G, T, d_in)
     return torch.bmm(a_ntd, a_ntd.transpose(1, 2)).to(work_dtype(a_bgtd.dtype))
 
 
-def linear_sq_norms_ghost(
+def linear_sq_norm_parts_ghost(
     a_bgtd: torch.Tensor, b_bgto: torch.Tensor, max_elems: int,
     ka_ntt: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``||∇W_n||² = Σ_{t,t'} (a_nt · a_nt') (b_nt · b_nt')`` per sample, float64 (B, G).
+    """Partial sums ``P[n, t] = Σ_{t'} (a_nt · a_nt') (b_nt · b_nt')``, (N, T) in the work dtype:
+    ``||∇W_n||² = Σ_t P[n, t]`` (``sum_parts(dots=...)`` adds them up in float64).
 
     Only the sample's own ``T × T`` kernels (not the group's ``GT × GT``); samples are processed
     in chunks so that a chunk's kernels stay under ``max_elems`` entries. ``ka_ntt``: the
     activation kernels ``act_kernels(a)`` when already computed for another layer with the same
-    input. Sums over ``t'`` run in the work dtype (``T ≤ BLOCK`` terms, as ``cross_rows``), over
-    ``t`` in float64.
+    input. Sums over ``t'`` run in the work dtype (``T ≤ BLOCK`` terms, as ``cross_rows``).
     """
     B, G, T, d_in = a_bgtd.shape
     N = B * G
@@ -425,40 +434,41 @@ def linear_sq_norms_ghost(
         else:
             ka = torch.bmm(a, a.transpose(1, 2)).to(wd)
         kb = torch.bmm(g, g.transpose(1, 2))  # (n, T, T), promoted to ka's dtype in the product
-        parts.append((ka * kb).sum(-1).to(ACC).sum(-1))
-    return (parts[0] if len(parts) == 1 else torch.cat(parts)).reshape(B, G)
+        parts.append((ka * kb).sum(-1))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def linear_sq_norms_materialised(
+def linear_grad_block_norms(
     a_bgtd: torch.Tensor, b_bgto: torch.Tensor, max_elems: int
-) -> torch.Tensor:
-    """``||∇W_n||²`` from per-sample gradients ``∇W_n = b_nᵀ a_n``, built in chunks of output
-    rows (at most ``max_elems`` entries at once), float64 (B, G)."""
+) -> list[torch.Tensor]:
+    """Block norms (``row_block_norms``) of the per-sample gradients ``∇W_n = b_nᵀ a_n``, built
+    in chunks of output rows (at most ``max_elems`` entries at once): parts (N, k) whose squares
+    sum to ``||∇W_n||²``."""
     B, G, T, d_in = a_bgtd.shape
     d_out = b_bgto.shape[-1]
     a_ntd = a_bgtd.reshape(B * G, T, d_in)
     b_nto = b_bgto.reshape(B * G, T, d_out)
     step = max(1, max_elems // max(B * G * d_in, 1))
-    out_bg = None
+    parts = []
     for r0 in range(0, d_out, step):
         rows = slice(None) if step >= d_out else slice(r0, r0 + step)
-        w_nrd = linear_grads_rows(a_ntd, b_nto, rows)
-        part = sq_norms_of_rows(w_nrd.reshape(B, G, -1))  # float32 blocks for half precision
-        out_bg = part if out_bg is None else out_bg + part
-    return out_bg
+        parts.extend(row_block_norms(linear_grads_rows(a_ntd, b_nto, rows)))
+    return parts
 
 
-def linear_sq_norms(
+def linear_sq_norm_parts(
     a_bgtd: torch.Tensor, b_bgto: torch.Tensor, max_elems: int, route: str, ka_of=None
-) -> torch.Tensor:
-    """Per-sample ``||∇W_n||²`` of a linear weight by ``route`` ("auto" by
-    ``prefer_ghost_diagonal``, or "ghost" / "materialise"), float64 (B, G). ``ka_of``: optional
-    callable returning the (possibly cached) ``act_kernels(a)``, used on the ghost route."""
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``(dots, norms)`` for ``sum_parts``: the per-sample ``||∇W_n||²`` of a linear weight by
+    ``route`` ("auto" by ``prefer_ghost_diagonal``, or "ghost" / "materialise"), left unreduced.
+    ``ka_of``: optional callable returning the (possibly cached) ``act_kernels(a)``, used on the
+    ghost route."""
     T, d_in = a_bgtd.shape[2:]
     if route == "auto":
         route = "ghost" if prefer_ghost_diagonal(T, d_in, b_bgto.shape[-1]) else "materialise"
     if route == "ghost":
         N = a_bgtd.shape[0] * a_bgtd.shape[1]
         ka = ka_of() if ka_of is not None and N * T * T <= max_elems else None
-        return linear_sq_norms_ghost(a_bgtd, b_bgto, max_elems, ka)
-    return linear_sq_norms_materialised(a_bgtd, b_bgto, max_elems)
+        return [linear_sq_norm_parts_ghost(a_bgtd, b_bgto, max_elems, ka)], []
+    return [], linear_grad_block_norms(a_bgtd, b_bgto, max_elems)
+

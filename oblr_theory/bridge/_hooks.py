@@ -31,6 +31,8 @@ parameters take the squared norms of their summed buffers. ``finalize`` returns 
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -100,15 +102,17 @@ def _cols(x: torch.Tensor, r: slice | None) -> torch.Tensor:
 
 
 def has_zero_entry(tensors: list[torch.Tensor]) -> list[bool]:
-    """Whether each tensor holds an exact zero, with one host sync per device."""
+    """Whether each tensor holds an exact zero: one concatenation, one comparison and one host
+    sync (``nonzero``) per (device, dtype), however many tensors (a model's ~100 norm weights)."""
     out = [False] * len(tensors)
-    by_device: dict = defaultdict(list)
+    groups: dict = defaultdict(list)
     for i, t in enumerate(tensors):
-        by_device[t.device].append(i)
-    for idx in by_device.values():
-        flags = torch.stack([(tensors[i] == 0).any() for i in idx]).tolist()
-        for i, f in zip(idx, flags):
-            out[i] = bool(f)
+        groups[(t.device, t.dtype)].append(i)
+    for idx in groups.values():
+        ends = list(itertools.accumulate(tensors[i].numel() for i in idx))
+        flat = torch.cat([tensors[i].reshape(-1) for i in idx])
+        for pos in (flat == 0).nonzero().flatten().tolist():
+            out[idx[bisect.bisect_right(ends, pos)]] = True
     return out
 
 
@@ -125,9 +129,6 @@ class _Use:
     node: object = None  # grad_fn of the output, for the reachability check
     got_grad: bool = False
     grad: torch.Tensor | None = None  # b = ∂L/∂y, kept only with keep_factors
-    # with keep_factors: small per-sample gradients (B, G, *shape) the Gram pass already built
-    # (biases, norm weights), by parameter attribute name; the weighted pass only folds them
-    per_sample: dict = field(default_factory=dict)
     # a trainable embedding's token ids: per group (U_b, inverse_gt), and over the batch (U, inverse_n)
     vocab: list | None = None
     batch_vocab: tuple | None = None
@@ -167,12 +168,21 @@ class GhostRecorder:
         self.uses: list[_Use] = []
         self.roots: list[tuple[_Use, torch.Tensor]] = []
         self._contributions: list[torch.Tensor] = []  # summed once, in finalize
+        self._dot_parts: list[torch.Tensor] = []  # diagonal_only: gm.sum_parts, in finalize
+        self._norm_parts: list[torch.Tensor] = []
         self.shared: dict[int, torch.Tensor] = {}
         self.ties: dict[int, _TieState] = {}
         self._recomputing = False
         self._aliases: dict[int, int] = {}  # id of a stand-in tensor seen in forward -> param id
         # state of one weighted_gradients call: folded-input cache, weights per dtype, mode
         self._fold_cache, self._w_cast, self._w_bg, self._diag_gram = None, {}, None, False
+        self._versions: dict[int, int] = {}  # parameters' version counters after a kept pass
+        # small per-sample gradients (biases, norm weights), (B, G, k) each, are concatenated
+        # into panels: one reduction for S / the Gram, and with keep_factors one fold each
+        self._pending: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self._pending_elems = 0
+        self._panels: list[tuple[list[nn.Parameter], torch.Tensor]] = []  # kept: (params, data)
+        self._panel_pids: set[int] = set()
         self._handles = []
         self._targets = []
         for name, mod in model.named_modules():
@@ -245,7 +255,8 @@ class GhostRecorder:
                 if self.keep_factors:
                     use.batch_vocab = gm.group_vocab(use.saved.reshape(-1))
         elif kind == "norm" and "weight" in own:
-            use.saved, use.scale = self._normalised_input(name, module, args, kwargs, output)
+            use.saved, use.scale = self._normalised_input(name, module, args, kwargs, output,
+                                                          lent=module.weight is not own["weight"])
         if use.params:
             self.uses.append(use)
             for p in use.params.values():
@@ -254,13 +265,16 @@ class GhostRecorder:
                 use.node = output.grad_fn
                 output.register_hook(lambda g, use=use: self._on_grad(use, g))
 
-    def _normalised_input(self, name, module, args, kwargs, output):
+    def _normalised_input(self, name, module, args, kwargs, output, lent: bool):
         """What the weight's per-sample gradient needs: ``(y − c, w)`` or ``(x̂, None)``.
 
         ``∇w_n = Σ_pos b ⊙ x̂ = (Σ_pos b ⊙ (y − c)) / w`` when ``w`` has no zero, so the output
         itself (kept alive by the next layer anyway) suffices; ``x̂`` is recomputed for the whole
         batch only when ``w`` has a zero (known for every norm from one sync on entering the
         recorder). The model ``y = x̂ ⊙ w + c`` is checked once per module (``_check_affine``).
+        ``w`` is kept as a view of the parameter (``weighted_gradients`` refuses parameters
+        changed in place since the pass), or copied when ``lent``: a wrapper's stand-in (FSDP2
+        frees the storage of the unsharded weight it lent forward).
         """
         weight = module.weight
         bias = getattr(module, "bias", None)
@@ -274,8 +288,8 @@ class GhostRecorder:
             with torch.no_grad():
                 return self._call_unit_affine(module, args, kwargs).detach(), None
         y = output.detach()
-        # a copy: a wrapper (FSDP2) frees the storage of the unsharded weight it lent forward
-        return (y - bias.detach() if bias is not None else y), weight.detach().clone()
+        w = weight.detach().clone() if lent else weight.detach()
+        return (y - bias.detach() if bias is not None else y), w
 
     def _check_affine(self, name, module, args, kwargs, output, weight, bias) -> None:
         """Check ``y = x̂ ⊙ w + c`` on the first sample, with ``x̂`` recomputed by calling the
@@ -355,11 +369,19 @@ class GhostRecorder:
         for use in self.uses:
             if use.kind != "embedding" and not use.got_grad and use.node in self._reachable:
                 raise ValueError(f"no output gradient reached module '{use.name}'")
+        if self.keep_factors:  # the kept factors hold only at these parameters
+            self._versions = {pid: p._version for pid, p in self.trainable.items()}
 
     # ----------------------------------------------------------------------------- gradients
     def _add(self, gram_bgg: torch.Tensor) -> None:
         """Add one contribution: (B, G, G), or (B, G) squared norms when ``diagonal_only``."""
         self._contributions.append(gram_bgg)
+
+    def _add_parts(self, dots: list = (), norms: list = ()) -> None:
+        """``diagonal_only``: add unreduced per-sample parts (N, k) (``gm.sum_parts``), reduced in
+        float64 once for all layers in ``finalize``."""
+        self._dot_parts.extend(dots)
+        self._norm_parts.extend(norms)
 
     def _plan(self, pid: int) -> str:
         uses = self.uses_by_param[pid]
@@ -374,13 +396,12 @@ class GhostRecorder:
         g_bg_ = g.reshape(self.B, self.G, *g.shape[1:])
         for pname, p in use.params.items():
             plan = self._plan(id(p))
-            if plan == "single":
-                self._add(self._single(use, pname, p, g_bg_))
-            elif plan == "tie":
-                self._add(self._single(use, pname, p, g_bg_))
-                self._tie_cross(use, p, g_bg_)
-            else:
+            if plan == "shared":
                 self._accumulate_shared(use, pname, p, g_bg_)
+                continue
+            self._add_single(use, pname, p, g_bg_)
+            if plan == "tie":
+                self._tie_cross(use, p, g_bg_)
         if self.keep_factors:
             use.grad = g  # ``saved`` stays too: weighted_gradients rebuilds from both
         else:
@@ -412,41 +433,74 @@ class GhostRecorder:
         """Group ``b``'s distinct ids and inverse, from the embedding's forward hook."""
         return use.vocab[b]
 
-    def _single(self, use: _Use, pname: str, p: torch.Tensor, g_bg_: torch.Tensor) -> torch.Tensor:
-        """Gram ``(B, G, G)`` of one use of one parameter (``diagonal_only``: its diagonal
-        ``(B, G)``, the per-sample squared norms)."""
+    def _add_single(self, use: _Use, pname: str, p: torch.Tensor, g_bg_: torch.Tensor) -> None:
+        """Add the Gram ``(B, G, G)`` of one use of one parameter (``diagonal_only``: its
+        diagonal, the per-sample squared norms, mostly as unreduced parts)."""
         diag = self.diagonal_only
-        rows_gram = gm.sq_norms_of_rows if diag else gm.gram_of_rows
+        N = self.N
         if use.kind in ("linear", "conv1d"):
             if pname == "weight":
                 a_bgtd, b_bgto = self._factors(use, g_bg_)
                 if diag:
-                    return gm.linear_sq_norms(a_bgtd, b_bgto, self.max_elems, self.route,
-                                              ka_of=lambda: self._act_kernels(a_bgtd))
-                return gm.linear_gram(a_bgtd, b_bgto, self.max_elems, self.route)
+                    self._add_parts(*gm.linear_sq_norm_parts(
+                        a_bgtd, b_bgto, self.max_elems, self.route,
+                        ka_of=lambda: self._act_kernels(a_bgtd)))
+                else:
+                    self._add(gm.linear_gram(a_bgtd, b_bgto, self.max_elems, self.route))
+                return
             g_bgto = g_bg_.reshape(self.B, self.G, -1, g_bg_.shape[-1])
             grads = gm.bias_grads(g_bgto.to(gm.work_dtype(g_bgto.dtype)))
-            return rows_gram(self._kept(use, pname, grads))
-        if use.kind == "embedding":
+        elif use.kind == "embedding":
             g_bg_ = self._embedding_grad(use, g_bg_)
             out = []
             for b in range(self.B):
                 uniq_u, inv_gt = self._vocab(use, b)
                 rows = gm.embedding_rows(inv_gt, uniq_u.numel(), g_bg_[b])
                 out.append(gm.row_sq_norms(rows) if diag else gm.pair_gram(rows, rows))
-            return torch.stack(out)
-        if pname == "weight":  # norm
+            self._add(torch.stack(out))
+            return
+        elif pname == "weight":  # norm
             grads = self._norm_weight_grads(use, g_bg_, p)
         else:
             grads = gm.norm_bias_grads(g_bg_, p.dim())
-        return rows_gram(self._kept(use, pname, grads).reshape(self.B, self.G, -1))
+        if not self._to_panel(p, grads):
+            self._add_rows(grads)
 
-    def _kept(self, use: _Use, pname: str, grads_bg_: torch.Tensor) -> torch.Tensor:
-        """Remember a use's per-sample gradients (B, G, …) for ``weighted_gradients`` when the
-        factors are kept and they are small (at most ``max_elems`` entries); returns them."""
-        if self.keep_factors and grads_bg_.numel() <= self.max_elems:
-            use.per_sample[pname] = grads_bg_
-        return grads_bg_
+    def _add_rows(self, grads_bg_: torch.Tensor) -> None:
+        """Add the Gram (or the squared norms) of per-sample gradients (B, G, …)."""
+        if self.diagonal_only:
+            self._add_parts(norms=gm.row_block_norms(grads_bg_.reshape(self.N, -1)))
+        else:
+            self._add(gm.gram_of_rows(grads_bg_.reshape(self.B, self.G, -1)))
+
+    def _to_panel(self, p: torch.Tensor, grads_bg_: torch.Tensor) -> bool:
+        """Queue a single-use parameter's small per-sample gradients (at most ``max_elems``
+        entries) for the current panel; False when they are too large (added on their own).
+
+        A panel (all queued gradients of one dtype, at most ``max_elems`` entries) is one
+        ``(B, G, k)`` tensor: its Gram or squared norms take one reduction for ~100 norm weights,
+        and with ``keep_factors`` the weighted pass folds it with one matmul (``_weighted_panels``)
+        instead of a few kernels per parameter."""
+        n = grads_bg_.numel()
+        if n > self.max_elems or (self.keep_factors and not _is_plain(p)):
+            return False  # a sharded parameter keeps its place in the ranks' reduction order
+        if self._pending and (self._pending[0][1].dtype != grads_bg_.dtype
+                              or self._pending_elems + n > self.max_elems):
+            self._flush_panel()
+        self._pending.append((p, grads_bg_))
+        self._pending_elems += n
+        return True
+
+    def _flush_panel(self) -> None:
+        if not self._pending:
+            return
+        params = [p for p, _ in self._pending]
+        data = torch.cat([g.reshape(self.B, self.G, -1) for _, g in self._pending], dim=2)
+        self._pending, self._pending_elems = [], 0
+        self._add_rows(data)
+        if self.keep_factors:
+            self._panels.append((params, data))
+            self._panel_pids.update(map(id, params))
 
     def _act_kernels(self, a_bgtd: torch.Tensor) -> torch.Tensor:
         """``gm.act_kernels(a)``, reused by consecutive layers with the same input (q/k/v,
@@ -460,7 +514,7 @@ class GhostRecorder:
     def _norm_weight_grads(use: _Use, g_bg_: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """Per-sample norm weight gradients (B, G, *p.shape), from x̂ or from (y − c) / w."""
         grads = gm.norm_weight_grads(g_bg_, use.saved.reshape(g_bg_.shape), p.dim())
-        return grads if use.scale is None else grads / use.scale.to(grads.dtype)
+        return grads if use.scale is None else grads / use.scale  # promoted in the kernel
 
     def _tie_cross(self, use: _Use, p: torch.Tensor, g_bg_: torch.Tensor) -> None:
         """Cross terms ``⟨E_i, H_j⟩ + ⟨H_i, E_j⟩`` of a tied embedding / output matrix
@@ -535,11 +589,14 @@ class GhostRecorder:
 
         With ``diagonal_only`` it is ``diag(S)``: the exact diagonal, zeros off it.
         """
-        rows_gram = gm.sq_norms_of_rows if self.diagonal_only else gm.gram_of_rows
         self._ka_cache = None
+        self._flush_panel()
         for full in self.shared.values():
-            self._add(rows_gram(full.reshape(self.B, self.G, -1)))
+            self._add_rows(full)
         self.shared.clear()
+        if self._dot_parts or self._norm_parts:
+            self._add(gm.sum_parts(self._dot_parts, self._norm_parts).reshape(self.B, self.G))
+            self._dot_parts, self._norm_parts = [], []
         if not self._contributions:
             return torch.zeros(self.B, self.G, self.G, dtype=dtype, device=device)
         total = torch.stack(self._contributions).sum(0)
@@ -550,8 +607,9 @@ class GhostRecorder:
     def release_factors(self) -> None:
         """Drop every kept factor (layer inputs and output gradients); frees their memory."""
         for use in self.uses:
-            use.saved, use.scale, use.grad, use.per_sample = None, None, None, {}
+            use.saved, use.scale, use.grad = None, None, None
             use.vocab, use.batch_vocab = None, None
+        self._panels, self._panel_pids = [], set()
         self.uses.clear()
         self.uses_by_param.clear()
         self.ties.clear()
@@ -576,33 +634,66 @@ class GhostRecorder:
 
         Cost: one weight-gradient matmul per linear weight (the weights folded into its narrower
         factor), its sum over groups and one norm kernel; the per-sample bias and norm-weight
-        gradients kept from the Gram pass are only folded (one small matmul). A handful of
-        kernels per parameter, so that on a GPU the launch overhead stays small next to GRPO's
-        own backward.
+        gradients kept from the Gram pass are only folded, a whole panel of them at once (one
+        small matmul, ``_weighted_panels``). A handful of kernels per linear weight, so that on
+        a GPU the launch overhead stays small next to GRPO's own backward.
         """
+        changed = [self.names[pid][0] for pid, v in self._versions.items()
+                   if self.trainable[pid]._version != v]
+        if changed:
+            raise ValueError(
+                f"parameter(s) {changed[:3]}{' ...' if len(changed) > 3 else ''} changed in place "
+                "since the ghost pass; its kept factors hold only at the parameters they were "
+                "recorded at: run score_gram(..., keep_factors=True) again"
+            )
         grams: list[torch.Tensor] = []
         pending = {id(u): len(u.params) for u in self.uses}
         self._fold_cache, self._w_cast = None, {}
         self._w_bg, self._diag_gram = w_bg, diagonal_only
+        grams.extend(self._weighted_panels(accumulate_grad))
         for pid, uses in self.uses_by_param.items():
-            sources = [self._weighted_source(u, self.trainable[pid]) for u in uses
-                       if u.grad is not None]
+            p = self.trainable[pid]
+            sources = [] if pid in self._panel_pids else [  # a panel's: done above
+                self._weighted_source(u, p) for u in uses if u.grad is not None]
             if sources:
-                grams.extend(self._weighted_param(self.trainable[pid], sources, accumulate_grad))
-            elif accumulate_grad and not _is_plain(self.trainable[pid]):  # no local gradient:
-                p = self.trainable[pid]  # still join the ranks' reduction, with zeros
+                grams.extend(self._weighted_param(p, sources, accumulate_grad))
+            elif accumulate_grad and not _is_plain(p):  # no local gradient: still join the
                 self._set_grad(p, torch.zeros(p.shape, dtype=p.dtype, device=w_bg.device))
             for u in uses:  # free each use's factors once all its parameters are done
                 pending[id(u)] -= 1
                 if pending[id(u)] == 0:
-                    u.saved, u.scale, u.grad, u.per_sample = None, None, None, {}
+                    u.saved, u.scale, u.grad = None, None, None
                     u.vocab, u.batch_vocab = None, None
-        self._fold_cache, self._w_cast, self._w_bg = None, {}, None
+        self._fold_cache, self._w_cast, self._w_bg, self._panel_pids = None, {}, None, set()
         if not grams:
             return torch.zeros(self.B, self.B, dtype=gm.ACC, device=w_bg.device)
         if diagonal_only:  # every parameter's block norms, squared and summed in one pass
-            return torch.diag_embed(gm.sum_sq_parts(grams))
+            return torch.diag_embed(gm.sum_parts(norms=grams))
         return torch.stack(grams).sum(0)
+
+    def _weighted_panels(self, accumulate: bool) -> list[torch.Tensor]:
+        """Panels of kept small per-sample gradients (``_to_panel``): ``V_b = Σ_g w_bg ∇p_bg``
+        for all their parameters at once (one matmul), their Grams or block norms, and
+        ``.grad += Σ_b V_b`` as views of one total per panel (one cast per parameter dtype)."""
+        grams = []
+        for params, data_bgk in self._panels:
+            w_b1g = self._weights_for(data_bgk).unsqueeze(1)
+            v_bk = torch.bmm(w_b1g, data_bgk).squeeze(1)
+            grams.extend(gm.row_block_norms(v_bk) if self._diag_gram else [gm.batch_gram(v_bk)])
+            if not accumulate:
+                continue
+            total_k, casts, start = v_bk.sum(0), {}, 0
+            for p in params:
+                if p.dtype not in casts:
+                    casts[p.dtype] = total_k if total_k.dtype == p.dtype else total_k.to(p.dtype)
+                g = casts[p.dtype][start:start + p.numel()].view(p.shape)
+                start += p.numel()
+                if p.grad is None:
+                    p.grad = g
+                else:
+                    p.grad += g
+        self._panels = []
+        return grams
 
     def _weights_for(self, x: torch.Tensor) -> torch.Tensor:
         """The pass's weights ``w_bg`` in ``x``'s work dtype and device, cast once per pass."""
@@ -638,12 +729,6 @@ class GhostRecorder:
                 return "rows", lambda r: gm.group_outer(_cols(b_bgto, r), aw_bgtd)
             bw_bgto = self._fold(b_bgto)  # Conv1D W: (d_in, d_out), rows are inputs
             return "rows", lambda r: gm.group_outer(_cols(a_bgtd, r), bw_bgto)
-        if pname in use.per_sample:  # V_b = Σ_g w_bg ∇p_bg from the Gram pass's gradients
-            grads_bg_ = use.per_sample[pname]
-            w_b1g = self._weights_for(grads_bg_).unsqueeze(1)
-            v_b_ = torch.bmm(w_b1g, grads_bg_.reshape(self.B, self.G, -1))
-            v_b_ = v_b_.reshape(self.B, *(p.shape or (1,)))
-            return "rows", lambda r: _rows(v_b_, r)
         wg_bg_ = self._fold(g_bg_)
         if use.kind in ("linear", "conv1d"):  # bias
             v_bo = wg_bg_.reshape(self.B, -1, wg_bg_.shape[-1]).sum(1, dtype=gm.work_dtype(p.dtype))

@@ -113,7 +113,8 @@ class ScoreGram:
         calling it).
 
         Valid only if: this result came from ``score_gram(..., method="ghost",
-        keep_factors=True)`` and the parameters have not changed since.
+        keep_factors=True)`` and the parameters have not changed since (a parameter changed in
+        place since the pass, e.g. by an optimizer step, is refused with a ValueError).
         """
         if self._factors is None:
             raise ValueError(

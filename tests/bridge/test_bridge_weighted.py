@@ -266,3 +266,30 @@ def test_non_finite_weights_raise_after_the_pass_and_clear_the_grads():
     assert all(p.grad is None for p in model.parameters())
     with pytest.raises(ValueError, match="already released"):
         kept.weighted_gradients(weights(2, 3))
+
+
+def test_parameters_changed_since_the_pass_are_refused():
+    """The kept factors (inputs, output gradients, norm weights kept as views) hold only at the
+    parameters of the pass: a parameter changed in place afterwards (an optimizer step) is
+    refused, naming it, instead of mixing two parameter values."""
+    model = tiny_model("qwen3")
+    kept = score_gram(model, *make_batch(), keep_factors=True)
+    norm = model.model.layers[0].input_layernorm.weight
+    with torch.no_grad():
+        norm.mul_(1.5)
+    with pytest.raises(ValueError, match=r"input_layernorm.weight.*changed in place"):
+        kept.weighted_gradients(weights(2, 3))
+    assert all(p.grad is None for p in model.parameters())
+    fresh = score_gram(model, *make_batch(), keep_factors=True)  # at the new parameters: fine
+    fresh.weighted_gradients(weights(2, 3))
+    assert norm.grad is not None
+
+
+def test_has_zero_entry_per_tensor():
+    from oblr_theory.bridge._hooks import has_zero_entry
+
+    ts = [torch.ones(3), torch.tensor([1.0, 0.0]), torch.ones(2, dtype=torch.bfloat16),
+          torch.zeros(1, dtype=torch.bfloat16), torch.tensor([0.0, 1.0, 0.0]), torch.ones(4),
+          torch.tensor([2.0, -0.0])]
+    assert has_zero_entry(ts) == [False, True, False, True, True, False, True]
+    assert has_zero_entry([]) == []
