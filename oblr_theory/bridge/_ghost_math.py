@@ -73,20 +73,54 @@ def prefer_ghost(group_size: int, seq_len: int, d_in: int, d_out: int) -> bool:
     return ghost < materialised
 
 
-def active_span(b_bgto: torch.Tensor, min_saving: float = 0.125) -> slice:
-    """Positions ``t0:t1`` outside which the output gradient is zero for every sample.
+def live_span(live_t: torch.Tensor, min_saving: float = 0.125) -> slice:
+    """Positions ``t0:t1`` spanning every True entry of ``live_t`` (T,), with one host sync.
 
-    Positions where ``b = 0`` add nothing to ``Σ_t b_t a_tᵀ`` (the LM head's prompt positions,
-    right padding), so the linear factors can be cropped to the span. Returns ``slice(None)``
-    unless the crop drops at least ``min_saving`` of the positions (a crop copies the factors).
+    Returns ``slice(None)`` unless the span drops at least ``min_saving`` of the positions (a
+    crop copies the factors), ``slice(0, 0)`` when nothing is live.
     """
-    T = b_bgto.shape[2]
-    live_t = (b_bgto.amax(-1) != 0) | (b_bgto.amin(-1) != 0)  # (B, G, T)
-    idx = live_t.flatten(0, 1).any(0).nonzero().flatten()
+    T = live_t.shape[0]
+    idx = live_t.nonzero().flatten()
     if idx.numel() == 0:
         return slice(0, 0)
     t0, t1 = int(idx[0]), int(idx[-1]) + 1
     return slice(t0, t1) if (T - (t1 - t0)) >= min_saving * T else slice(None)
+
+
+def active_span(b_bgto: torch.Tensor, min_saving: float = 0.125) -> slice:
+    """Positions ``t0:t1`` outside which the output gradient is zero for every sample.
+
+    Positions where ``b = 0`` add nothing to ``Σ_t b_t a_tᵀ`` (the LM head's prompt positions,
+    right padding), so the linear factors can be cropped to the span (``live_span``). Reads
+    ``b``, so the host waits for the backward pass up to this layer.
+    """
+    live_t = ((b_bgto.amax(-1) != 0) | (b_bgto.amin(-1) != 0)).flatten(0, 1).any(0)
+    return live_span(live_t, min_saving)
+
+
+def logit_span(completion_nt: torch.Tensor, min_saving: float = 0.125) -> slice:
+    """Logit positions whose output gradient can be nonzero, from the completion mask alone.
+
+    The logits at position ``t`` score token ``t + 1``
+    (``logprobs.token_logprobs_from_logits``), so ``∂L/∂z_t = 0`` for every sample unless some
+    sample has a completion token at ``t + 1``. Known before the forward pass (its host sync
+    is free there), unlike ``active_span`` of the LM head's gradient; ``outside_span_nonzero``
+    checks it on the device.
+    """
+    live_t = torch.zeros(completion_nt.shape[1], dtype=torch.bool, device=completion_nt.device)
+    live_t[:-1] = completion_nt[:, 1:].any(0)
+    return live_span(live_t, min_saving)
+
+
+def outside_span_nonzero(b_bgto: torch.Tensor, span: slice) -> torch.Tensor:
+    """Device bool scalar: does the output gradient have a nonzero entry outside ``span``
+    (positions, axis 2)? Checked later, at a host sync the caller already has."""
+    T = b_bgto.shape[2]
+    parts = [b_bgto[:, :, r] for r in (slice(0, span.start), slice(span.stop, T))
+             if r.stop > r.start]
+    if not parts:
+        return torch.zeros((), dtype=torch.bool, device=b_bgto.device)
+    return torch.stack([(x != 0).any() for x in parts]).any()
 
 
 def linear_gram_ghost(a_bgtd: torch.Tensor, b_bgto: torch.Tensor, max_elems: int) -> torch.Tensor:

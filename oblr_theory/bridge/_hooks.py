@@ -154,8 +154,15 @@ class GhostRecorder:
         max_elems: int,
         keep_factors: bool = False,
         diagonal_only: bool = False,
+        head: nn.Module | None = None,
+        head_span: slice | None = None,
     ):
         self.B, self.G, self.N = batch, group, batch * group
+        # the output layer and the positions where its output gradient can be nonzero, known
+        # from the completion mask (``gm.logit_span``): cropped without a host sync, checked on
+        # the device (``span_violation``)
+        self.head, self.head_span = head, head_span
+        self._span_checks: list[torch.Tensor] = []
         self.diagonal_only = diagonal_only
         self._ka_cache = None  # (key, (N, T, T) activation kernels), diagonal_only only
         self.route, self.max_elems = route, max_elems
@@ -410,15 +417,29 @@ class GhostRecorder:
 
     def _factors(self, use: _Use, g_bg_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Linear factors reshaped to (B, G, T', d_in) and (B, G, T', d_out), cropped to the
-        positions where ``b`` is nonzero for some sample (``gm.active_span``)."""
+        positions where ``b`` is nonzero for some sample: for the output layer, the positions
+        the completion mask scores (``head_span``, no host sync); for other wide layers
+        (``d_out >= 4 d_in``), the span read from ``b`` itself (``gm.active_span``)."""
         a = use.saved.reshape(self.B, self.G, -1, use.saved.shape[-1])
         g = g_bg_.reshape(self.B, self.G, -1, g_bg_.shape[-1])
-        if use.span is None:  # only output layers (d_out >= 4 d_in) are worth the sync
+        if use.span is None and use.module is self.head and self.head_span is not None:
+            use.span = self.head_span
+            if use.span != slice(None):
+                self._span_checks.append(gm.outside_span_nonzero(g, use.span))
+        elif use.span is None:  # only output layers (d_out >= 4 d_in) are worth the sync
             wide = g.shape[-1] >= 4 * a.shape[-1]
             use.span = gm.active_span(g) if wide else slice(None)
         if use.span == slice(None):
             return a, g
         return a[:, :, use.span], g[:, :, use.span]
+
+    def span_violation(self) -> torch.Tensor | None:
+        """Device bool scalar, True if the output layer's gradient was nonzero outside the
+        ``head_span`` its factors were cropped to (the contributions would then be wrong);
+        None when no crop was made. Read it at a host sync the caller already has."""
+        if not self._span_checks:
+            return None
+        return torch.stack(self._span_checks).any()
 
     def _embedding_grad(self, use: _Use, g_bg_: torch.Tensor) -> torch.Tensor:
         """Output gradient with padding_idx positions zeroed (their row gets no gradient)."""

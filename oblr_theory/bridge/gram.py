@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import _ghost_math as gm
 from ._hooks import GhostRecorder
 from .logprobs import check_inputs, forward_logprobs, logit_proxy_from_logits
 
@@ -130,25 +131,43 @@ class ScoreGram:
         # checked after the pass, so that the host does not wait here for the ghost pass's GPU
         # work; on failure every trainable .grad is cleared (it may hold non-finite values)
         finite = torch.isfinite(weights_bg).all()
+        violation = self._factors.span_violation()
         params = list(self._factors.trainable.values())
         try:
             out = self._factors.weighted_gradients(
                 weights_bg.to(self.gram_bgg.device), accumulate_grad, diagonal_only
             )
         finally:
-            self.release_factors()
-        if not bool(finite):
+            self._factors.release_factors()
+            self._factors = None
+        bad_span = violation is not None and bool(violation)
+        if bad_span or not bool(finite):
             if accumulate_grad:
                 for p in params:
                     p.grad = None
+            check_span(violation)
             raise NonFiniteWeights("weights_bg must be finite (the parameters' .grad were cleared)")
         return out
 
     def release_factors(self) -> None:
-        """Free the kept ghost factors (layer inputs and output gradients) without using them."""
+        """Free the kept ghost factors (layer inputs and output gradients) without using them;
+        raises if the ghost pass's output-layer crop did not hold (``check_span``)."""
         if self._factors is not None:
+            violation = self._factors.span_violation()
             self._factors.release_factors()
             self._factors = None
+            check_span(violation)
+
+
+def check_span(violation: torch.Tensor | None) -> None:
+    """Raise if the output layer's gradient was nonzero outside the completion positions its
+    factors were cropped to (``GhostRecorder.span_violation``; one host sync)."""
+    if violation is not None and bool(violation):
+        raise ValueError(
+            "the model's output layer (get_output_embeddings()) received a nonzero gradient at a "
+            "position whose logits score no completion token, so it does not map positions to "
+            "logits one to one; the ghost Gram cannot crop it (use method='loop')"
+        )
 
 
 class NonFiniteWeights(ValueError):
@@ -245,8 +264,10 @@ def gram_ghost(
     if route not in ROUTES:
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
     B, G, T = input_ids.shape
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     recorder = GhostRecorder(model, B, G, route, max_elems, keep_factors=keep_factors,
-                             diagonal_only=diagonal_only)
+                             diagonal_only=diagonal_only, head=head,
+                             head_span=gm.logit_span(_flat(comp_bgt)) if head is not None else None)
     with recorder, torch.enable_grad():
         token_logp_nt, _ = forward_logprobs(
             model, _flat(input_ids), _flat(attn_bgt), _flat(comp_bgt)
@@ -256,6 +277,8 @@ def gram_ghost(
             recorder.check_graph(loss)
             recorder.backward(loss)
     gram_bgg = recorder.finalize(input_ids.device)
+    if not keep_factors:  # kept: checked at weighted_gradients' host sync instead
+        check_span(recorder.span_violation())
     kept = recorder if keep_factors else None
     return gram_bgg, token_logp_nt.detach().reshape(B, G, T), kept
 

@@ -221,3 +221,64 @@ def test_non_affine_norm_raises_naming_module():
         score_gram(model, *make_batch())
     loop = score_gram(model, *make_batch(), method="loop")  # the reference handles any module
     assert bool((loop.sq_norms_bg > 0).all())
+
+
+class _PositionMixingHead(torch.nn.Module):
+    """A causal LM whose logits at ``t`` also carry half of the head's output at ``t − 1``: the
+    output layer's gradient is then nonzero one position before the scored ones."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+    def forward(self, **kwargs):
+        logits = self.inner(**kwargs).logits
+        return (logits + 0.5 * logits.roll(1, dims=1),)
+
+
+@pytest.mark.parametrize("pad_side", ["right", "left"])
+def test_output_layer_cropped_to_the_scored_positions_without_reading_its_gradient(
+    pad_side, monkeypatch
+):
+    """The LM head's factors are cropped to the logit positions the completion mask scores
+    (known before the forward pass), not by reading its gradient (a host sync on a GPU)."""
+    from oblr_theory.bridge import _ghost_math as gm
+
+    calls = []
+    monkeypatch.setattr(gm, "active_span", lambda *a, **k: calls.append(1) or slice(None))
+    model = tiny_model("qwen3")
+    batch = make_batch(pad_side=pad_side, extra_pad=2)
+    comp_nt = batch[2].reshape(-1, batch[2].shape[-1]).bool()
+    span = gm.logit_span(comp_nt)
+    assert span != slice(None) and span.stop - span.start < comp_nt.shape[1]  # a real crop
+    ghost = score_gram(model, *batch, method="ghost")
+    loop = score_gram(model, *batch, method="loop")
+    assert rel_err(ghost.gram_bgg, loop.gram_bgg) < 1e-9
+    assert calls == []
+
+
+def test_output_layer_that_mixes_positions_is_refused():
+    """Negative control for the crop: a head whose gradient reaches unscored positions is
+    detected on the device and refused (the cropped Gram would be wrong), in the plain pass and
+    at weighted_gradients of a kept pass; the loop method is unaffected."""
+    model = _PositionMixingHead(tiny_model("qwen3"))
+    batch = make_batch(extra_pad=2)
+    with pytest.raises(ValueError, match="does not map positions to logits one to one"):
+        score_gram(model, *batch, method="ghost")
+    kept = score_gram(model, *batch, method="ghost", keep_factors=True, diagonal_only=True)
+    with pytest.raises(ValueError, match="does not map positions to logits one to one"):
+        kept.weighted_gradients(torch.ones(2, 3, dtype=torch.float64))
+    assert all(p.grad is None for p in model.parameters())
+    kept = score_gram(model, *batch, method="ghost", keep_factors=True)
+    with pytest.raises(ValueError, match="does not map positions to logits one to one"):
+        kept.release_factors()
+    loop = score_gram(model, *batch, method="loop")
+    from oblr_theory.bridge import gram
+
+    with pytest.MonkeyPatch.context() as mp:  # without the check the crop would be wrong
+        mp.setattr(gram, "check_span", lambda violation: None)
+        unchecked = score_gram(model, *batch, method="ghost")
+    assert rel_err(unchecked.gram_bgg, loop.gram_bgg) > 1e-3
