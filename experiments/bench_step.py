@@ -19,6 +19,10 @@ interleaved rounds after ``--warmup`` rounds; on a GPU,
 each call is synchronised and the peak memory (``max_memory_allocated``) is recorded. The target
 of ISSUE 7 is ``oblr_po / grpo <= 1.3``. Prints one JSON document.
 
+``dispatched_ops``: the operators one GRPO and one OBLR-PO update dispatch (``count_ops``; all,
+and those that are not views), a device-independent measure of the host work per update: on a
+GPU an update whose kernels are small is bound by how fast the host issues them.
+
 ``--profile PATH`` also writes ``torch.profiler`` operator tables (sorted by self time on the
 device) of one GRPO and one OBLR-PO update, after the timed rounds.
 
@@ -68,6 +72,7 @@ class Config:
     warmup: int = 1
     seed: int = 0
     profile: str = ""  # if set: torch.profiler tables of one grpo and one oblr_po update -> this file
+    count_ops: int = 1  # 1: count the operators one grpo and one oblr_po update dispatch (host work)
 
 
 def build_model(cfg: Config):
@@ -142,6 +147,28 @@ def write_profile(path: str, jobs: dict, device: str, rows: int = 30) -> None:
         f.write("\n\n".join(parts) + "\n")
 
 
+def count_ops(fn) -> dict:
+    """Operators one call of ``fn`` dispatches (autograd's backward included): ``all``, and
+    ``compute`` (not views: each launches a kernel or allocates). On a GPU each costs host time
+    whatever its size, so their ratio is a device-independent measure of the host work an
+    update adds, next to the timed ratio."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.all, self.compute = 0, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.all += 1
+            self.compute += not (func.is_view or func is torch.ops.aten._unsafe_view.default)
+            return func(*args, **(kwargs or {}))
+
+    with _Count() as counter:
+        fn()
+    return {"all": counter.all, "compute": counter.compute}
+
+
 def git_revision() -> str:
     try:
         return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
@@ -171,6 +198,7 @@ def run(cfg: Config) -> dict:
                 peaks[k].append(peak)
     if cfg.profile:
         write_profile(cfg.profile, {k: jobs[k] for k in ("grpo", "oblr_po")}, cfg.device)
+    ops = {k: count_ops(jobs[k]) for k in ("grpo", "oblr_po")} if cfg.count_ops else None
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}  # robust to other load on a shared machine
     ratio = med["oblr_po"] / med["grpo"]
@@ -187,6 +215,9 @@ def run(cfg: Config) -> dict:
         "ratio_min_oblr_po_over_grpo": best["oblr_po"] / best["grpo"],
         "ratio_min_two_pass_over_grpo": best["oblr_po_two_pass"] / best["grpo"],
         "peak_bytes": {k: max(v) for k, v in peaks.items()},
+        "dispatched_ops": ops,
+        "ratio_compute_ops_oblr_po_over_grpo": (
+            ops["oblr_po"]["compute"] / ops["grpo"]["compute"] if ops else None),
         "ratio_oblr_po_over_grpo": ratio,
         "ratio_ghost_over_grpo": med["ghost"] / med["grpo"],
         "ratio_ghost_diagonal_over_grpo": med["ghost_diagonal"] / med["grpo"],

@@ -2,7 +2,8 @@
 # GPU check for ISSUE 7 (torch bridge part 2), under 8 minutes on one H100/H200:
 #   1. bench_step: OBLR-PO update vs GRPO update on the same batch, Qwen3-0.6B shape with the
 #      real Qwen3 vocabulary (151936), random weights, bf16 and fp32 (plus torch.profiler
-#      operator tables of one GRPO and one OBLR-PO update: profile_step_<dtype>.txt);
+#      operator tables of one GRPO and one OBLR-PO update: profile_step_<dtype>.txt); bf16 runs
+#      BF16_RUNS times (default 2, each a fresh process: the host-bound bf16 ratio varies by run);
 #   2. qwen3_validation: theory vs practice at fixed θ on the built-in task with a Qwen3-0.6B-shaped
 #      model (character vocabulary, pretrained on GPU until its expected reward reaches 0.3), fp32;
 #   3. the validation figure.
@@ -30,15 +31,21 @@ else
 fi
 
 status=0
-for dt in bfloat16 float32; do
-  [[ "$DEV" == "cpu" && "$dt" == "bfloat16" ]] && continue
-  echo "== bench_step ($dt)"
+RUNS=()
+[[ "$DEV" == "cuda" ]] && for i in $(seq 1 "${BF16_RUNS:-2}"); do RUNS+=("bfloat16:$i"); done
+RUNS+=("float32:1")
+for run in "${RUNS[@]}"; do
+  dt="${run%%:*}"; i="${run##*:}"; tag="$dt"; [[ "$i" != "1" ]] && tag="${dt}_run$i"
+  prof=(); [[ "$i" == "1" ]] && prof=(--profile "$OUT_DIR/profile_step_$dt.txt")
+  echo "== bench_step ($tag)"
   timeout "$T_BENCH" python experiments/bench_step.py "${SHAPE[@]}" "${BENCH[@]}" --device "$DEV" --dtype "$dt" \
-    --profile "$OUT_DIR/profile_step_$dt.txt" > "$OUT_DIR/bench_step_$dt.json" 2> "$OUT_DIR/bench_step_$dt.log" || { echo "bench_step $dt failed (see log)"; status=1; }
-  python - "$OUT_DIR/bench_step_$dt.json" <<'PY' || true
+    "${prof[@]}" > "$OUT_DIR/bench_step_$tag.json" 2> "$OUT_DIR/bench_step_$tag.log" || { echo "bench_step $tag failed (see log)"; status=1; }
+  python - "$OUT_DIR/bench_step_$tag.json" <<'PY' || true
 import json, sys
 d = json.load(open(sys.argv[1]))
-print({k: d[k] for k in ("device", "params", "tokens", "median_s", "ratio_oblr_po_over_grpo", "ratio_ghost_over_grpo", "meets_target")})
+keys = ("device", "params", "tokens", "median_s", "ratio_oblr_po_over_grpo", "ratio_min_oblr_po_over_grpo",
+        "ratio_compute_ops_oblr_po_over_grpo", "ratio_ghost_over_grpo", "meets_target")
+print({k: d.get(k) for k in keys})
 PY
 done
 

@@ -30,5 +30,8 @@ def test_smoke_bench_step(tmp_path):
     assert set(result["median_s"]) == {"grpo", "oblr_po", "oblr_po_two_pass", "ghost", "ghost_diagonal"}
     assert result["oblr_po_single_pass"] is True
     assert result["ratio_oblr_po_over_grpo"] > 0 and result["target_ratio"] == 1.3
+    ops = result["dispatched_ops"]
+    assert 0 < ops["grpo"]["compute"] <= ops["grpo"]["all"]
+    assert 0 < ops["oblr_po"]["compute"] <= ops["oblr_po"]["all"]
     text = table.read_text()
     assert "== grpo:" in text and "== oblr_po:" in text
