@@ -411,13 +411,6 @@ def row_sq_norms(x_nk: torch.Tensor) -> torch.Tensor:
     return sum_parts(norms=row_block_norms(x_nk))
 
 
-def sq_norms_of_rows(x_bg_: torch.Tensor) -> torch.Tensor:
-    """``S[b, g] = ||x_bg||²`` for per-sample tensors (B, G, …): the diagonal of
-    ``gram_of_rows``, float64 (B, G)."""
-    B, G = x_bg_.shape[:2]
-    return row_sq_norms(x_bg_.reshape(B * G, -1)).reshape(B, G)
-
-
 def prefer_ghost_diagonal(seq_len: int, d_in: int, d_out: int) -> bool:
     """Cheaper linear-layer route for the diagonal only, by multiply-adds per sample.
 
@@ -505,4 +498,3 @@ def linear_sq_norm_parts(
         ka = ka_of() if ka_of is not None and N * T * T <= max_elems else None
         return [linear_sq_norm_parts_ghost(a_bgtd, b_bgto, max_elems, ka)], []
     return [], linear_grad_block_norms(a_bgtd, b_bgto, max_elems)
-

@@ -110,8 +110,9 @@ def has_zero_entry(tensors: list[torch.Tensor]) -> list[bool]:
         groups[(t.device, t.dtype)].append(i)
     for idx in groups.values():
         ends = list(itertools.accumulate(tensors[i].numel() for i in idx))
-        flat = torch.cat([tensors[i].reshape(-1) for i in idx])
-        for pos in (flat == 0).nonzero().flatten().tolist():
+        with torch.no_grad():
+            zero_k = torch.cat([tensors[i].reshape(-1) for i in idx]) == 0
+        for pos in zero_k.nonzero().flatten().tolist():
             out[idx[bisect.bisect_right(ends, pos)]] = True
     return out
 
@@ -458,7 +459,6 @@ class GhostRecorder:
         """Add the Gram ``(B, G, G)`` of one use of one parameter (``diagonal_only``: its
         diagonal, the per-sample squared norms, mostly as unreduced parts)."""
         diag = self.diagonal_only
-        N = self.N
         if use.kind in ("linear", "conv1d"):
             if pname == "weight":
                 a_bgtd, b_bgto = self._factors(use, g_bg_)
@@ -678,7 +678,8 @@ class GhostRecorder:
                 self._weighted_source(u, p) for u in uses if u.grad is not None]
             if sources:
                 grams.extend(self._weighted_param(p, sources, accumulate_grad))
-            elif accumulate_grad and not _is_plain(p):  # no local gradient: still join the
+            elif accumulate_grad and not _is_plain(p):
+                # no local gradient: still join the ranks' reduction, with zeros
                 self._set_grad(p, torch.zeros(p.shape, dtype=p.dtype, device=w_bg.device))
             for u in uses:  # free each use's factors once all its parameters are done
                 pending[id(u)] -= 1
