@@ -35,3 +35,23 @@ def test_smoke_bench_step(tmp_path):
     assert 0 < ops["oblr_po"]["compute"] <= ops["oblr_po"]["all"]
     text = table.read_text()
     assert "== grpo:" in text and "== oblr_po:" in text
+
+
+def test_bench_step_ops_extrapolation_equals_a_direct_count():
+    """experiments/bench_step_ops.py extrapolates operator counts from small models (layers and
+    LM-head chunks are additive); checked against a direct count of a 3-layer model with 4 chunks."""
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import bench_step
+    import bench_step_ops
+
+    chunk = bench_step_ops.MAX_ELEMS // (4 * 1024)
+    vocab = 3 * chunk + 64  # 4 chunks, the last one partial (whole norm blocks, as 151936's)
+    result = bench_step_ops.run("0.6B", 3, vocab, "float32", 4)
+    assert result["lm_head_chunks"] == 4
+    direct = bench_step_ops.count_update_ops(bench_step.Config(
+        shape="0.6B", layers=3, vocab=vocab, batch=4, group=2, prompt_len=4, completion_len=12))
+    for job in ("grpo", "oblr_po"):
+        got = result["dispatched_ops"][job]
+        assert (got["all"], got["compute"]) == (direct[job]["all"], direct[job]["compute"])
+    with pytest.raises(ValueError, match="--layers must be at least 2"):
+        bench_step_ops.run("0.6B", 1, vocab, "float32", 4)
