@@ -293,3 +293,24 @@ def test_has_zero_entry_per_tensor():
           torch.tensor([2.0, -0.0])]
     assert has_zero_entry(ts) == [False, True, False, True, True, False, True]
     assert has_zero_entry([]) == []
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gpt2"])  # gpt2: LayerNorm biases and Conv1D biases
+def test_small_gradient_panels_split_by_size(arch, float64_norms, monkeypatch):
+    """Norm-weight and bias per-sample gradients go through panels of at most ``max_elems``
+    entries (``_to_panel``); with a small bound there are several panels and the update gradient
+    and ``K`` still equal the reference."""
+    from oblr_theory.bridge._hooks import GhostRecorder
+
+    panels = []
+    flush = GhostRecorder._flush_panel
+
+    def counting_flush(self):
+        panels.append(len(self._pending))
+        flush(self)
+
+    monkeypatch.setattr(GhostRecorder, "_flush_panel", counting_flush)
+    model = tiny_model(arch, tied=True)
+    assert_matches(model, make_batch(B=2, G=3), weights(2, 3, seed=3), max_elems=400)
+    sizes = [n for n in panels if n]
+    assert len(sizes) >= 3 and sum(sizes) > len(sizes)  # several panels, most with many members
