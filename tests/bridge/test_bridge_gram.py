@@ -264,6 +264,8 @@ def test_output_layer_that_mixes_positions_is_refused():
     """Negative control for the crop: a head whose gradient reaches unscored positions is
     detected on the device and refused (the cropped Gram would be wrong), in the plain pass and
     at weighted_gradients of a kept pass; the loop method is unaffected."""
+    from oblr_theory.bridge import gram
+
     model = _PositionMixingHead(tiny_model("qwen3"))
     batch = make_batch(extra_pad=2)
     with pytest.raises(ValueError, match="does not map positions to logits one to one"):
@@ -276,8 +278,6 @@ def test_output_layer_that_mixes_positions_is_refused():
     with pytest.raises(ValueError, match="does not map positions to logits one to one"):
         kept.release_factors()
     loop = score_gram(model, *batch, method="loop")
-    from oblr_theory.bridge import gram
-
     with pytest.MonkeyPatch.context() as mp:  # without the check the crop would be wrong
         mp.setattr(gram, "check_span", lambda violation: None)
         unchecked = score_gram(model, *batch, method="ghost")
