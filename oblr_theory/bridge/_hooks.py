@@ -134,6 +134,18 @@ class _Use:
     vocab: list | None = None
     batch_vocab: tuple | None = None
     span: slice | None = None  # positions where b is nonzero (linear factors only)
+    in_key: tuple | None = None  # a linear weight's input, to find the layers that share it
+
+
+@dataclass(eq=False)
+class _Stack:
+    """Linear layers fed one input (q/k/v, gate/up), kept as one weight ``[W_1; W_2; …]``:
+    their output gradients concatenated along the output axis (``b``), one input ``a``."""
+
+    params: list  # the members' weights, in forward order
+    bounds: list  # each member's rows (start, end) of the stacked weight
+    a: torch.Tensor  # (B, G, T, d_in)
+    b: torch.Tensor  # (B, G, T, Σ d_out)
 
 
 @dataclass
@@ -187,10 +199,17 @@ class GhostRecorder:
         self._versions: dict[int, int] = {}  # parameters' version counters after a kept pass
         # small per-sample gradients (biases, norm weights), (B, G, k) each, are concatenated
         # into panels: one reduction for S / the Gram, and with keep_factors one fold each
-        self._pending: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self._pending: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor | None]] = []
         self._pending_elems = 0
         self._panels: list[tuple[list[nn.Parameter], torch.Tensor]] = []  # kept: (params, data)
         self._panel_pids: set[int] = set()
+        # linear weights fed one input, stacked (``_stack_of``): forward order per input, output
+        # gradients waiting for the rest of their stack, and the stacks kept for the weighted pass
+        self._by_input: dict[tuple, list[_Use]] = defaultdict(list)
+        self._stack_members: dict[tuple, list[_Use]] = {}
+        self._arrived: dict[tuple, list[tuple[_Use, torch.Tensor, torch.Tensor]]] = defaultdict(list)
+        self._stacks: list[_Stack] = []
+        self._stack_pids: set[int] = set()
         self._handles = []
         self._targets = []
         for name, mod in model.named_modules():
@@ -252,6 +271,9 @@ class GhostRecorder:
                 self._aliases[id(current)] = id(p)
         if kind in ("linear", "conv1d") and "weight" in own:
             use.saved = x.detach()
+            if kind == "linear":
+                use.in_key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device)
+                self._by_input[use.in_key].append(use)
         elif kind == "embedding":
             use.saved = x.detach()
             if not output.requires_grad:
@@ -402,19 +424,77 @@ class GhostRecorder:
 
     def _on_grad(self, use: _Use, g: torch.Tensor) -> None:
         g_bg_ = g.reshape(self.B, self.G, *g.shape[1:])
+        if self.keep_factors:
+            use.grad = g  # ``saved`` stays too: weighted_gradients rebuilds from both
         for pname, p in use.params.items():
             plan = self._plan(id(p))
             if plan == "shared":
                 self._accumulate_shared(use, pname, p, g_bg_)
                 continue
+            if pname == "weight" and self._join_stack(use, g):
+                continue
             self._add_single(use, pname, p, g_bg_)
             if plan == "tie":
                 self._tie_cross(use, p, g_bg_)
-        if self.keep_factors:
-            use.grad = g  # ``saved`` stays too: weighted_gradients rebuilds from both
-        else:
+        if not self.keep_factors:
             use.saved = None
         use.got_grad = True
+
+    # ----------------------------------------------------------------------------- stacks
+    def _stackable(self, use: _Use) -> bool:
+        """A linear weight that can join a stack: used once, plain (not sharded), not the output
+        layer nor another wide layer (those are cropped to their own spans, ``_factors``)."""
+        w = use.params.get("weight")
+        return (use.kind == "linear" and w is not None and self._plan(id(w)) == "single"
+                and use.module is not self.head and _is_plain(w) and w.shape[0] < 4 * w.shape[1])
+
+    def _stack_of(self, use: _Use) -> list[_Use] | None:
+        """The linear layers fed ``use``'s input that are stacked with it, in forward order, or
+        None when it stays alone. Layers fed one input ``a`` (Qwen3's q/k/v, gate/up) have
+        per-sample gradients ``∇W_l,n = b_l,nᵀ a_n``, rows of the one gradient ``b_nᵀ a_n`` of the
+        stacked weight ``[W_1; W_2; …]`` with ``b = [b_1, b_2, …]`` (concatenated features), so
+        their summed Gram contributions are that weight's, in a third of the kernels."""
+        if use.in_key is None:
+            return None
+        if use.in_key not in self._stack_members:
+            members = [u for u in self._by_input[use.in_key] if self._stackable(u)]
+            same = len({(u.params["weight"].dtype, u.params["weight"].device) for u in members}) == 1
+            self._stack_members[use.in_key] = members if len(members) > 1 and same else None
+        members = self._stack_members[use.in_key]
+        return members if members is not None and use in members else None
+
+    def _join_stack(self, use: _Use, g: torch.Tensor) -> bool:
+        """Queue a stacked layer's output gradient; the stack is added once all its members'
+        have arrived (``finalize`` adds any whose other members got none). False: not stacked."""
+        members = self._stack_of(use)
+        if members is None:
+            return False
+        arrived = self._arrived[use.in_key]
+        arrived.append((use, use.saved, g))
+        if len(arrived) == len(members):
+            self._add_stack(use.in_key)
+        return True
+
+    def _add_stack(self, key: tuple) -> None:
+        """Add the Gram (or ``S`` parts) of one stack's arrived members as one linear weight;
+        with ``keep_factors`` keep it for the weighted pass, each member's ``grad`` becoming a
+        view of the concatenated output gradient (which replaces the members' own)."""
+        order = {id(u): i for i, u in enumerate(self._stack_members[key])}
+        arrived = sorted(self._arrived.pop(key), key=lambda e: order[id(e[0])])
+        a = arrived[0][1]
+        a_bgtd = a.reshape(self.B, self.G, -1, a.shape[-1])
+        b_bgto = torch.cat([g.reshape(*a_bgtd.shape[:3], g.shape[-1]) for _, _, g in arrived], -1)
+        self._add_linear(a_bgtd, b_bgto)
+        if not self.keep_factors:
+            return
+        bounds, start = [], 0
+        for use, _, g in arrived:
+            bounds.append((start, start + g.shape[-1]))
+            use.grad = b_bgto[..., start:start + g.shape[-1]].reshape(g.shape)
+            start += g.shape[-1]
+        params = [use.params["weight"] for use, _, _ in arrived]
+        self._stacks.append(_Stack(params, bounds, a_bgtd, b_bgto))
+        self._stack_pids.update(map(id, params))
 
     def _factors(self, use: _Use, g_bg_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Linear factors reshaped to (B, G, T', d_in) and (B, G, T', d_out), cropped to the
@@ -461,13 +541,7 @@ class GhostRecorder:
         diag = self.diagonal_only
         if use.kind in ("linear", "conv1d"):
             if pname == "weight":
-                a_bgtd, b_bgto = self._factors(use, g_bg_)
-                if diag:
-                    self._add_parts(*gm.linear_sq_norm_parts(
-                        a_bgtd, b_bgto, self.max_elems, self.route,
-                        ka_of=lambda: self._act_kernels(a_bgtd)))
-                else:
-                    self._add(gm.linear_gram(a_bgtd, b_bgto, self.max_elems, self.route))
+                self._add_linear(*self._factors(use, g_bg_))
                 return
             g_bgto = g_bg_.reshape(self.B, self.G, -1, g_bg_.shape[-1])
             grads = gm.bias_grads(g_bgto.to(gm.work_dtype(g_bgto.dtype)))
@@ -480,12 +554,24 @@ class GhostRecorder:
                 out.append(gm.row_sq_norms(rows) if diag else gm.pair_gram(rows, rows))
             self._add(torch.stack(out))
             return
-        elif pname == "weight":  # norm
-            grads = self._norm_weight_grads(use, g_bg_, p)
+        elif pname == "weight":  # norm: divided by its weight in the panel (or below)
+            grads, scale = self._norm_weight_parts(use, g_bg_, p)
+            if not self._to_panel(p, grads, scale):
+                self._add_rows(grads if scale is None else grads / scale)
+            return
         else:
             grads = gm.norm_bias_grads(g_bg_, p.dim())
         if not self._to_panel(p, grads):
             self._add_rows(grads)
+
+    def _add_linear(self, a_bgtd: torch.Tensor, b_bgto: torch.Tensor) -> None:
+        """Add a linear weight's Gram (``diagonal_only``: its ``S`` parts) from its factors."""
+        if self.diagonal_only:
+            self._add_parts(*gm.linear_sq_norm_parts(
+                a_bgtd, b_bgto, self.max_elems, self.route,
+                ka_of=lambda: self._act_kernels(a_bgtd)))
+        else:
+            self._add(gm.linear_gram(a_bgtd, b_bgto, self.max_elems, self.route))
 
     def _add_rows(self, grads_bg_: torch.Tensor) -> None:
         """Add the Gram (or the squared norms) of per-sample gradients (B, G, …)."""
@@ -494,29 +580,35 @@ class GhostRecorder:
         else:
             self._add(gm.gram_of_rows(grads_bg_.reshape(self.B, self.G, -1)))
 
-    def _to_panel(self, p: torch.Tensor, grads_bg_: torch.Tensor) -> bool:
+    def _to_panel(self, p: torch.Tensor, grads_bg_: torch.Tensor,
+                  scale: torch.Tensor | None = None) -> bool:
         """Queue a single-use parameter's small per-sample gradients (at most ``max_elems``
-        entries) for the current panel; False when they are too large (added on their own).
+        entries), to be divided by ``scale`` (a norm weight, see ``_norm_weight_parts``), for the
+        current panel; False when they are too large (added on their own).
 
         A panel (all queued gradients of one dtype, at most ``max_elems`` entries) is one
-        ``(B, G, k)`` tensor: its Gram or squared norms take one reduction for ~100 norm weights,
-        and with ``keep_factors`` the weighted pass folds it with one matmul (``_weighted_panels``)
-        instead of a few kernels per parameter."""
+        ``(B, G, k)`` tensor: one division by its norm weights, its Gram or squared norms in one
+        reduction for ~100 norm weights, and with ``keep_factors`` the weighted pass folds it
+        with one matmul (``_weighted_panels``) instead of a few kernels per parameter."""
         n = grads_bg_.numel()
         if n > self.max_elems or (self.keep_factors and not _is_plain(p)):
             return False  # a sharded parameter keeps its place in the ranks' reduction order
         if self._pending and (self._pending[0][1].dtype != grads_bg_.dtype
                               or self._pending_elems + n > self.max_elems):
             self._flush_panel()
-        self._pending.append((p, grads_bg_))
+        self._pending.append((p, grads_bg_, scale))
         self._pending_elems += n
         return True
 
     def _flush_panel(self) -> None:
         if not self._pending:
             return
-        params = [p for p, _ in self._pending]
-        data = torch.cat([g.reshape(self.B, self.G, -1) for _, g in self._pending], dim=2)
+        params = [p for p, _, _ in self._pending]
+        data = torch.cat([g.reshape(self.B, self.G, -1) for _, g, _ in self._pending], dim=2)
+        if any(scale is not None for _, _, scale in self._pending):  # one division for all
+            scales = [torch.ones(g.shape[2:], dtype=g.dtype, device=g.device) if scale is None
+                      else scale for _, g, scale in self._pending]
+            data = data / torch.cat([scale.reshape(-1) for scale in scales])  # promoted
         self._pending, self._pending_elems = [], 0
         self._add_rows(data)
         if self.keep_factors:
@@ -532,10 +624,16 @@ class GhostRecorder:
         return self._ka_cache[1]
 
     @staticmethod
-    def _norm_weight_grads(use: _Use, g_bg_: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    def _norm_weight_parts(use: _Use, g_bg_: torch.Tensor, p: torch.Tensor):
+        """``(Σ_pos b ⊙ saved, w or None)``: the per-sample norm weight gradients (B, G,
+        *p.shape) are the first divided by ``w`` (``saved = y − c``), or the first itself
+        (``saved = x̂``, ``w`` None)."""
+        return gm.norm_weight_grads(g_bg_, use.saved.reshape(g_bg_.shape), p.dim()), use.scale
+
+    def _norm_weight_grads(self, use: _Use, g_bg_: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """Per-sample norm weight gradients (B, G, *p.shape), from x̂ or from (y − c) / w."""
-        grads = gm.norm_weight_grads(g_bg_, use.saved.reshape(g_bg_.shape), p.dim())
-        return grads if use.scale is None else grads / use.scale  # promoted in the kernel
+        grads, scale = self._norm_weight_parts(use, g_bg_, p)
+        return grads if scale is None else grads / scale  # promoted in the kernel
 
     def _tie_cross(self, use: _Use, p: torch.Tensor, g_bg_: torch.Tensor) -> None:
         """Cross terms ``⟨E_i, H_j⟩ + ⟨H_i, E_j⟩`` of a tied embedding / output matrix
@@ -610,6 +708,8 @@ class GhostRecorder:
 
         With ``diagonal_only`` it is ``diag(S)``: the exact diagonal, zeros off it.
         """
+        for key in list(self._arrived):  # stacks some of whose members got no gradient
+            self._add_stack(key)
         self._ka_cache = None
         self._flush_panel()
         for full in self.shared.values():
@@ -631,6 +731,7 @@ class GhostRecorder:
             use.saved, use.scale, use.grad = None, None, None
             use.vocab, use.batch_vocab = None, None
         self._panels, self._panel_pids = [], set()
+        self._stacks, self._stack_pids = [], set()
         self.uses.clear()
         self.uses_by_param.clear()
         self.ties.clear()
@@ -672,10 +773,11 @@ class GhostRecorder:
         self._fold_cache, self._w_cast = None, {}
         self._w_bg, self._diag_gram = w_bg, diagonal_only
         grams.extend(self._weighted_panels(accumulate_grad))
+        grams.extend(self._weighted_stacks(accumulate_grad))
         for pid, uses in self.uses_by_param.items():
             p = self.trainable[pid]
-            sources = [] if pid in self._panel_pids else [  # a panel's: done above
-                self._weighted_source(u, p) for u in uses if u.grad is not None]
+            done = pid in self._panel_pids or pid in self._stack_pids  # above
+            sources = [] if done else [self._weighted_source(u, p) for u in uses if u.grad is not None]
             if sources:
                 grams.extend(self._weighted_param(p, sources, accumulate_grad))
             elif accumulate_grad and not _is_plain(p):
@@ -686,7 +788,8 @@ class GhostRecorder:
                 if pending[id(u)] == 0:
                     u.saved, u.scale, u.grad = None, None, None
                     u.vocab, u.batch_vocab = None, None
-        self._fold_cache, self._w_cast, self._w_bg, self._panel_pids = None, {}, None, set()
+        self._fold_cache, self._w_cast, self._w_bg = None, {}, None
+        self._panel_pids, self._stack_pids = set(), set()
         if not grams:
             return torch.zeros(self.B, self.B, dtype=gm.ACC, device=w_bg.device)
         if diagonal_only:  # every parameter's block norms, squared and summed in one pass
@@ -742,15 +845,7 @@ class GhostRecorder:
         pname = next(k for k, q in use.params.items() if q is p)
         g_bg_ = use.grad.reshape(self.B, self.G, *use.grad.shape[1:])
         if use.kind in ("linear", "conv1d") and pname == "weight":
-            a_bgtd, b_bgto = self._factors(use, g_bg_)
-            if use.kind == "linear":  # W: (d_out, d_in), rows are outputs
-                if b_bgto.shape[-1] < a_bgtd.shape[-1]:  # fold into the narrower factor
-                    bw_bgto = self._fold(b_bgto)
-                    return "rows", lambda r: gm.group_outer(_cols(bw_bgto, r), a_bgtd)
-                aw_bgtd = self._folded_input(a_bgtd)
-                return "rows", lambda r: gm.group_outer(_cols(b_bgto, r), aw_bgtd)
-            bw_bgto = self._fold(b_bgto)  # Conv1D W: (d_in, d_out), rows are inputs
-            return "rows", lambda r: gm.group_outer(_cols(a_bgtd, r), bw_bgto)
+            return "rows", self._linear_rows(use.kind, *self._factors(use, g_bg_))
         wg_bg_ = self._fold(g_bg_)
         if use.kind in ("linear", "conv1d"):  # bias
             v_bo = wg_bg_.reshape(self.B, -1, wg_bg_.shape[-1]).sum(1, dtype=gm.work_dtype(p.dtype))
@@ -764,6 +859,37 @@ class GhostRecorder:
             v_b_ = gm.norm_bias_grads(wg_bg_, p.dim()).sum(1)
         v_b_ = v_b_.reshape(self.B, *(p.shape or (1,)))  # a 0-d parameter as one row
         return "rows", lambda r: _rows(v_b_, r)
+
+    def _linear_rows(self, kind: str, a_bgtd: torch.Tensor, b_bgto: torch.Tensor):
+        """``f(r) -> (B, R, …)``: rows ``r`` of a linear weight's ``V`` (``gm.group_outer``), the
+        weights folded into the narrower factor (a folded input is reused, ``_folded_input``)."""
+        if kind == "linear":  # W: (d_out, d_in), rows are outputs
+            if b_bgto.shape[-1] < a_bgtd.shape[-1]:
+                bw_bgto = self._fold(b_bgto)
+                return lambda r: gm.group_outer(_cols(bw_bgto, r), a_bgtd)
+            aw_bgtd = self._folded_input(a_bgtd)
+            return lambda r: gm.group_outer(_cols(b_bgto, r), aw_bgtd)
+        bw_bgto = self._fold(b_bgto)  # Conv1D W: (d_in, d_out), rows are inputs
+        return lambda r: gm.group_outer(_cols(a_bgtd, r), bw_bgto)
+
+    def _weighted_stacks(self, accumulate: bool) -> list[torch.Tensor]:
+        """Stacked linear weights (``_stack_of``): ``V`` of the stacked weight in one matmul per
+        chunk of rows, its Grams or block norms, and each member's ``.grad += `` its rows (views
+        of one total, like ``_weighted_panels``)."""
+        grams = []
+        for st in self._stacks:
+            shape = torch.Size((st.bounds[-1][1], st.a.shape[-1]))
+            dense = [self._linear_rows("linear", st.a, st.b)]
+            part, total = self._weighted_rows(shape, st.params[0].dtype, dense, [], None, accumulate)
+            grams.extend(part)
+            if accumulate:
+                for p, (r0, r1) in zip(st.params, st.bounds):
+                    if p.grad is None:
+                        p.grad = total[r0:r1]
+                    else:
+                        p.grad += total[r0:r1]
+        self._stacks = []
+        return grams
 
     def _weighted_param(self, p: torch.Tensor, sources: list, accumulate: bool) -> list[torch.Tensor]:
         """Grams (B, B) of one parameter's summed per-group gradients, one per chunk of rows
@@ -782,7 +908,19 @@ class GhostRecorder:
                 gm.add_rows_(grad, uniq_u, rows_bud.sum(0))
                 self._set_grad(p, grad)
             return gm.row_block_norms(rows_bud) if diag else [gm.batch_gram(rows_bud)]
-        shape = p.shape or (1,)  # rows along the first axis; a 0-d parameter is one row
+        grams, grad = self._weighted_rows(p.shape, p.dtype, dense, sparse, grad, accumulate)
+        if accumulate:
+            self._set_grad(p, grad if grad.shape == p.shape else grad.view(p.shape))
+        return grams
+
+    def _weighted_rows(self, shape: torch.Size, dtype: torch.dtype, dense: list, sparse: list,
+                       grad: torch.Tensor | None, accumulate: bool):
+        """``(grams, grad)`` of a parameter of ``shape`` from row sources (``f(rows)``) and
+        sparse rows, in chunks of at most ``max_elems`` entries of ``V``: the chunks' Grams or
+        block norms, and (``accumulate``) ``grad + Σ_b V_b`` in ``dtype`` (``grad`` None: a new
+        tensor, the total itself when there is one chunk)."""
+        diag = self._diag_gram
+        shape = shape or torch.Size((1,))  # rows along the first axis; a 0-d parameter is one row
         step = max(1, self.max_elems // max(self.B * shape[1:].numel(), 1))
         whole = step >= shape[0]  # one chunk: the gradient is assigned, not added to zeros
         grams = []
@@ -800,16 +938,14 @@ class GhostRecorder:
             grams.extend(gm.row_block_norms(v_br_) if diag else [gm.batch_gram(v_br_)])
             if accumulate:
                 total = v_br_.sum(0)  # half precision: float32 accumulation, one rounding
-                total = total if total.dtype == p.dtype else total.to(p.dtype)
+                total = total if total.dtype == dtype else total.to(dtype)
                 if grad is None and whole:
-                    grad = total.view(p.shape)
+                    grad = total
                 else:
                     if grad is None:
-                        grad = torch.zeros(p.shape, dtype=p.dtype, device=total.device)
+                        grad = torch.zeros(shape, dtype=dtype, device=total.device)
                     grad.view(shape)[rows or slice(None)] += total
-        if accumulate:
-            self._set_grad(p, grad)
-        return grams
+        return grams, grad
 
     @staticmethod
     def _set_grad(p: torch.Tensor, full: torch.Tensor) -> None:

@@ -314,3 +314,59 @@ def test_small_gradient_panels_split_by_size(arch, float64_norms, monkeypatch):
     assert_matches(model, make_batch(B=2, G=3), weights(2, 3, seed=3), max_elems=400)
     sizes = [n for n in panels if n]
     assert len(sizes) >= 3 and sum(sizes) > len(sizes)  # several panels, most with many members
+
+
+def _spy_stacks(monkeypatch):
+    """Record each stack ``_add_stack`` adds: the names of the members that got a gradient."""
+    from oblr_theory.bridge._hooks import GhostRecorder
+
+    stacks = []
+    add = GhostRecorder._add_stack
+
+    def spying_add(self, key):
+        stacks.append(sorted(use.name.split(".")[-1] for use, _, _ in self._arrived[key]))
+        add(self, key)
+
+    monkeypatch.setattr(GhostRecorder, "_add_stack", spying_add)
+    return stacks
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])  # llama: stacked members with biases
+def test_layers_fed_one_input_are_stacked(arch, float64_norms, monkeypatch):
+    """q/k/v and gate/up (one input each) are added as one stacked weight (``_stack_of``), in
+    the Gram pass and in the weighted pass, and still give autograd's gradient and the loop's K;
+    ``max_elems=1`` also splits a stack's weighted pass into one row per chunk."""
+    stacks = _spy_stacks(monkeypatch)
+    model = tiny_model(arch, tied=False)
+    for kw in ({}, {"max_elems": 1}):
+        stacks.clear()
+        assert_matches(model, make_batch(B=2, G=3, pad_side="left"), weights(2, 3), **kw)
+        assert sorted(stacks) == sorted(2 * [["gate_proj", "up_proj"], ["k_proj", "q_proj", "v_proj"]])
+
+
+def test_stack_member_without_gradient(float64_norms, monkeypatch):
+    """A stacked layer whose output the loss never uses (``up_proj`` called, then dropped) gets
+    no gradient; its partner's contribution is still added (in ``finalize``), exactly."""
+    import types
+
+    stacks = _spy_stacks(monkeypatch)
+    model = tiny_model("qwen3", tied=False)
+    mlp = model.model.layers[0].mlp
+
+    def mlp_dropping_up(self, x):
+        self.up_proj(x)  # computed and dropped
+        return self.down_proj(self.act_fn(self.gate_proj(x)))
+
+    mlp.forward = types.MethodType(mlp_dropping_up, mlp)
+    batch, w_bg = make_batch(B=2, G=3), weights(2, 3)
+    res, gram_bb = ghost_weighted(model, batch, w_bg)
+    assert ["gate_proj"] in stacks
+    assert mlp.up_proj.weight.grad is None
+    mlp.up_proj.weight.grad = torch.zeros_like(mlp.up_proj.weight)  # autograd's: zero
+    grads, loop_grads, ref_bb = autograd_reference(model, batch, w_bg)
+    assert grad_err(model, grads) < GRAD_TOL and grad_err(model, loop_grads) < GRAD_TOL
+    assert rel_err(gram_bb, ref_bb) < GRAM_TOL
+    for diag in (False, True):
+        ghost = score_gram(model, *batch, method="ghost", diagonal_only=diag).sq_norms_bg
+        loop = score_gram(model, *batch, method="loop").sq_norms_bg
+        assert rel_err(ghost, loop) < GRAM_TOL
