@@ -195,12 +195,14 @@ def norm_weight_grads(
     """Per-sample affine-norm weight gradients ``∇w_n = Σ_pos b_n ⊙ x̂_n``.
 
     Inputs (B, G, *pos, *param_shape); the ``pos`` axes (positions, heads) are summed.
-    Returns (B, G, *param_shape).
+    Returns (B, G, *param_shape) in the work dtype. Half precision: the product is rounded to
+    the factors' dtype (as the layer's own backward rounds it) and summed in float32, two
+    kernels and no casts.
     """
-    wd = work_dtype(b_bgp_.dtype)
-    prod = b_bgp_.to(wd) * xhat_bgp_  # exact float32 product of half-precision factors
+    wd = work_dtype(torch.promote_types(b_bgp_.dtype, xhat_bgp_.dtype))
+    prod = b_bgp_ * xhat_bgp_
     pos_axes = tuple(range(2, prod.dim() - param_dims))
-    return prod.sum(dim=pos_axes) if pos_axes else prod
+    return prod.sum(dim=pos_axes, dtype=wd) if pos_axes else prod.to(wd)
 
 
 def norm_bias_grads(b_bgp_: torch.Tensor, param_dims: int) -> torch.Tensor:
@@ -425,13 +427,13 @@ def prefer_ghost_diagonal(seq_len: int, d_in: int, d_out: int) -> bool:
 
 
 def act_kernels(a_bgtd: torch.Tensor) -> torch.Tensor:
-    """Each sample's activation kernel ``Ka_n[t, t'] = a_nt · a_nt'``: (N, T, T) in the work dtype.
+    """Each sample's activation kernel ``Ka_n[t, t'] = a_nt · a_nt'``: (N, T, T) in a's dtype.
 
     Layers fed the same input (q/k/v, gate/up) share it (see ``linear_sq_norm_parts_ghost``).
     """
     B, G, T, d_in = a_bgtd.shape
     a_ntd = a_bgtd.reshape(B * G, T, d_in)
-    return torch.bmm(a_ntd, a_ntd.transpose(1, 2)).to(work_dtype(a_bgtd.dtype))
+    return torch.bmm(a_ntd, a_ntd.transpose(1, 2))
 
 
 def linear_sq_norm_parts_ghost(
@@ -445,6 +447,12 @@ def linear_sq_norm_parts_ghost(
     in chunks so that a chunk's kernels stay under ``max_elems`` entries. ``ka_ntt``: the
     activation kernels ``act_kernels(a)`` when already computed for another layer with the same
     input. Sums over ``t'`` run in the work dtype (``T ≤ BLOCK`` terms, as ``cross_rows``).
+
+    Half precision: both kernels come out of their matmuls rounded to the layer's dtype (float32
+    accumulation inside), and their product is rounded once more before the float32 sum (two
+    kernels, no casts). Each term ``Ka Kb`` then carries about three roundings of ``2^-9``
+    instead of two, independent across the ``T²`` terms, so ``S`` moves by far less than the
+    layer's own half-precision backward moves it.
     """
     B, G, T, d_in = a_bgtd.shape
     N = B * G
@@ -459,9 +467,9 @@ def linear_sq_norm_parts_ghost(
         if ka_ntt is not None:
             ka = ka_ntt if step >= N else ka_ntt[rows]
         else:
-            ka = torch.bmm(a, a.transpose(1, 2)).to(wd)
-        kb = torch.bmm(g, g.transpose(1, 2))  # (n, T, T), promoted to ka's dtype in the product
-        parts.append((ka * kb).sum(-1))
+            ka = torch.bmm(a, a.transpose(1, 2))
+        kb = torch.bmm(g, g.transpose(1, 2))  # (n, T, T)
+        parts.append((ka * kb).sum(-1, dtype=wd))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
