@@ -473,6 +473,60 @@ def linear_sq_norm_parts_ghost(
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+def embedding_sq_norm_parts(ids_nt: torch.Tensor, b_ntd: torch.Tensor, max_elems: int) -> torch.Tensor:
+    """Partial sums ``P[n, t] = Σ_{t'} [i_nt = i_nt'] (b_nt · b_nt')`` (N, T) of an embedding's
+    per-sample ``||∇E_n||²`` (``sum_parts(dots=...)``), with ``b`` the output gradient (zero at
+    padding positions, ``padding_idx``).
+
+    ``∇E_n[v] = Σ_{t: i_nt = v} b_nt``, so ``||∇E_n||²`` is the linear ghost rule with the
+    one-hot inputs' kernel ``[i_nt = i_nt']`` for ``a aᵀ``: a comparison and one matmul for the
+    whole batch, whatever its vocabulary. Samples in chunks of at most ``max_elems`` kernel
+    entries; products rounded to ``b``'s dtype and summed in its work dtype (as
+    ``linear_sq_norm_parts_ghost``).
+    """
+    N, T = ids_nt.shape
+    wd = work_dtype(b_ntd.dtype)
+    step = max(1, max_elems // max(T * T, 1))
+    parts = []
+    for n0 in range(0, N, step):
+        ids, b = (ids_nt, b_ntd) if step >= N else (ids_nt[n0:n0 + step], b_ntd[n0:n0 + step])
+        kb = torch.bmm(b, b.transpose(1, 2))
+        same = ids.unsqueeze(2) == ids.unsqueeze(1)
+        parts.append((kb * same).sum(-1, dtype=wd))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def head_rows_at_ids(b_nsv: torch.Tensor, ids_nt: torch.Tensor, max_elems: int) -> list[torch.Tensor]:
+    """``K2[n, s, t] = b_ns[i_nt]``: an output layer's gradient at the input tokens' rows,
+    (N, S, T) in chunks of samples of at most ``max_elems`` entries (``tie_cross_parts``)."""
+    N, S, _ = b_nsv.shape
+    T = ids_nt.shape[1]
+    step = max(1, max_elems // max(S * T, 1))
+    return [torch.gather(b_nsv[n0:n0 + step], 2, ids_nt[n0:n0 + step].unsqueeze(1).expand(-1, S, -1))
+            for n0 in range(0, N, step)]
+
+
+def tie_cross_parts(
+    b_ntd: torch.Tensor, a_nsd: torch.Tensor, k2_chunks: list[torch.Tensor]
+) -> torch.Tensor:
+    """Partial sums (N, T) of ``⟨∇E_n, ∇H_n⟩`` for a matrix used as embedding ``E`` (input ids
+    ``i``, output gradient ``b``, (N, T, d)) and as output layer ``H`` (input ``a`` (N, S, d),
+    gradient rows at the ids ``k2 = head_rows_at_ids(...)``, chunks of (n, S, T)):
+
+    ``⟨∇E_n, ∇H_n⟩ = Σ_t b_nt · ∇H_n[i_nt] = Σ_{t,s} (b_nt · a_ns) K2[n, s, t]``,
+
+    one matmul and a product per chunk (the diagonal's tie term, ``sum_parts(dots=...)``).
+    """
+    wd = work_dtype(b_ntd.dtype)
+    parts, n0 = [], 0
+    for k2_nst in k2_chunks:
+        n1 = n0 + k2_nst.shape[0]
+        k1_nts = torch.bmm(b_ntd[n0:n1], a_nsd[n0:n1].transpose(1, 2))
+        parts.append((k1_nts * k2_nst.transpose(1, 2)).sum(-1, dtype=wd))
+        n0 = n1
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def linear_grad_block_norms(
     a_bgtd: torch.Tensor, b_bgto: torch.Tensor, max_elems: int
 ) -> list[torch.Tensor]:

@@ -153,6 +153,10 @@ class _TieState:
     vocab: list | None = None  # per group: (U, inverse_gt)
     emb_rows: dict = field(default_factory=dict)  # group -> (G, |U|, d)
     lin_rows: dict = field(default_factory=dict)  # group -> (G, |U|, d)
+    # diagonal_only: the input ids (N, T), and what the first use to arrive leaves
+    ids: torch.Tensor | None = None
+    emb_b: torch.Tensor | None = None  # the embedding's output gradient (N, T, d)
+    head: tuple | None = None  # the output layer's input (N, S, d), its gradient at the ids
 
 
 class GhostRecorder:
@@ -281,7 +285,8 @@ class GhostRecorder:
             self.roots.append((use, output))
             if own:  # distinct ids now: their host syncs are cheap while the device queue is short
                 ids_bgt = use.saved.reshape(self.B, self.G, -1)
-                use.vocab = [gm.group_vocab(ids_bgt[b]) for b in range(self.B)]
+                if not self.diagonal_only:  # the full Gram's per-group rows
+                    use.vocab = [gm.group_vocab(ids_bgt[b]) for b in range(self.B)]
                 if self.keep_factors:
                     use.batch_vocab = gm.group_vocab(use.saved.reshape(-1))
         elif kind == "norm" and "weight" in own:
@@ -547,11 +552,16 @@ class GhostRecorder:
             grads = gm.bias_grads(g_bgto.to(gm.work_dtype(g_bgto.dtype)))
         elif use.kind == "embedding":
             g_bg_ = self._embedding_grad(use, g_bg_)
+            if diag:  # one ghost rule for the whole batch
+                ids_nt = use.saved.reshape(self.N, -1)
+                g_ntd = g_bg_.reshape(self.N, ids_nt.shape[1], -1)
+                self._add_parts(dots=[gm.embedding_sq_norm_parts(ids_nt, g_ntd, self.max_elems)])
+                return
             out = []
             for b in range(self.B):
                 uniq_u, inv_gt = self._vocab(use, b)
                 rows = gm.embedding_rows(inv_gt, uniq_u.numel(), g_bg_[b])
-                out.append(gm.row_sq_norms(rows) if diag else gm.pair_gram(rows, rows))
+                out.append(gm.pair_gram(rows, rows))
             self._add(torch.stack(out))
             return
         elif pname == "weight":  # norm: divided by its weight in the panel (or below)
@@ -636,10 +646,13 @@ class GhostRecorder:
         return grads if scale is None else grads / scale  # promoted in the kernel
 
     def _tie_cross(self, use: _Use, p: torch.Tensor, g_bg_: torch.Tensor) -> None:
-        """Cross terms ``⟨E_i, H_j⟩ + ⟨H_i, E_j⟩`` of a tied embedding / output matrix
-        (``diagonal_only``: ``2⟨E_j, H_j⟩``, shape (B, G))."""
+        """Cross terms ``⟨E_i, H_j⟩ + ⟨H_i, E_j⟩`` of a tied embedding / output matrix, added
+        once both uses' gradients have arrived (``diagonal_only``: ``_tie_cross_diagonal``)."""
         state = self.ties.setdefault(id(p), _TieState())
         emb_use = next(u for u in self.uses_by_param[id(p)] if u.kind == "embedding")
+        if self.diagonal_only:
+            self._tie_cross_diagonal(use, emb_use, state, g_bg_)
+            return
         if state.vocab is None:
             state.vocab = [self._vocab(emb_use, b) for b in range(self.B)]
         if use.kind == "embedding":
@@ -658,14 +671,30 @@ class GhostRecorder:
                 mine = mine.to(gm.work_dtype(mine.dtype))
                 mine_store, other_store = state.lin_rows, state.emb_rows
             if b in other_store:
-                if self.diagonal_only:
-                    cross[b] = 2 * gm.row_dots(mine, other_store.pop(b))
-                else:
-                    k = gm.pair_gram(mine, other_store.pop(b))
-                    cross[b] = k + k.T
+                k = gm.pair_gram(mine, other_store.pop(b))
+                cross[b] = k + k.T
             else:
                 mine_store[b] = mine
         self._add(cross)
+
+    def _tie_cross_diagonal(self, use: _Use, emb_use: _Use, state: _TieState, g_bg_) -> None:
+        """``2⟨E_n, H_n⟩`` for the whole batch (``gm.tie_cross_parts``): the output layer's use
+        leaves its input and its gradient at the input ids (``gm.head_rows_at_ids``), the
+        embedding's its output gradient; whichever comes second adds the term."""
+        if state.ids is None:
+            state.ids = emb_use.saved.reshape(self.N, -1)
+        if use.kind == "embedding":
+            g_bg_ = self._embedding_grad(use, g_bg_)
+            state.emb_b = g_bg_.reshape(self.N, state.ids.shape[1], -1)
+        else:
+            a_bgsd, b_bgsv = self._factors(use, g_bg_)
+            k2 = gm.head_rows_at_ids(b_bgsv.reshape(self.N, -1, b_bgsv.shape[-1]), state.ids,
+                                     self.max_elems)
+            state.head = (a_bgsd.reshape(self.N, -1, a_bgsd.shape[-1]), k2)
+        if state.emb_b is not None and state.head is not None:
+            part = gm.tie_cross_parts(state.emb_b, *state.head)
+            self._add_parts(dots=[part, part])  # the cross term counts twice
+            state.ids, state.emb_b, state.head = None, None, None
 
     def _full_grads(self, use: _Use, pname: str, p: torch.Tensor, g_bg_: torch.Tensor):
         """Per-sample gradients of one use, materialised: (N, *p.shape)."""

@@ -119,3 +119,20 @@ def test_bfloat16_arithmetic_adds_little_to_the_models_rounding():
     loop16 = loop_diag(model16, batch)
     err = rel_err(ghost16.sq_norms_bg, loop16)
     assert err < 1e-3 and err < rel_err(loop16, ref64) / 10
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_embedding_padding_idx(tied):
+    """An embedding's ``padding_idx`` row gets no gradient (its output gradient is dropped at
+    those tokens, ``_embedding_grad``): the diagonal, the full Gram and the loop agree, and
+    differ from the same model without ``padding_idx``. The index is a token that occurs in the
+    sequences (padded positions get no gradient anyway)."""
+    model = tiny_model("qwen3", tied=tied)
+    batch = make_batch(pad_side="left", extra_pad=2)
+    without = score_gram(model, *batch, method="ghost", diagonal_only=True).sq_norms_bg
+    model.model.embed_tokens.padding_idx = int(batch[0][0, 0, -1])  # a completion token
+    diag = score_gram(model, *batch, method="ghost", diagonal_only=True).sq_norms_bg
+    full = score_gram(model, *batch, method="ghost").sq_norms_bg
+    ref = loop_diag(model, batch)
+    assert rel_err(diag, ref) < TOL and rel_err(full, ref) < TOL
+    assert rel_err(without, ref) > 1e-6

@@ -370,3 +370,12 @@ def test_stack_member_without_gradient(float64_norms, monkeypatch):
         ghost = score_gram(model, *batch, method="ghost", diagonal_only=diag).sq_norms_bg
         loop = score_gram(model, *batch, method="loop").sq_norms_bg
         assert rel_err(ghost, loop) < GRAM_TOL
+
+
+def test_embedding_padding_idx(float64_norms):
+    """``padding_idx`` on a token that occurs: its embedding row gets no gradient, the tied head's
+    row does; the update gradient and K still equal the references."""
+    model = tiny_model("qwen3", tied=True)
+    batch = make_batch(B=2, G=3, pad_side="left")
+    model.model.embed_tokens.padding_idx = int(batch[0][0, 0, -1])  # a completion token
+    assert_matches(model, batch, weights(2, 3))
