@@ -267,10 +267,10 @@ def batch_snr_pieces(group_sq_norm_sum, batch_size: int, mean_grad_sq_norm):
                                  torch.as_tensor(mean_grad_sq_norm, dtype=torch.float64), batch_size)
 
 
-def plugin_optimal_baseline(rewards_bg: torch.Tensor, sq_norms_bg: torch.Tensor) -> torch.Tensor:
+def plugin_optimal_baseline(rewards_bg, sq_norms_bg):
     """T3 plug-in per group, ``b̂*_b = Σ_j S_bj r_bj / Σ_j S_bj``, shape (B,): the baseline of the
     registry's inclusive ``optimal`` estimator (``r_j − A_j``), with its documented fallback to the
-    group mean where ``Σ_j S_bj = 0``."""
+    group mean where ``Σ_j S_bj = 0``. Torch tensors or numpy arrays (the registry takes both)."""
     adv_bg = estimators.get("optimal").advantages(rewards_bg, sq_norms=sq_norms_bg)
     return (rewards_bg - adv_bg)[..., 0]
 
@@ -340,11 +340,12 @@ class StepDiagnostics:
         return asdict(self)
 
 
-def _corr(x: torch.Tensor, y: torch.Tensor) -> float:
-    x, y = x.double().flatten(), y.double().flatten()
-    if x.numel() < 2 or float(x.std()) == 0 or float(y.std()) == 0:
+def _corr(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation of two arrays' entries; NaN when either is constant or too short."""
+    x, y = x.ravel(), y.ravel()
+    if x.size < 2 or x.std() == 0 or y.std() == 0:
         return float("nan")
-    return float(torch.corrcoef(torch.stack([x, y]))[0, 1])
+    return float(np.corrcoef(x, y)[0, 1])
 
 
 class OBLRPO:
@@ -527,23 +528,28 @@ class OBLRPO:
 
     def _diagnostics(self, rollout, S_bg, A_bg, grad_sq, snr_batch, snr_ema, gsq_hat, var_hat, lr,
                      loss, times) -> StepDiagnostics:
-        r = rollout.rewards_bg.double()
+        """Statistics of the (B, G) arrays, computed on the host in numpy after one copy (on a
+        GPU, a few dozen tiny kernels and host syncs fewer per update); standard deviations
+        with Bessel's correction."""
+        rows = [rollout.rewards_bg, rollout.lengths_bg, A_bg] + ([S_bg] if S_bg is not None else [])
+        host = torch.stack([x.detach().to(A_bg.device, torch.float64) for x in rows]).cpu().numpy()
+        r, ell, A = host[:3]
         nan = float("nan")
-        ell = rollout.lengths_bg.double()
         if S_bg is not None:
-            S = S_bg.double()
+            S = host[3]
             b_star, mean_b = plugin_optimal_baseline(r, S), r.mean(-1)
-            bs = (float(b_star.mean()), float(mean_b.mean()), float((b_star - mean_b).abs().mean()))
-            s_stats = (float(S.mean()), float(S.std()) if S.numel() > 1 else nan, float(S.min()), float(S.max()))
+            bs = (float(b_star.mean()), float(mean_b.mean()), float(np.abs(b_star - mean_b).mean()))
+            s_stats = (float(S.mean()), float(S.std(ddof=1)) if S.size > 1 else nan,
+                       float(S.min()), float(S.max()))
             corr = _corr(S, ell)
         else:
             bs, s_stats, corr = (nan,) * 3, (nan,) * 4, nan
         return StepDiagnostics(
-            reward_mean=float(r.mean()), reward_std=float(r.std()) if r.numel() > 1 else nan,
-            frac_groups_with_signal=float((r.std(-1) > 0).double().mean()) if r.shape[-1] > 1 else nan,
+            reward_mean=float(r.mean()), reward_std=float(r.std(ddof=1)) if r.size > 1 else nan,
+            frac_groups_with_signal=float((r.std(-1) > 0).mean()) if r.shape[-1] > 1 else nan,
             b_star_mean=bs[0], mean_baseline=bs[1], b_star_minus_mean_abs=bs[2],
             S_mean=s_stats[0], S_std=s_stats[1], S_min=s_stats[2], S_max=s_stats[3],
-            corr_S_length=corr, length_mean=float(ell.mean()), adv_abs_mean=float(A_bg.abs().mean()),
+            corr_S_length=corr, length_mean=float(ell.mean()), adv_abs_mean=float(np.abs(A).mean()),
             grad_sq_norm=float(grad_sq), grad_norm=float(grad_sq.sqrt()), snr_batch=snr_batch,
             snr_ema=snr_ema, grad_sq_norm_hat=gsq_hat, noise_var_hat=var_hat, lr=lr, loss=loss,
             time_gram_s=times[0], time_surrogate_s=times[1], time_step_s=times[2])
