@@ -199,8 +199,8 @@ def norm_weight_grads(
     the factors' dtype (as the layer's own backward rounds it) and summed in float32, two
     kernels and no casts.
     """
-    wd = work_dtype(torch.promote_types(b_bgp_.dtype, xhat_bgp_.dtype))
     prod = b_bgp_ * xhat_bgp_
+    wd = work_dtype(prod.dtype)
     pos_axes = tuple(range(2, prod.dim() - param_dims))
     return prod.sum(dim=pos_axes, dtype=wd) if pos_axes else prod.to(wd)
 
@@ -295,6 +295,15 @@ def weighted_embedding_rows(
     rows = torch.zeros(B * n_u, d, dtype=wd, device=wb_bgtd.device)
     add_rows_(rows, group_n * n_u + inv_n.reshape(-1), wb_bgtd.reshape(-1, d))
     return uniq_u, rows.reshape(B, n_u, d)
+
+
+def chunk_cuts(uniq_u: torch.Tensor, step: int, n_rows: int) -> list[int]:
+    """Where each chunk of ``step`` rows starts in the sorted distinct ids ``U``:
+    ``cuts[i] = #{u ∈ U : u < i·step}`` for ``i = 0 … ⌈n_rows/step⌉``, so chunk ``i``'s ids are
+    ``U[cuts[i]:cuts[i+1]]``. One host sync (take it where the device queue is short)."""
+    n_chunks = -(-n_rows // step)
+    bounds = torch.arange(0, n_chunks * step + 1, step, device=uniq_u.device, dtype=uniq_u.dtype)
+    return torch.searchsorted(uniq_u, bounds).tolist()
 
 
 def merge_sparse_rows(

@@ -287,8 +287,11 @@ class GhostRecorder:
                 ids_bgt = use.saved.reshape(self.B, self.G, -1)
                 if not self.diagonal_only:  # the full Gram's per-group rows
                     use.vocab = [gm.group_vocab(ids_bgt[b]) for b in range(self.B)]
-                if self.keep_factors:
-                    use.batch_vocab = gm.group_vocab(use.saved.reshape(-1))
+                if self.keep_factors:  # and where the weighted pass's chunks of rows start in it
+                    uniq_u, inv_n = gm.group_vocab(use.saved.reshape(-1))
+                    cuts = gm.chunk_cuts(uniq_u, self._row_step(own["weight"].shape),
+                                         own["weight"].shape[0])
+                    use.batch_vocab = (uniq_u, inv_n, cuts)
         elif kind == "norm" and "weight" in own:
             use.saved, use.scale = self._normalised_input(name, module, args, kwargs, output,
                                                           lent=module.weight is not own["weight"])
@@ -870,7 +873,7 @@ class GhostRecorder:
     def _weighted_source(self, use: _Use, p: torch.Tensor):
         """One use's per-group weighted gradient of ``p``: ``("rows", f)`` with ``f(slice) ->
         (B, R, …)`` rows of ``V`` along ``p``'s first axis (``f(None)``: all of them), or
-        ``("sparse", (U, rows_bu…))``."""
+        ``("sparse", (U, rows_bu…, cuts))`` (``gm.chunk_cuts``)."""
         pname = next(k for k, q in use.params.items() if q is p)
         g_bg_ = use.grad.reshape(self.B, self.G, *use.grad.shape[1:])
         if use.kind in ("linear", "conv1d") and pname == "weight":
@@ -881,7 +884,8 @@ class GhostRecorder:
             return "rows", lambda r: _rows(v_bo, r)
         if use.kind == "embedding":
             wg_bgtd = self._embedding_grad(use, wg_bg_).reshape(self.B, self.G, -1, wg_bg_.shape[-1])
-            return "sparse", gm.weighted_embedding_rows(*use.batch_vocab, wg_bgtd)
+            uniq_u, inv_n, cuts = use.batch_vocab
+            return "sparse", (*gm.weighted_embedding_rows(uniq_u, inv_n, wg_bgtd), cuts)
         if pname == "weight":  # norm
             v_b_ = self._norm_weight_grads(use, wg_bg_, p).sum(1)
         else:
@@ -929,8 +933,11 @@ class GhostRecorder:
         sparse = [s for kind, s in sources if kind == "sparse"]
         # the full local gradient: p.grad itself for a plain parameter (None: not yet created)
         grad = p.grad if accumulate and _is_plain(p) else None
+        if len(sparse) > 1:  # several embedding uses: one set of rows (a host sync)
+            uniq_u, rows_bud = gm.merge_sparse_rows([(u, rows) for u, rows, _ in sparse])
+            sparse = [(uniq_u, rows_bud, gm.chunk_cuts(uniq_u, self._row_step(p.shape), p.shape[0]))]
         if not dense:  # embedding-only: the batch's distinct rows
-            uniq_u, rows_bud = gm.merge_sparse_rows(sparse)
+            uniq_u, rows_bud, _ = sparse[0]
             if accumulate:
                 if grad is None:
                     grad = torch.zeros(p.shape, dtype=p.dtype, device=rows_bud.device)
@@ -950,20 +957,21 @@ class GhostRecorder:
         tensor, the total itself when there is one chunk)."""
         diag = self._diag_gram
         shape = shape or torch.Size((1,))  # rows along the first axis; a 0-d parameter is one row
-        step = max(1, self.max_elems // max(self.B * shape[1:].numel(), 1))
+        step = self._row_step(shape)
         whole = step >= shape[0]  # one chunk: the gradient is assigned, not added to zeros
-        grams = []
-        for r0 in range(0, shape[0], step):
+        grams, local = [], []
+        for uniq_u, rows_bud, cuts in sparse:  # ids local to their chunk; rows in V's dtype
+            local.append((uniq_u.remainder(step), rows_bud.transpose(0, 1).to(dtype), cuts))
+        for i, r0 in enumerate(range(0, shape[0], step)):
             rows = None if whole else slice(r0, r0 + step)  # None: all rows, no indexing
             v_br_ = dense[0](rows)
             for f in dense[1:]:
                 v_br_ = v_br_ + f(rows)
             if sparse and v_br_._is_view():
                 v_br_ = v_br_.clone()  # never write into a kept factor
-            for uniq_u, rows_bud in sparse:
-                inside = (uniq_u >= r0) & (uniq_u < r0 + step)
-                gm.add_rows_(v_br_.transpose(0, 1), uniq_u[inside] - r0,
-                             rows_bud[:, inside].transpose(0, 1))
+            for local_u, rows_ub_, cuts in local:  # this chunk's ids: U[cuts[i]:cuts[i + 1]]
+                lo, hi = cuts[i], cuts[i + 1]
+                gm.add_rows_(v_br_.transpose(0, 1), local_u[lo:hi], rows_ub_[lo:hi])
             grams.extend(gm.row_block_norms(v_br_) if diag else [gm.batch_gram(v_br_)])
             if accumulate:
                 total = v_br_.sum(0)  # half precision: float32 accumulation, one rounding
@@ -975,6 +983,11 @@ class GhostRecorder:
                         grad = torch.zeros(shape, dtype=dtype, device=total.device)
                     grad.view(shape)[rows or slice(None)] += total
         return grams, grad
+
+    def _row_step(self, shape: torch.Size) -> int:
+        """Rows of a parameter of ``shape`` per chunk of the weighted pass: at most
+        ``max_elems`` entries of ``V`` (B, rows, …) at a time."""
+        return max(1, self.max_elems // max(self.B * shape[1:].numel(), 1))
 
     @staticmethod
     def _set_grad(p: torch.Tensor, full: torch.Tensor) -> None:
