@@ -431,6 +431,8 @@ class GhostRecorder:
         return "shared"
 
     def _on_grad(self, use: _Use, g: torch.Tensor) -> None:
+        if use.kind == "embedding":
+            g = self._embedding_grad(use, g)
         g_bg_ = g.reshape(self.B, self.G, *g.shape[1:])
         if self.keep_factors:
             use.grad = g  # ``saved`` stays too: weighted_gradients rebuilds from both
@@ -530,13 +532,14 @@ class GhostRecorder:
             return None
         return torch.stack(self._span_checks).any()
 
-    def _embedding_grad(self, use: _Use, g_bg_: torch.Tensor) -> torch.Tensor:
-        """Output gradient with padding_idx positions zeroed (their row gets no gradient)."""
+    @staticmethod
+    def _embedding_grad(use: _Use, g_n_: torch.Tensor) -> torch.Tensor:
+        """An embedding's output gradient (N, …, d) with its ``padding_idx`` tokens zeroed (that
+        row gets no gradient); applied once, on arrival, for every rule that reads it."""
         pad = use.module.padding_idx
         if pad is None:
-            return g_bg_
-        keep = (use.saved.reshape(self.B, self.G, -1) != pad).unsqueeze(-1)
-        return torch.where(keep, g_bg_, torch.zeros_like(g_bg_))
+            return g_n_
+        return g_n_.masked_fill((use.saved == pad).reshape(*g_n_.shape[:-1], 1), 0)
 
     @staticmethod
     def _vocab(use: _Use, b: int):
@@ -554,7 +557,6 @@ class GhostRecorder:
             g_bgto = g_bg_.reshape(self.B, self.G, -1, g_bg_.shape[-1])
             grads = gm.bias_grads(g_bgto.to(gm.work_dtype(g_bgto.dtype)))
         elif use.kind == "embedding":
-            g_bg_ = self._embedding_grad(use, g_bg_)
             if diag:  # one ghost rule for the whole batch
                 ids_nt = use.saved.reshape(self.N, -1)
                 g_ntd = g_bg_.reshape(self.N, ids_nt.shape[1], -1)
@@ -658,9 +660,7 @@ class GhostRecorder:
             return
         if state.vocab is None:
             state.vocab = [self._vocab(emb_use, b) for b in range(self.B)]
-        if use.kind == "embedding":
-            g_bg_ = self._embedding_grad(use, g_bg_)
-        else:
+        if use.kind != "embedding":
             a_bgtd, b_bgto = self._factors(use, g_bg_)
         shape = (self.B, self.G) if self.diagonal_only else (self.B, self.G, self.G)
         cross = torch.zeros(shape, dtype=gm.ACC, device=g_bg_.device)
@@ -687,7 +687,6 @@ class GhostRecorder:
         if state.ids is None:
             state.ids = emb_use.saved.reshape(self.N, -1)
         if use.kind == "embedding":
-            g_bg_ = self._embedding_grad(use, g_bg_)
             state.emb_b = g_bg_.reshape(self.N, state.ids.shape[1], -1)
         else:
             a_bgsd, b_bgsv = self._factors(use, g_bg_)
@@ -711,7 +710,7 @@ class GhostRecorder:
             w = gm.linear_grads_rows(a_ntd, g_nto, slice(None))  # (N, d_out, d_in)
             return w if use.kind == "linear" else w.transpose(1, 2)
         if use.kind == "embedding":
-            g_ntd = self._embedding_grad(use, g_bg_).reshape(N, -1, p.shape[-1])
+            g_ntd = g_bg_.reshape(N, -1, p.shape[-1])
             V = p.shape[0]
             idx = (torch.arange(N, device=p.device).unsqueeze(1) * V + use.saved.reshape(N, -1))
             out = torch.zeros(N * V, p.shape[-1], dtype=g_ntd.dtype, device=p.device)
@@ -883,7 +882,7 @@ class GhostRecorder:
             v_bo = wg_bg_.reshape(self.B, -1, wg_bg_.shape[-1]).sum(1, dtype=gm.work_dtype(p.dtype))
             return "rows", lambda r: _rows(v_bo, r)
         if use.kind == "embedding":
-            wg_bgtd = self._embedding_grad(use, wg_bg_).reshape(self.B, self.G, -1, wg_bg_.shape[-1])
+            wg_bgtd = wg_bg_.reshape(self.B, self.G, -1, wg_bg_.shape[-1])
             uniq_u, inv_n, cuts = use.batch_vocab
             return "sparse", (*gm.weighted_embedding_rows(uniq_u, inv_n, wg_bgtd), cuts)
         if pname == "weight":  # norm

@@ -262,9 +262,12 @@ def grad_sq_norm(params) -> torch.Tensor:
 
 
 def batch_snr_pieces(group_sq_norm_sum, batch_size: int, mean_grad_sq_norm):
-    """T7 pieces from ``Σ_b ||u_b||²``, ``B`` and ``||ĝ||²`` (``ĝ`` the batch-mean gradient)."""
-    return snr_pieces_from_norms(torch.as_tensor(group_sq_norm_sum, dtype=torch.float64),
-                                 torch.as_tensor(mean_grad_sq_norm, dtype=torch.float64), batch_size)
+    """T7 pieces from ``Σ_b ||u_b||²``, ``B`` and ``||ĝ||²`` (``ĝ`` the batch-mean gradient), in
+    float64: torch tensors stay tensors (on their device), numbers become numpy scalars."""
+    def f64(x):
+        return x.to(torch.float64) if isinstance(x, torch.Tensor) else np.float64(x)
+
+    return snr_pieces_from_norms(f64(group_sq_norm_sum), f64(mean_grad_sq_norm), batch_size)
 
 
 def plugin_optimal_baseline(rewards_bg, sq_norms_bg):
@@ -507,10 +510,13 @@ class OBLRPO:
             if n_groups < 2:
                 raise ValueError(f"lr_rule='snr' needs B >= 2 prompt groups per batch (T7), got {n_groups}")
             trace = self.reduce(group_sq_sum)
-            pieces = batch_snr_pieces(trace, n_groups, grad_sq)
+            # two numbers to the host in one copy: T7 and T5 are scalar arithmetic, done in numpy
+            trace_h, grad_sq_h = torch.stack([trace.to(torch.float64),
+                                              grad_sq.to(trace.device, torch.float64)]).cpu().numpy()
+            pieces = batch_snr_pieces(trace_h, n_groups, grad_sq_h)
             snr_batch = float(snr_hat(pieces))
             snr_ema = float(self.ema.update(pieces))
-            lr = float(snr_lr(torch.tensor(snr_ema, dtype=torch.float64), self.cfg.eta_max, self.cfg.eta_min))
+            lr = float(snr_lr(np.float64(snr_ema), self.cfg.eta_max, self.cfg.eta_min))
             gsq_hat, var_hat = float(pieces.grad_sq_norm_hat), float(pieces.noise_var_hat)
         else:
             snr_batch = snr_ema = gsq_hat = var_hat = float("nan")
