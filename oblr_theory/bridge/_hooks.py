@@ -21,12 +21,19 @@ Before the backward, the autograd graph is walked: every trainable parameter the
 be used only through hooked module calls, else a ValueError names it. Nothing is ever silently
 left out of the Gram.
 
+Linear layers fed one input (Qwen3's q/k/v, gate/up) are *stacked*: their per-sample
+gradients are row blocks of one weight ``[W_1; W_2; …]`` whose output gradient is the
+concatenation ``[b_1, b_2, …]``, so the stack's Gram (and, with ``keep_factors``, its weighted
+gradient) is one linear rule applied once, not once per layer (``_stack_of``).
+
 Diagonal only (``diagonal_only=True``): every rule then returns the per-sample squared norms
 ``S_n = ||∇θ_n||²`` (B, G) instead of the (B, G, G) Gram, at about ``1/G`` of the cost: a linear
 weight needs the sample's own ``T × T`` kernels, ``S_n = Σ_{t,t'} (a_nt·a_nt')(b_nt·b_nt')``, or
 its materialised gradient, whichever is cheaper per sample (``_ghost_math.prefer_ghost_diagonal``);
-the tie keeps its cross term ``||E_n + H_n||² = ||E_n||² + ||H_n||² + 2⟨E_n, H_n⟩``; shared
-parameters take the squared norms of their summed buffers. ``finalize`` returns ``diag(S)``.
+an embedding the same rule with the one-hot kernel ``[i_nt = i_nt']``; the tie keeps its cross
+term ``||E_n + H_n||² = ||E_n||² + ||H_n||² + 2⟨E_n, H_n⟩`` (``_ghost_math.tie_cross_parts``);
+shared parameters take the squared norms of their summed buffers. These rules cover the whole
+batch at once (no loop over groups). ``finalize`` returns ``diag(S)``.
 """
 
 from __future__ import annotations
@@ -662,8 +669,7 @@ class GhostRecorder:
             state.vocab = [self._vocab(emb_use, b) for b in range(self.B)]
         if use.kind != "embedding":
             a_bgtd, b_bgto = self._factors(use, g_bg_)
-        shape = (self.B, self.G) if self.diagonal_only else (self.B, self.G, self.G)
-        cross = torch.zeros(shape, dtype=gm.ACC, device=g_bg_.device)
+        cross = torch.zeros(self.B, self.G, self.G, dtype=gm.ACC, device=g_bg_.device)
         for b in range(self.B):
             uniq_u, inv_gt = state.vocab[b]
             if use.kind == "embedding":

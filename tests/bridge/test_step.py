@@ -248,3 +248,32 @@ def test_single_pass_rejects_non_finite_rewards_and_advantages(model64, rollout,
         step.update(rollout)
     assert all(torch.equal(p, q) for p, q in zip(model64.parameters(), before))
     assert all(p.grad is None for p in model64.parameters())
+
+
+@pytest.mark.parametrize("estimator, lr_rule, single_pass", [
+    ("optimal_loo", "snr", True), ("optimal_loo", "snr", False), ("grpo", "constant", None)])
+def test_update_creates_no_reference_cycles_and_restores_the_collector(model64, rollout, estimator,
+                                                                      lr_rule, single_pass):
+    """``update`` pauses the cyclic garbage collector (``gc_paused``); that is lossless only if
+    an update leaves no cyclic garbage behind: everything it allocates must be freed by
+    reference counting. The collector's state is restored, enabled or not."""
+    import gc
+
+    from oblr_theory.bridge.step import gc_paused
+
+    step = OBLRPO(model64, StepConfig(estimator=estimator, lr_rule=lr_rule, eta_max=1e-3,
+                                      single_pass=single_pass))
+    step.update(rollout, apply=False)  # warm: one-time checks and caches
+    gc.collect()
+    gc.disable()
+    try:
+        step.update(rollout, apply=False)
+        assert gc.collect() == 0
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # was disabled: stays disabled
+    finally:
+        gc.enable()
+    with gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
