@@ -256,6 +256,19 @@ class GhostRecorder:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._drop_graph()
+
+    def _drop_graph(self) -> None:
+        """Forget the autograd graph: the output nodes the uses hold and the embedding outputs.
+
+        Each output's gradient hook (held by its node, in C++, where the garbage collector cannot
+        see it) refers to its use and to this recorder, and the use refers back to the node: a
+        cycle the collector cannot break, which would keep the recorder, every use and the
+        graph's nodes (and the embedding outputs, activations) alive after the update."""
+        for use in self.uses:
+            use.node = None
+        self.roots.clear()
+        self._reachable = set()
 
     def _make_forward_hook(self, name, kind, own):
         def hook(module, args, kwargs, output):
@@ -414,6 +427,7 @@ class GhostRecorder:
         for use in self.uses:
             if use.kind != "embedding" and not use.got_grad and use.node in self._reachable:
                 raise ValueError(f"no output gradient reached module '{use.name}'")
+        self._drop_graph()
         if self.keep_factors:  # the kept factors hold only at these parameters
             self._versions = {pid: p._version for pid, p in self.trainable.items()}
 

@@ -108,6 +108,37 @@ def test_grads_and_mode_untouched():
     assert all(not m._forward_hooks for m in model.modules())
 
 
+def _alive(*names):
+    """Instances of the recorder's classes still reachable (after a full collection)."""
+    import gc
+
+    gc.collect()
+    return [type(o).__name__ for o in gc.get_objects() if type(o).__name__ in names]
+
+
+@pytest.mark.parametrize("kw, weighted", [({}, False), ({"diagonal_only": True}, False),
+                                          ({"keep_factors": True, "diagonal_only": True}, True),
+                                          ({"keep_factors": True}, False)])
+def test_nothing_outlives_the_pass(kw, weighted):
+    """After a pass (and its weighted gradients, or ``release_factors``) no recorder and no
+    use record stays alive: each output's gradient hook, held by its autograd node where the
+    garbage collector cannot see it, refers back to them, so the recorder must drop the nodes
+    (``_drop_graph``), or every update would leak its graph's nodes and the embedding outputs.
+    Also when the pass raises (a hidden parameter use)."""
+    model = tiny_model("qwen3")
+    res = score_gram(model, *make_batch(), method="ghost", **kw)
+    if weighted:
+        res.weighted_gradients(torch.ones(2, 3, dtype=torch.float64))
+    elif kw.get("keep_factors"):
+        res.release_factors()
+    assert _alive("GhostRecorder", "_Use") == []
+    attn = model.model.layers[0].self_attn
+    attn.q_proj = Leaky(attn.q_proj)
+    with pytest.raises(ValueError):
+        score_gram(model, *make_batch(), method="ghost", **kw)
+    assert _alive("GhostRecorder", "_Use") == []
+
+
 class Scale(torch.nn.Module):
     def __init__(self, inner):
         super().__init__()

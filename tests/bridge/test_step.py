@@ -256,7 +256,8 @@ def test_update_creates_no_reference_cycles_and_restores_the_collector(model64, 
                                                                       lr_rule, single_pass):
     """``update`` pauses the cyclic garbage collector (``gc_paused``); that is lossless only if
     an update leaves no cyclic garbage behind: everything it allocates must be freed by
-    reference counting. The collector's state is restored, enabled or not."""
+    reference counting, and nothing of the pass (recorder, use records) may stay reachable.
+    The collector's state is restored, enabled or not."""
     import gc
 
     from oblr_theory.bridge.step import gc_paused
@@ -269,6 +270,7 @@ def test_update_creates_no_reference_cycles_and_restores_the_collector(model64, 
     try:
         step.update(rollout, apply=False)
         assert gc.collect() == 0
+        assert not [o for o in gc.get_objects() if type(o).__name__ in ("GhostRecorder", "_Use")]
         with gc_paused():
             assert not gc.isenabled()
         assert not gc.isenabled()  # was disabled: stays disabled
