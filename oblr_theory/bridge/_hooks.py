@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.autograd.graph import get_gradient_edge
 
 from . import _ghost_math as gm
 
@@ -198,6 +199,7 @@ class GhostRecorder:
         self.uses_by_param: dict[int, list[_Use]] = defaultdict(list)
         self.uses: list[_Use] = []
         self.roots: list[tuple[_Use, torch.Tensor]] = []
+        self._edges: list[tuple[_Use, object]] = []  # keep_factors: (use, its output's edge)
         self._contributions: list[torch.Tensor] = []  # summed once, in finalize
         self._dot_parts: list[torch.Tensor] = []  # diagonal_only: gm.sum_parts, in finalize
         self._norm_parts: list[torch.Tensor] = []
@@ -268,6 +270,7 @@ class GhostRecorder:
         for use in self.uses:
             use.node = None
         self.roots.clear()
+        self._edges.clear()
         self._reachable = set()
 
     def _make_forward_hook(self, name, kind, own):
@@ -321,7 +324,10 @@ class GhostRecorder:
                 self.uses_by_param[id(p)].append(use)
             if kind != "embedding" and output.requires_grad:
                 use.node = output.grad_fn
-                output.register_hook(lambda g, use=use: self._on_grad(use, g))
+                if self.keep_factors:  # all output gradients are kept: ``backward`` takes them
+                    self._edges.append((use, get_gradient_edge(output)))
+                else:  # each is used, then dropped, as the backward pass reaches it
+                    output.register_hook(lambda g, use=use: self._on_grad(use, g))
 
     def _normalised_input(self, name, module, args, kwargs, output, lent: bool):
         """What the weight's per-sample gradient needs: ``(y − c, w)`` or ``(x̂, None)``.
@@ -396,10 +402,11 @@ class GhostRecorder:
             for nxt, _ in node.next_functions:
                 if nxt is None:
                     continue
-                var = getattr(nxt, "variable", None)
-                if var is not None:
+                if type(nxt).__name__ == "AccumulateGrad":  # a leaf: a use of ``variable``
+                    var = nxt.variable
                     counts[self._aliases.get(id(var), id(var))] += 1
-                stack.append(nxt)
+                else:
+                    stack.append(nxt)
         self._reachable = seen
         for pid, n_edges in counts.items():
             if pid not in self.trainable:
@@ -414,11 +421,20 @@ class GhostRecorder:
                 )
 
     def backward(self, loss: torch.Tensor) -> None:
-        """One backward of ``loss`` to the embedding outputs; hooks do the rest."""
+        """One backward of ``loss`` to the embedding outputs; hooks do the rest.
+
+        With ``keep_factors`` every output gradient is kept anyway, so the same backward also
+        returns them all (``torch.autograd.grad`` to the outputs' gradient edges, which hold no
+        activation), processed afterwards in backward order: no hook per module output."""
         if not self.roots:
             raise ValueError("the model has no nn.Embedding to root the ghost backward pass")
         outputs = [out for _, out in self.roots]
-        grads = torch.autograd.grad(loss, outputs, allow_unused=True)
+        grads = torch.autograd.grad(loss, outputs + [edge for _, edge in self._edges],
+                                    allow_unused=True)
+        grads, out_grads = grads[:len(outputs)], grads[len(outputs):]
+        for (use, _), g in zip(reversed(self._edges), reversed(out_grads)):
+            if g is not None:
+                self._on_grad(use, g)
         for (use, _), g in zip(self.roots, grads):
             if use.params and g is not None:
                 self._on_grad(use, g)
@@ -454,15 +470,17 @@ class GhostRecorder:
     def _on_grad(self, use: _Use, g: torch.Tensor) -> None:
         if use.kind == "embedding":
             g = self._embedding_grad(use, g)
-        g_bg_ = g.reshape(self.B, self.G, *g.shape[1:])
         if self.keep_factors:
             use.grad = g  # ``saved`` stays too: weighted_gradients rebuilds from both
+        g_bg_ = None  # (B, G, …), made when a rule needs it (not for a stacked weight)
         for pname, p in use.params.items():
+            if pname == "weight" and self._join_stack(use, g):
+                continue
+            if g_bg_ is None:
+                g_bg_ = g.reshape(self.B, self.G, *g.shape[1:])
             plan = self._plan(id(p))
             if plan == "shared":
                 self._accumulate_shared(use, pname, p, g_bg_)
-                continue
-            if pname == "weight" and self._join_stack(use, g):
                 continue
             self._add_single(use, pname, p, g_bg_)
             if plan == "tie":
