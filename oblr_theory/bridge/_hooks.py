@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.autograd.graph import get_gradient_edge
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from . import _ghost_math as gm
 
@@ -125,7 +125,7 @@ def has_zero_entry(tensors: list[torch.Tensor]) -> list[bool]:
     return out
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Use:
     """One call of a hooked module during the forward pass."""
 
@@ -143,6 +143,7 @@ class _Use:
     batch_vocab: tuple | None = None
     span: slice | None = None  # positions where b is nonzero (linear factors only)
     in_key: tuple | None = None  # a linear weight's input, to find the layers that share it
+    stack_id: int | None = -1  # its stack (``_stack_of``): -1 not known yet, None alone
 
 
 @dataclass(eq=False)
@@ -219,8 +220,8 @@ class GhostRecorder:
         # linear weights fed one input, stacked (``_stack_of``): forward order per input, output
         # gradients waiting for the rest of their stack, and the stacks kept for the weighted pass
         self._by_input: dict[tuple, list[_Use]] = defaultdict(list)
-        self._stack_members: dict[tuple, list[_Use]] = {}
-        self._arrived: dict[tuple, list[tuple[_Use, torch.Tensor, torch.Tensor]]] = defaultdict(list)
+        self._stack_members: list[list[_Use]] = []  # by stack id
+        self._arrived: dict[int, list[tuple[_Use, torch.Tensor, torch.Tensor]]] = defaultdict(list)
         self._stacks: list[_Stack] = []
         self._stack_pids: set[int] = set()
         self._handles = []
@@ -284,7 +285,7 @@ class GhostRecorder:
 
     def _on_forward(self, name, module, kind, own, args, kwargs, output) -> None:
         x = args[0] if args else next(iter(kwargs.values()))
-        ok = isinstance(output, torch.Tensor) and output.shape[:1] == (self.N,)
+        ok = isinstance(output, torch.Tensor) and output.dim() > 0 and output.shape[0] == self.N
         if not ok or x.shape[0] != self.N:
             raise ValueError(
                 f"module '{name}' ({type(module).__name__}) did not see the flattened batch "
@@ -293,7 +294,7 @@ class GhostRecorder:
             )
         use = _Use(name, module, kind, dict(own))
         for attr, p in own.items():  # a wrapper's stand-in (FSDP's unsharded copy) -> the parameter
-            current = getattr(module, attr, None)
+            current = module._parameters.get(attr)
             if current is not None and current is not p:
                 self._aliases[id(current)] = id(p)
         if kind in ("linear", "conv1d") and "weight" in own:
@@ -325,7 +326,9 @@ class GhostRecorder:
             if kind != "embedding" and output.requires_grad:
                 use.node = output.grad_fn
                 if self.keep_factors:  # all output gradients are kept: ``backward`` takes them
-                    self._edges.append((use, get_gradient_edge(output)))
+                    edge = (GradientEdge(use.node, output.output_nr) if use.node is not None
+                            else get_gradient_edge(output))
+                    self._edges.append((use, edge))
                 else:  # each is used, then dropped, as the backward pass reaches it
                     output.register_hook(lambda g, use=use: self._on_grad(use, g))
 
@@ -497,39 +500,43 @@ class GhostRecorder:
         return (use.kind == "linear" and w is not None and self._plan(id(w)) == "single"
                 and use.module is not self.head and _is_plain(w) and w.shape[0] < 4 * w.shape[1])
 
-    def _stack_of(self, use: _Use) -> list[_Use] | None:
-        """The linear layers fed ``use``'s input that are stacked with it, in forward order, or
-        None when it stays alone. Layers fed one input ``a`` (Qwen3's q/k/v, gate/up) have
+    def _stack_of(self, use: _Use) -> int | None:
+        """The id of the stack of linear layers fed ``use``'s input (``_stack_members[id]``, in
+        forward order), or None when it stays alone. Layers fed one input ``a`` (Qwen3's q/k/v, gate/up) have
         per-sample gradients ``∇W_l,n = b_l,nᵀ a_n``, rows of the one gradient ``b_nᵀ a_n`` of the
         stacked weight ``[W_1; W_2; …]`` with ``b = [b_1, b_2, …]`` (concatenated features), so
         their summed Gram contributions are that weight's, in a third of the kernels."""
         if use.in_key is None:
             return None
-        if use.in_key not in self._stack_members:
-            members = [u for u in self._by_input[use.in_key] if self._stackable(u)]
+        if use.stack_id == -1:  # once per input: every use fed it learns its stack
+            candidates = self._by_input[use.in_key]
+            members = [u for u in candidates if self._stackable(u)]
             same = len({(u.params["weight"].dtype, u.params["weight"].device) for u in members}) == 1
-            self._stack_members[use.in_key] = members if len(members) > 1 and same else None
-        members = self._stack_members[use.in_key]
-        return members if members is not None and use in members else None
+            stacked = len(members) > 1 and same
+            if stacked:
+                self._stack_members.append(members)
+            for u in candidates:  # an id, not the list: a use in its own list would be a cycle
+                u.stack_id = len(self._stack_members) - 1 if stacked and u in members else None
+        return use.stack_id
 
     def _join_stack(self, use: _Use, g: torch.Tensor) -> bool:
         """Queue a stacked layer's output gradient; the stack is added once all its members'
         have arrived (``finalize`` adds any whose other members got none). False: not stacked."""
-        members = self._stack_of(use)
-        if members is None:
+        sid = self._stack_of(use)
+        if sid is None:
             return False
-        arrived = self._arrived[use.in_key]
+        arrived = self._arrived[sid]
         arrived.append((use, use.saved, g))
-        if len(arrived) == len(members):
-            self._add_stack(use.in_key)
+        if len(arrived) == len(self._stack_members[sid]):
+            self._add_stack(sid)
         return True
 
-    def _add_stack(self, key: tuple) -> None:
+    def _add_stack(self, sid: int) -> None:
         """Add the Gram (or ``S`` parts) of one stack's arrived members as one linear weight;
         with ``keep_factors`` keep it for the weighted pass, each member's ``grad`` becoming a
         view of the concatenated output gradient (which replaces the members' own)."""
-        order = {id(u): i for i, u in enumerate(self._stack_members[key])}
-        arrived = sorted(self._arrived.pop(key), key=lambda e: order[id(e[0])])
+        order = {id(u): i for i, u in enumerate(self._stack_members[sid])}
+        arrived = sorted(self._arrived.pop(sid), key=lambda e: order[id(e[0])])
         a = arrived[0][1]
         a_bgtd = a.reshape(self.B, self.G, -1, a.shape[-1])
         b_bgto = torch.cat([g.reshape(*a_bgtd.shape[:3], g.shape[-1]) for _, _, g in arrived], -1)
@@ -539,7 +546,9 @@ class GhostRecorder:
         bounds, start = [], 0
         for use, _, g in arrived:
             bounds.append((start, start + g.shape[-1]))
-            use.grad = b_bgto[..., start:start + g.shape[-1]].reshape(g.shape)
+            # a member's bias (its other parameter) reads its rows; else nothing does
+            use.grad = (b_bgto[..., start:start + g.shape[-1]].reshape(g.shape)
+                        if len(use.params) > 1 else None)
             start += g.shape[-1]
         params = [use.params["weight"] for use, _, _ in arrived]
         self._stacks.append(_Stack(params, bounds, a_bgtd, b_bgto))
@@ -777,8 +786,8 @@ class GhostRecorder:
 
         With ``diagonal_only`` it is ``diag(S)``: the exact diagonal, zeros off it.
         """
-        for key in list(self._arrived):  # stacks some of whose members got no gradient
-            self._add_stack(key)
+        for sid in list(self._arrived):  # stacks some of whose members got no gradient
+            self._add_stack(sid)
         self._ka_cache = None
         self._flush_panel()
         for full in self.shared.values():

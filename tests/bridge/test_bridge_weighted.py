@@ -323,9 +323,9 @@ def _spy_stacks(monkeypatch):
     stacks = []
     add = GhostRecorder._add_stack
 
-    def spying_add(self, key):
-        stacks.append(sorted(use.name.split(".")[-1] for use, _, _ in self._arrived[key]))
-        add(self, key)
+    def spying_add(self, sid):
+        stacks.append(sorted(use.name.split(".")[-1] for use, _, _ in self._arrived[sid]))
+        add(self, sid)
 
     monkeypatch.setattr(GhostRecorder, "_add_stack", spying_add)
     return stacks
