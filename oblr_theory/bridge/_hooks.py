@@ -193,9 +193,7 @@ class GhostRecorder:
         self._ka_cache = None  # (key, (N, T, T) activation kernels), diagonal_only only
         self.route, self.max_elems = route, max_elems
         self.keep_factors = keep_factors
-        self.names = {}
-        for name, p in model.named_parameters(remove_duplicate=False):
-            self.names.setdefault(id(p), []).append(name)
+        self._model, self._names = model, None  # parameter names: for error messages only
         self.trainable = {id(p): p for p in model.parameters() if p.requires_grad}
         self.uses_by_param: dict[int, list[_Use]] = defaultdict(list)
         self.uses: list[_Use] = []
@@ -244,6 +242,15 @@ class GhostRecorder:
                     )
             if own or kind == "embedding":
                 self._targets.append((name, mod, kind, own))
+
+    @property
+    def names(self) -> dict[int, list[str]]:
+        """``id(parameter) -> its names`` (several when shared), made when an error needs them."""
+        if self._names is None:
+            self._names = defaultdict(list)
+            for name, p in self._model.named_parameters(remove_duplicate=False):
+                self._names[id(p)].append(name)
+        return self._names
 
     # ----------------------------------------------------------------------------- hooks
     def __enter__(self) -> "GhostRecorder":
