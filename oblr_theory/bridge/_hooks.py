@@ -193,8 +193,10 @@ class GhostRecorder:
         self._ka_cache = None  # (key, (N, T, T) activation kernels), diagonal_only only
         self.route, self.max_elems = route, max_elems
         self.keep_factors = keep_factors
-        self._model, self._names = model, None  # parameter names: for error messages only
-        self.trainable = {id(p): p for p in model.parameters() if p.requires_grad}
+        # parameter names (several when shared; for messages) and the trainable parameters,
+        # filled by the module scan below, before any wrapper swaps parameters for the forward
+        self.names: dict[int, list[str]] = defaultdict(list)
+        self.trainable: dict[int, nn.Parameter] = {}
         self.uses_by_param: dict[int, list[_Use]] = defaultdict(list)
         self.uses: list[_Use] = []
         self.roots: list[tuple[_Use, torch.Tensor]] = []
@@ -224,8 +226,16 @@ class GhostRecorder:
         self._stack_pids: set[int] = set()
         self._handles = []
         self._targets = []
-        for name, mod in model.named_modules():
-            own = {k: p for k, p in mod.named_parameters(recurse=False) if p.requires_grad}
+        seen = set()
+        for name, mod in model.named_modules(remove_duplicate=False):  # the one walk
+            for k, p in mod._parameters.items():
+                if p is not None:
+                    self.names[id(p)].append(f"{name}.{k}" if name else k)
+            if id(mod) in seen:  # a module reused under another name: hooked once
+                continue
+            seen.add(id(mod))
+            own = {k: p for k, p in mod._parameters.items() if p is not None and p.requires_grad}
+            self.trainable.update((id(p), p) for p in own.values())
             kind = module_kind(mod)
             if own and kind is None:
                 raise ValueError(
@@ -242,15 +252,6 @@ class GhostRecorder:
                     )
             if own or kind == "embedding":
                 self._targets.append((name, mod, kind, own))
-
-    @property
-    def names(self) -> dict[int, list[str]]:
-        """``id(parameter) -> its names`` (several when shared), made when an error needs them."""
-        if self._names is None:
-            self._names = defaultdict(list)
-            for name, p in self._model.named_parameters(remove_duplicate=False):
-                self._names[id(p)].append(name)
-        return self._names
 
     # ----------------------------------------------------------------------------- hooks
     def __enter__(self) -> "GhostRecorder":
