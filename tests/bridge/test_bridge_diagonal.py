@@ -135,4 +135,4 @@ def test_embedding_padding_idx(tied):
     full = score_gram(model, *batch, method="ghost").sq_norms_bg
     ref = loop_diag(model, batch)
     assert rel_err(diag, ref) < TOL and rel_err(full, ref) < TOL
-    assert rel_err(without, ref) > 1e-6
+    assert rel_err(without, ref) > 1000 * TOL  # far outside the equality tolerance
