@@ -464,21 +464,38 @@ def linear_sq_norm_parts_ghost(
     layer's own half-precision backward moves it.
     """
     B, G, T, d_in = a_bgtd.shape
-    N = B * G
-    wd = work_dtype(a_bgtd.dtype)
-    a_ntd = a_bgtd.reshape(N, T, d_in)
-    b_nto = b_bgto.reshape(N, T, b_bgto.shape[-1])
+    a_ntd = a_bgtd.reshape(B * G, T, d_in)
+
+    def ka_of(rows):
+        if ka_ntt is not None:
+            return _sample_rows(ka_ntt, rows)
+        a = _sample_rows(a_ntd, rows)
+        return torch.bmm(a, a.transpose(1, 2))
+
+    return kernel_dot_parts(ka_of, b_bgto.reshape(B * G, T, b_bgto.shape[-1]), max_elems)
+
+
+def _sample_rows(x: torch.Tensor, rows: slice | None) -> torch.Tensor:
+    """``x[rows]``, or ``x`` itself when ``rows`` is None (all samples: no indexing operation)."""
+    return x if rows is None else x[rows]
+
+
+def kernel_dot_parts(ka_of, b_nto: torch.Tensor, max_elems: int) -> torch.Tensor:
+    """``P[n, t] = Σ_{t'} Ka_n[t, t'] (b_nt · b_nt')``, (N, T) in ``b``'s work dtype: the ghost
+    diagonal of any rule whose per-sample gradient is ``Σ_t b_nt ⊗ (input feature)_nt``, with
+    ``Ka`` the inputs' kernel (``ka_of(rows)`` for a chunk of samples, ``rows`` None for all).
+    Samples in chunks whose ``T × T`` kernels stay under ``max_elems`` entries; the product is
+    rounded to the kernels' dtype and summed in the work dtype (see
+    ``linear_sq_norm_parts_ghost``)."""
+    N, T = b_nto.shape[:2]
+    wd = work_dtype(b_nto.dtype)
     step = max(1, max_elems // max(T * T, 1))
     parts = []
     for n0 in range(0, N, step):
-        rows = slice(n0, n0 + step)
-        a, g = (a_ntd, b_nto) if step >= N else (a_ntd[rows], b_nto[rows])  # no-op views skipped
-        if ka_ntt is not None:
-            ka = ka_ntt if step >= N else ka_ntt[rows]
-        else:
-            ka = torch.bmm(a, a.transpose(1, 2))
+        rows = None if step >= N else slice(n0, n0 + step)
+        g = _sample_rows(b_nto, rows)
         kb = torch.bmm(g, g.transpose(1, 2))  # (n, T, T)
-        parts.append((ka * kb).sum(-1, dtype=wd))
+        parts.append((ka_of(rows) * kb).sum(-1, dtype=wd))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
@@ -493,16 +510,11 @@ def embedding_sq_norm_parts(ids_nt: torch.Tensor, b_ntd: torch.Tensor, max_elems
     entries; products rounded to ``b``'s dtype and summed in its work dtype (as
     ``linear_sq_norm_parts_ghost``).
     """
-    N, T = ids_nt.shape
-    wd = work_dtype(b_ntd.dtype)
-    step = max(1, max_elems // max(T * T, 1))
-    parts = []
-    for n0 in range(0, N, step):
-        ids, b = (ids_nt, b_ntd) if step >= N else (ids_nt[n0:n0 + step], b_ntd[n0:n0 + step])
-        kb = torch.bmm(b, b.transpose(1, 2))
-        same = ids.unsqueeze(2) == ids.unsqueeze(1)
-        parts.append((kb * same).sum(-1, dtype=wd))
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    def same_id(rows):
+        ids = _sample_rows(ids_nt, rows)
+        return ids.unsqueeze(2) == ids.unsqueeze(1)
+
+    return kernel_dot_parts(same_id, b_ntd, max_elems)
 
 
 def head_rows_at_ids(b_nsv: torch.Tensor, ids_nt: torch.Tensor, max_elems: int) -> list[torch.Tensor]:

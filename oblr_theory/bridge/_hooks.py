@@ -510,10 +510,11 @@ class GhostRecorder:
 
     def _stack_of(self, use: _Use) -> int | None:
         """The id of the stack of linear layers fed ``use``'s input (``_stack_members[id]``, in
-        forward order), or None when it stays alone. Layers fed one input ``a`` (Qwen3's q/k/v, gate/up) have
-        per-sample gradients ``∇W_l,n = b_l,nᵀ a_n``, rows of the one gradient ``b_nᵀ a_n`` of the
-        stacked weight ``[W_1; W_2; …]`` with ``b = [b_1, b_2, …]`` (concatenated features), so
-        their summed Gram contributions are that weight's, in a third of the kernels."""
+        forward order), or None when it stays alone. Layers fed one input ``a`` (Qwen3's q/k/v,
+        gate/up) have per-sample gradients ``∇W_l,n = b_l,nᵀ a_n``, row blocks of the gradient
+        ``b_nᵀ a_n`` of the stacked weight ``[W_1; W_2; …]`` with ``b = [b_1, b_2, …]``
+        (concatenated features), so their summed Gram contributions are that weight's: one
+        rule for the stack instead of one per layer."""
         if use.in_key is None:
             return None
         if use.stack_id == -1:  # once per input: every use fed it learns its stack
@@ -863,7 +864,8 @@ class GhostRecorder:
         for pid, uses in self.uses_by_param.items():
             p = self.trainable[pid]
             done = pid in self._panel_pids or pid in self._stack_pids  # above
-            sources = [] if done else [self._weighted_source(u, p) for u in uses if u.grad is not None]
+            sources = [] if done else [self._weighted_source(u, p)
+                                       for u in uses if u.grad is not None]
             if sources:
                 grams.extend(self._weighted_param(p, sources, accumulate_grad))
             elif accumulate_grad and not _is_plain(p):
