@@ -31,7 +31,6 @@ import multiprocessing as mp
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -43,6 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from oblr_theory import estimators  # noqa: E402
 from oblr_theory.bridge import score_gram, sequence_logprobs  # noqa: E402
 from oblr_theory.bridge.models import QWEN3_SHAPES  # noqa: E402
+from oblr_theory.results import git_revision  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 JOBS = ("plain", "ghost", "ghost_weighted", "loop")
@@ -225,16 +225,6 @@ def peak_memory(cfg: BenchConfig, jobs) -> dict:
         out[job] = queue.get()
         proc.join()
     return out
-
-
-def git_revision() -> str:
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True
-        ).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def bench(cfg: BenchConfig, repeats: int, with_loop: bool, with_memory: bool) -> dict:

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -35,6 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from oblr_theory import montecarlo as mc  # noqa: E402
 from oblr_theory.problems import TokenMDP  # noqa: E402
+from oblr_theory.results import git_revision  # noqa: E402
 
 TARGET_RATIO = 100.0
 
@@ -99,14 +99,6 @@ def bench_torch(problem, seq: mc.SequenceScores, m: int):
         torch_score(torch, theta, rows_all[i], seq.tokens[i, :lengths[i]], V)
     autograd_only = m / (time.perf_counter() - t0)
     return full, autograd_only, err, torch.__version__
-
-
-def git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,8 @@ Both run through ``oblr_theory.bridge.step.OBLRPO.update`` on the same model, ba
 
 Timings are medians (and minima, robust to other load on a shared machine) over ``--repeats``
 interleaved rounds after ``--warmup`` rounds; on a GPU,
-each call is synchronised and the peak memory (``max_memory_allocated``) is recorded. The target
+each call is synchronised and the peak memory (``max_memory_allocated``) is recorded (null on a
+CPU). The target
 of ISSUE 7 is ``oblr_po / grpo <= 1.3``. Prints one JSON document.
 
 ``dispatched_ops``: the operators one GRPO and one OBLR-PO update dispatch (``count_ops``; all,
@@ -36,7 +37,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from oblr_theory.bridge.gram import score_gram  # noqa: E402
 from oblr_theory.bridge.models import qwen3_shaped  # noqa: E402
 from oblr_theory.bridge.step import OBLRPO, Rollout, StepConfig  # noqa: E402
+from oblr_theory.results import git_revision  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -114,7 +115,7 @@ def _sync(device: str) -> None:
 
 
 def _timed(fn, device: str) -> tuple[float, float]:
-    """(seconds, peak bytes above the start on GPU, else NaN)."""
+    """(seconds, peak bytes above the start on GPU, else None: not measured)."""
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -123,8 +124,8 @@ def _timed(fn, device: str) -> tuple[float, float]:
     fn()
     _sync(device)
     dt = time.perf_counter() - t
-    peak = (torch.cuda.max_memory_allocated() - base) if device.startswith("cuda") else float("nan")
-    return dt, float(peak)
+    peak = (torch.cuda.max_memory_allocated() - base) if device.startswith("cuda") else None
+    return dt, peak
 
 
 def write_profile(path: str, jobs: dict, device: str, rows: int = 30) -> None:
@@ -169,14 +170,6 @@ def count_ops(fn) -> dict:
     return {"all": counter.all, "compute": counter.compute}
 
 
-def git_revision() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
-                                       cwd=os.path.dirname(os.path.abspath(__file__))).strip()
-    except Exception:  # not a git checkout
-        return "unknown"
-
-
 def run(cfg: Config) -> dict:
     model = build_model(cfg).train()
     roll = build_batch(cfg)
@@ -214,7 +207,7 @@ def run(cfg: Config) -> dict:
         "all_s": times,
         "ratio_min_oblr_po_over_grpo": best["oblr_po"] / best["grpo"],
         "ratio_min_two_pass_over_grpo": best["oblr_po_two_pass"] / best["grpo"],
-        "peak_bytes": {k: max(v) for k, v in peaks.items()},
+        "peak_bytes": {k: max(v) if None not in v else None for k, v in peaks.items()},
         "dispatched_ops": ops,
         "ratio_compute_ops_oblr_po_over_grpo": (
             ops["oblr_po"]["compute"] / ops["grpo"]["compute"] if ops else None),
@@ -244,7 +237,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"--dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda was requested but no CUDA GPU is visible")
-    print(json.dumps(run(cfg), indent=2))
+    print(json.dumps(run(cfg), indent=2, allow_nan=False))  # strict JSON
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -39,6 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from oblr_theory.bridge import validate as V  # noqa: E402
 from oblr_theory.bridge.models import load_model  # noqa: E402
 from oblr_theory.bridge.task import ArithmeticTask  # noqa: E402
+from oblr_theory.results import git_revision, jsonable  # noqa: E402
 
 
 @dataclass
@@ -62,14 +62,6 @@ class Config:
 
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def git_revision() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
-                                       cwd=os.path.dirname(os.path.abspath(__file__))).strip()
-    except Exception:
-        return "unknown"
 
 
 def atomic_write(path: str, data: bytes | str) -> None:
@@ -176,7 +168,9 @@ def run(cfg: Config, out: str, progress: bool = True) -> dict:
                     "hold": sum(bool(c.holds) for c in claims),
                     "fail": [f"{c.section}:{c.estimator}:{c.quantity}" for c in claims if c.holds is False]},
     }
-    atomic_write(os.path.join(out, "report.json"), json.dumps(report, indent=2, default=float))
+    # strict JSON: a non-finite number (a quantity with no prediction, an undefined z) is null
+    atomic_write(os.path.join(out, "report.json"),
+                 json.dumps(jsonable(report), indent=2, allow_nan=False))
     atomic_write(os.path.join(out, "claims.csv"), _csv([asdict(c) for c in claims]))
     atomic_write(os.path.join(out, "statistics.csv"),
                  _csv([{"quantity": k, "value": v, "se": se.get(k, float("nan")), "seed": cfg.seed,

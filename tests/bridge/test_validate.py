@@ -101,6 +101,7 @@ def test_enumerated_completions_have_total_probability_one(small_lm):
 
 def test_validation_experiment_end_to_end_and_resumes(tmp_path):
     import importlib.util
+    import subprocess
     import sys
 
     path = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "qwen3_validation.py")
@@ -114,7 +115,9 @@ def test_validation_experiment_end_to_end_and_resumes(tmp_path):
     assert report["verdict"]["tested"] > 0
     for f in ("report.json", "claims.csv", "statistics.csv"):
         assert os.path.getsize(os.path.join(out, f)) > 0
-    saved = json.load(open(os.path.join(out, "report.json")))
+    with open(os.path.join(out, "report.json")) as fh:  # strict JSON: non-finite numbers are null
+        saved = json.load(fh, parse_constant=lambda c: pytest.fail(f"report.json holds {c}"))
+    assert any(c["predicted"] is None for c in saved["claims"])  # "measured only" rows
     assert saved["config"]["theta"] and saved["git_revision"] and saved["config"]["seed"] == 0
     assert saved["exact_reference"]["prob_total_max_dev"] < 1e-10
     stamp = os.path.getmtime(os.path.join(out, "work", "prompt_0000.npz"))
@@ -123,3 +126,9 @@ def test_validation_experiment_end_to_end_and_resumes(tmp_path):
     assert json.dumps(again["statistics"]) == json.dumps(report["statistics"])  # NaN-safe equality
     with pytest.raises(SystemExit, match="another configuration"):
         mod.run(mod.Config(prompts=3, groups=4, group_size=4, pretrain_steps=20, seed=1), out, progress=False)
+    # the figure is drawn from the saved report alone (nulls included)
+    fig_path = os.path.join(os.path.dirname(__file__), "..", "..", "paper_figures", "qwen3_validation.py")
+    result = subprocess.run([sys.executable, fig_path, out, "--figures", str(tmp_path / "fig")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert os.path.getsize(tmp_path / "fig" / "qwen3_validation.png") > 0
