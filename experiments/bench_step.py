@@ -226,17 +226,22 @@ def run(cfg: Config) -> dict:
     }
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_config(argv, description: str) -> Config:
+    """A :class:`Config` from command-line flags (one per field: ``--completion-len 64``)."""
+    ap = argparse.ArgumentParser(description=description)
     for f, default in asdict(Config()).items():
         kind = type(default) if default is not None else int
         ap.add_argument("--" + f.replace("_", "-"), type=kind, default=default)
-    ns = ap.parse_args(argv)
-    cfg = Config(**vars(ns))
+    cfg = Config(**vars(ap.parse_args(argv)))
     if cfg.dtype not in DTYPES:
         raise SystemExit(f"--dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda was requested but no CUDA GPU is visible")
+    return cfg
+
+
+def main(argv=None) -> None:
+    cfg = parse_config(argv, __doc__.split("\n\n")[0])
     print(json.dumps(run(cfg), indent=2, allow_nan=False))  # strict JSON
 
 

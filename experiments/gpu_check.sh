@@ -23,7 +23,7 @@ if [[ "${QUICK:-0}" == "1" ]]; then
   T_BENCH=300; T_VAL=300
 else
   DEV=cuda; SHAPE=(--shape 0.6B)
-  BENCH=(--vocab 151936 --batch 4 --group 8 --prompt-len 64 --completion-len 192 --repeats 5)
+  BENCH=(--vocab 151936 --batch 4 --group 8 --prompt-len 64 --completion-len 192 --repeats 9 --warmup 2)
   VAL=(--model shape:0.6B --prompts 8 --groups 16 --group-size 8 --pretrain-steps "${PRETRAIN_STEPS:-200}" --device cuda --dtype float32)
   T_BENCH="${T_BENCH:-120}"; T_VAL="${T_VAL:-200}"  # per-stage time limits (s), settable
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/gpu.csv" 2>&1 || true

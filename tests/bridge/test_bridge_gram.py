@@ -105,7 +105,7 @@ def test_grads_and_mode_untouched():
     score_gram(model, *make_batch())
     assert all(p.grad is None for p in model.parameters())
     assert not model.training
-    assert all(not m._forward_hooks for m in model.modules())
+    assert all(not m._forward_hooks and "forward" not in vars(m) for m in model.modules())
 
 
 def _alive(*names):
@@ -158,6 +158,36 @@ class Leaky(torch.nn.Module):
 
     def forward(self, x):
         return self.inner(x) + 0.01 * self.inner.weight.sum()
+
+
+def test_pass_wraps_forwards_only_while_it_runs():
+    """The pass wraps each hooked module's forward for its duration only. A module's own instance
+    forward (as ``accelerate`` installs) runs inside the wrapper and is put back; a forward hook
+    that rescales a module's output (``y' = 2y``) changes the Gram exactly as the per-sample
+    gradients change (the loop method): the factor is ``∂L/∂y``, not ``∂L/∂y'``, which a forward
+    hook of the recorder's own, run after the rescaling one, would read. After a pass that raises,
+    the modules are as found."""
+    model = tiny_model("qwen3")
+    batch = make_batch()
+    layer = model.model.layers[0]
+    calls = []
+
+    def own_forward(x, _class_forward=type(layer.self_attn.o_proj).forward.__get__(layer.self_attn.o_proj)):
+        calls.append(x.shape)
+        return _class_forward(x)
+
+    layer.self_attn.o_proj.forward = own_forward
+    handle = layer.mlp.down_proj.register_forward_hook(lambda mod, args, out: out * 2.0)
+    ghost, loop = both(model, batch)
+    assert rel_err(ghost.gram_bgg, loop.gram_bgg) < TOL
+    handle.remove()
+    assert rel_err(score_gram(model, *batch).gram_bgg, loop.gram_bgg) > 0.01  # the control
+    assert calls and layer.self_attn.o_proj.forward is own_forward
+    layer.self_attn.q_proj = Leaky(layer.self_attn.q_proj)
+    with pytest.raises(ValueError, match="outside the modules"):
+        score_gram(model, *batch)
+    own = [name for name, m in model.named_modules() if "forward" in vars(m)]
+    assert own == ["model.layers.0.self_attn.o_proj"]
 
 
 def test_unsupported_parameter_raises_naming_module():
