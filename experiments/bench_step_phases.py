@@ -19,11 +19,13 @@ update add up to its time; what no phase covers is ``other`` (the update's own P
 - ``weighted pass``: ``weighted_gradients`` (the update gradient and the per-group norms for T7);
 - ``advantages``, ``step`` (gradient norm, optimizer), ``diagnostics``.
 
-Medians over ``--repeats`` interleaved rounds after ``--warmup`` (a phase's median, so the medians
-need not add up exactly to the total's). On a GPU the times are the host's time to issue each
-phase: the update synchronises only at its start and end, so a phase's time there is host work,
-and the device may still be running earlier phases. Operators are counted in one more update
-(``bench_step.count_ops``: compute operators, not views). Prints one JSON document.
+Medians over ``--repeats`` interleaved rounds after ``--warmup``; each round times every update
+once as it is (``median_ms``) and once with the phase wrappers (whose own cost is the difference;
+the phases' medians need not add up exactly to the total's). On a GPU a phase's time is the host's
+time to issue it, plus any wait for the device where it synchronises (the embedding's distinct ids
+in the forward, the checks after the weighted pass, the step's scalars). Operators are counted in
+one more update (compute operators, not views, as ``bench_step.count_ops``). Prints one JSON
+document.
 
     OMP_NUM_THREADS=1 python experiments/bench_step_phases.py --hidden 16 --n-layers 28 --heads 2 \\
         --kv-heads 1 --head-dim 8 --intermediate 32 --vocab 64 --batch 4 --group 2 \\
@@ -84,15 +86,13 @@ class PhaseClock:
         self.times[self.stack[-1]] += now - self.last
         self.last = now
 
-    @contextlib.contextmanager
-    def phase(self, label: str):
+    def enter(self, label: str) -> None:
         self.tick()
         self.stack.append(label)
-        try:
-            yield
-        finally:
-            self.tick()
-            self.stack.pop()
+
+    def leave(self) -> None:
+        self.tick()
+        self.stack.pop()
 
     def reset(self) -> None:
         self.times.clear()
@@ -125,8 +125,11 @@ def instrumented(clock: PhaseClock, optimizers: list):
 def _timed(fn, clock: PhaseClock, label: str):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with clock.phase(label):
+        clock.enter(label)
+        try:
             return fn(*args, **kwargs)
+        finally:
+            clock.leave()
 
     return wrapper
 
@@ -153,29 +156,37 @@ def run(cfg: bs.Config) -> dict:
     roll = bs.build_batch(cfg)
     steps = {"grpo": OBLRPO(model, StepConfig(estimator="grpo", lr_rule="constant", eta_max=1e-6)),
              "oblr_po": OBLRPO(model, StepConfig(estimator="optimal_loo", lr_rule="snr", eta_max=1e-6))}
-    totals = {k: [] for k in steps}
+    plain = {k: [] for k in steps}  # update times without the phase wrappers
+    totals = {k: [] for k in steps}  # and with them
     phases = {k: defaultdict(list) for k in steps}
     clock = PhaseClock()
-    with instrumented(clock, [s.opt for s in steps.values()]):
-        for r in range(cfg.warmup + cfg.repeats):
-            for name, step in steps.items():
+    optimizers = [s.opt for s in steps.values()]
+    for r in range(cfg.warmup + cfg.repeats):
+        for name, step in steps.items():
+            bs._sync(cfg.device)
+            t = time.perf_counter()
+            step.update(roll)
+            plain[name].append(time.perf_counter() - t)
+            with instrumented(clock, optimizers):
                 bs._sync(cfg.device)
                 clock.reset()
                 t = time.perf_counter()
                 step.update(roll)
                 clock.tick()  # the tail of the update goes to ``other``
                 totals[name].append(time.perf_counter() - t)
-                if r >= cfg.warmup:
-                    for label, s in clock.times.items():
-                        phases[name][label].append(s)
+            if r >= cfg.warmup:
+                for label, sec in clock.times.items():
+                    phases[name][label].append(sec)
+    with instrumented(clock, optimizers):
         ops = {name: count_phase_ops(lambda step=step: step.update(roll), clock)
                for name, step in steps.items()}
-    n = cfg.repeats
     jobs = {}
+    median_ms = lambda v: 1e3 * statistics.median(v[cfg.warmup:])  # noqa: E731
     for name in steps:
-        ms = {label: 1e3 * statistics.median(v + [0.0] * (n - len(v))) for label, v in phases[name].items()}
+        ms = {label: 1e3 * statistics.median(v) for label, v in phases[name].items()}
         jobs[name] = {
-            "median_ms": 1e3 * statistics.median(totals[name][cfg.warmup:]),
+            "median_ms": median_ms(plain[name]),
+            "median_ms_with_phase_wrappers": median_ms(totals[name]),
             "phases": {label: {"median_ms": ms.get(label, 0.0), "compute_ops": ops[name].get(label, 0)}
                        for label in sorted(set(ms) | set(ops[name]))},
             "compute_ops": sum(ops[name].values()),
@@ -193,7 +204,9 @@ def run(cfg: bs.Config) -> dict:
         "oblr_po_minus_grpo": extra,
         "ratio_oblr_po_over_grpo": jobs["oblr_po"]["median_ms"] / jobs["grpo"]["median_ms"],
         "note": "exclusive host time per phase (a phase called inside another is not counted in "
-                "its caller); on a GPU: the host's time to issue each phase",
+                "its caller), measured with the phase wrappers (their own cost: "
+                "median_ms_with_phase_wrappers - median_ms); on a GPU: the host's time to issue "
+                "each phase",
         "git_revision": bs.git_revision(),
     }
 
