@@ -3,6 +3,7 @@ statistics, learning rate and parameters as one process on the whole batch, with
 FSDP2 (parameters and gradients sharded)."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -28,9 +29,16 @@ def _run(args, out, worker_args=(), env_extra=None):
         pytest.fail(f"{' '.join(args[-4:])} failed:\n{e.stderr[-3000:]}")
 
 
-def _torchrun(out, port, worker_args=()):
+def _free_port() -> int:
+    """A port nothing listens on now, picked by the OS (a fixed port collides with a parallel run)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(out, worker_args=()):
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-          "--master-port", str(port)], out, worker_args, {"OMP_NUM_THREADS": "1"})
+          "--master-port", str(_free_port())], out, worker_args, {"OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +69,7 @@ def _assert_not_vacuous(ref, ranks):
 
 
 def test_two_gloo_processes_match_one_process(reference, tmp_path):
-    _torchrun(tmp_path, 29533)
+    _torchrun(tmp_path)
     modes = sorted(f.name.split("_")[1] for f in reference.glob("rank0_*.pt"))
     assert "two.pt" in modes  # DDP (two-pass); "single.pt" too when score_gram keeps factors
     for mode in modes:
@@ -77,7 +85,7 @@ def test_two_gloo_fsdp_processes_match_one_process(reference, tmp_path):
     """FSDP2 on CPU (gloo): the ghost Gram through sharded layers; the gradient from FSDP's
     reduce-scatter (two passes) or from the ghost factors averaged into the shards (single
     pass); ``||ĝ||²`` from the shards; each equal to one process's update of the same mode."""
-    _torchrun(tmp_path, 29547, ["fsdp"])
+    _torchrun(tmp_path, ["fsdp"])
     for mode, ref_mode in (("fsdp", "two"), ("fsdp_single", "single")):
         ref = torch.load(reference / f"rank0_{ref_mode}.pt")
         ranks = [torch.load(tmp_path / f"rank{k}_{mode}.pt") for k in range(2)]
