@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -60,3 +60,26 @@ def test_bench_step_ops_extrapolation_equals_a_direct_count():
         assert (got["all"], got["compute"]) == (direct[job]["all"], direct[job]["compute"])
     with pytest.raises(ValueError, match="--layers must be at least 2"):
         bench_step_ops.run("0.6B", 1, vocab, "float32", 4)
+
+
+def test_smoke_bench_step_phases_accounts_for_every_operator():
+    """experiments/bench_step_phases.py runs end to end; its phases together hold every operator
+    of an update (the same totals as bench_step's direct count, so no phase loses any), and the
+    functions it wraps are restored afterwards. Times are not asserted."""
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    import bench_step
+    import bench_step_phases
+    from oblr_theory.bridge import _hooks, gram
+
+    before = (_hooks.GhostRecorder.__init__, gram.forward_logprobs, torch.Tensor.backward)
+    cfg = bench_step.parse_config(ARGS, "test")
+    result = bench_step_phases.run(cfg)
+    assert (_hooks.GhostRecorder.__init__, gram.forward_logprobs, torch.Tensor.backward) == before
+    json.dumps(result, allow_nan=False)
+    direct = bench_step.run(cfg)["dispatched_ops"]
+    for job in ("grpo", "oblr_po"):
+        phases = result["jobs"][job]["phases"]
+        assert sum(p["compute_ops"] for p in phases.values()) == direct[job]["compute"]
+        assert result["jobs"][job]["median_ms"] > 0
+    assert phases["per-use rules (S)"]["compute_ops"] > 0 and phases["weighted pass"]["compute_ops"] > 0
+    assert "weighted pass" not in result["jobs"]["grpo"]["phases"]
