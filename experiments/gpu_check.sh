@@ -4,6 +4,7 @@
 #      real Qwen3 vocabulary (151936), random weights, bf16 and fp32 (plus torch.profiler
 #      operator tables of one GRPO and one OBLR-PO update: profile_step_<dtype>.txt); bf16 runs
 #      BF16_RUNS times (default 2, each a fresh process: the host-bound bf16 ratio varies by run);
+#      then bench_step_phases (bf16): each update's host time and operators by phase;
 #   2. qwen3_validation: theory vs practice at fixed θ on the built-in task with a Qwen3-0.6B-shaped
 #      model (character vocabulary, pretrained on GPU until its expected reward reaches 0.3), fp32;
 #   3. the validation figure.
@@ -48,6 +49,12 @@ keys = ("device", "params", "tokens", "median_s", "ratio_oblr_po_over_grpo", "ra
 print({k: d.get(k) for k in keys})
 PY
 done
+
+echo "== bench_step_phases (bf16 on a GPU: the host's time to issue each phase)"
+PH_DT=bfloat16; [[ "$DEV" == "cpu" ]] && PH_DT=float32
+timeout "${T_PHASES:-90}" python experiments/bench_step_phases.py "${SHAPE[@]}" "${BENCH[@]}" --repeats 3 --warmup 1 \
+  --device "$DEV" --dtype "$PH_DT" > "$OUT_DIR/bench_step_phases.json" 2> "$OUT_DIR/bench_step_phases.log" \
+  || { echo "bench_step_phases failed (see log)"; status=1; }
 
 echo "== qwen3_validation"
 timeout "$T_VAL" python experiments/qwen3_validation.py "${VAL[@]}" --out "$OUT_DIR/qwen3_validation" --quiet \
