@@ -15,10 +15,9 @@ Both run through ``oblr_theory.bridge.step.OBLRPO.update`` on the same model, ba
 - ``ghost_diagonal``: the diagonal-only ghost pass alone (``S``, no cross terms).
 
 Timings are medians (and minima, robust to other load on a shared machine) over ``--repeats``
-interleaved rounds after ``--warmup`` rounds; on a GPU,
-each call is synchronised and the peak memory (``max_memory_allocated``) is recorded (null on a
-CPU). The target
-of ISSUE 7 is ``oblr_po / grpo <= 1.3``. Prints one JSON document.
+interleaved rounds after ``--warmup`` rounds; on a GPU, each call is synchronised and the peak
+memory (``max_memory_allocated``) is recorded (null on a CPU). The target of ISSUE 7 is
+``oblr_po / grpo <= 1.3``. Prints one JSON document (strict: no NaN).
 
 ``dispatched_ops``: the operators one GRPO and one OBLR-PO update dispatch (``count_ops``; all,
 and those that are not views), a device-independent measure of the host work per update: on a
@@ -114,7 +113,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn, device: str) -> tuple[float, float]:
+def _timed(fn, device: str) -> tuple[float, float | None]:
     """(seconds, peak bytes above the start on GPU, else None: not measured)."""
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
