@@ -12,7 +12,7 @@ off-diagonal terms give ``||ĝ_x||² = (1/G²) Σ_ij A_i A_j K_ij`` for any adva
 
 Methods:
 
-- ``"ghost"``: one forward and one backward for the whole batch (module hooks, see ``_hooks``).
+- ``"ghost"``: one forward and one backward for the whole batch (hooked module forwards, see ``_hooks``).
   Exact up to floating point; valid only if sequences are independent through the model (each
   flattened row only sees itself: true for causal LMs without batch-coupled layers).
 - ``"loop"``: the reference. Per group, one forward and one backward per sequence

@@ -286,7 +286,7 @@ def test_parameters_changed_since_the_pass_are_refused():
 
 
 def test_has_zero_entry_per_tensor():
-    from oblr_theory.bridge._hooks import has_zero_entry
+    from oblr_theory.bridge._records import has_zero_entry
 
     ts = [torch.ones(3), torch.tensor([1.0, 0.0]), torch.ones(2, dtype=torch.bfloat16),
           torch.zeros(1, dtype=torch.bfloat16), torch.tensor([0.0, 1.0, 0.0]), torch.ones(4),
