@@ -45,7 +45,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from oblr_theory.bridge.gram import score_gram  # noqa: E402
 from oblr_theory.bridge.models import qwen3_shaped  # noqa: E402
-from oblr_theory.bridge.step import OBLRPO, Rollout, StepConfig  # noqa: E402
+from oblr_theory.bridge.rollout import Rollout  # noqa: E402
+from oblr_theory.bridge.step import OBLRPO, StepConfig  # noqa: E402
 from oblr_theory.results import git_revision  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}

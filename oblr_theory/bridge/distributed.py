@@ -37,7 +37,8 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from .step import OBLRPO, DTensor, Rollout, StepConfig
+from .rollout import Rollout
+from .step import OBLRPO, DTensor, StepConfig
 
 __all__ = ["init", "shard_groups", "all_reduce_sum", "average_gradients", "data_parallel_oblrpo",
            "local_rollout", "shard_fsdp", "fsdp_oblrpo", "full_parameters", "world"]

@@ -139,10 +139,10 @@ def pretrain(model, tokenizer, task: ArithmeticTask, steps: int = 150, batch_siz
     Returns the loss per step. Stopping early leaves a policy that is right on some prompts and
     some samples only, i.e. rewards with variance, which the validation needs.
     ``stop_at_reward``: stop once the exact expected reward over all problems
-    (:func:`~oblr_theory.bridge.step.expected_task_reward`) reaches it (checked every
+    (:func:`~oblr_theory.bridge.rollout.expected_task_reward`) reaches it (checked every
     ``check_every`` steps), so models of any size end at a comparable policy.
     """
-    from .step import expected_task_reward
+    from .rollout import expected_task_reward
 
     from tqdm.auto import tqdm
 

@@ -45,7 +45,7 @@ from .. import estimators, exact, theory
 from ..problems.base import Outcomes
 from ..snr import EMASNR, SNRPieces, snr_fraction, snr_hat, snr_pieces_from_gram
 from .gram import score_gram
-from .step import sample_rollout
+from .rollout import sample_rollout
 
 __all__ = ["ESTIMATORS", "CLOSED_FORMS", "PromptSamples", "collect_prompt", "batch_gram",
            "advantages", "group_gram", "cross_group_mean_inner", "sample_moments", "analyse",

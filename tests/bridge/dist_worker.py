@@ -20,7 +20,8 @@ from torch.distributed.tensor import DTensor
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from oblr_theory.bridge import distributed as D  # noqa: E402
 from oblr_theory.bridge.models import tiny_qwen3  # noqa: E402
-from oblr_theory.bridge.step import StepConfig, sample_rollout  # noqa: E402
+from oblr_theory.bridge.rollout import sample_rollout  # noqa: E402
+from oblr_theory.bridge.step import StepConfig  # noqa: E402
 from oblr_theory.bridge.task import ArithmeticTask, CharTokenizer  # noqa: E402
 
 

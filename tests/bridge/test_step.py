@@ -12,9 +12,9 @@ pytest.importorskip("transformers")
 from oblr_theory import estimators  # noqa: E402
 from oblr_theory.bridge.logprobs import sequence_logprobs  # noqa: E402
 from oblr_theory.bridge.models import pretrain, tiny_qwen3  # noqa: E402
-from oblr_theory.bridge.step import (OBLRPO, StepConfig, batch_snr_pieces, completion_masks,  # noqa: E402
-                                     expected_task_reward, group_sq_norms, sample_rollout,
-                                     sampling_config, train)
+from oblr_theory.bridge.rollout import (completion_masks, expected_task_reward,  # noqa: E402
+                                        sample_rollout, sampling_config)
+from oblr_theory.bridge.step import OBLRPO, StepConfig, batch_snr_pieces, group_sq_norms, train  # noqa: E402
 from oblr_theory.bridge.task import ArithmeticTask, CharTokenizer  # noqa: E402
 from oblr_theory.snr import snr_pieces  # noqa: E402
 
