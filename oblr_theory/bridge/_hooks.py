@@ -29,9 +29,9 @@ gradient) is one linear rule applied once, not once per layer (``_stack_of``).
 Diagonal only (``diagonal_only=True``): every rule then returns the per-sample squared norms
 ``S_n = ||∇θ_n||²`` (B, G) instead of the (B, G, G) Gram, at about ``1/G`` of the cost: a linear
 weight needs the sample's own ``T × T`` kernels, ``S_n = Σ_{t,t'} (a_nt·a_nt')(b_nt·b_nt')``, or
-its materialised gradient, whichever is cheaper per sample (``_ghost_math.prefer_ghost_diagonal``);
+its materialised gradient, whichever is cheaper per sample (``_ghost_diag.prefer_ghost_diagonal``);
 an embedding the same rule with the one-hot kernel ``[i_nt = i_nt']``; the tie keeps its cross
-term ``||E_n + H_n||² = ||E_n||² + ||H_n||² + 2⟨E_n, H_n⟩`` (``_ghost_math.tie_cross_parts``);
+term ``||E_n + H_n||² = ||E_n||² + ||H_n||² + 2⟨E_n, H_n⟩`` (``_ghost_diag.tie_cross_parts``);
 shared parameters take the squared norms of their summed buffers. These rules cover the whole
 batch at once (no loop over groups). ``finalize`` returns ``diag(S)``.
 
@@ -89,7 +89,7 @@ class GhostRecorder(CaptureMixin, GramRulesMixin, WeightedMixin):
         self.roots: list[tuple[_Use, torch.Tensor]] = []
         self._edges: list[tuple[_Use, object]] = []  # keep_factors: (use, its output's edge)
         self._contributions: list[torch.Tensor] = []  # summed once, in finalize
-        self._dot_parts: list[torch.Tensor] = []  # diagonal_only: gm.sum_parts, in finalize
+        self._dot_parts: list[torch.Tensor] = []  # diagonal_only: gd.sum_parts, in finalize
         self._norm_parts: list[torch.Tensor] = []
         self.shared: dict[int, torch.Tensor] = {}
         self.ties: dict[int, _TieState] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _ghost_diag as gd
 from . import _ghost_math as gm
 from ._records import _Stack, _TieState, _Use, _is_plain
 
@@ -22,7 +23,7 @@ class GramRulesMixin:
         self._contributions.append(gram_bgg)
 
     def _add_parts(self, dots: list = (), norms: list = ()) -> None:
-        """``diagonal_only``: add unreduced per-sample parts (N, k) (``gm.sum_parts``), reduced in
+        """``diagonal_only``: add unreduced per-sample parts (N, k) (``gd.sum_parts``), reduced in
         float64 once for all layers in ``finalize``."""
         self._dot_parts.extend(dots)
         self._norm_parts.extend(norms)
@@ -175,7 +176,7 @@ class GramRulesMixin:
             if diag:  # one ghost rule for the whole batch
                 ids_nt = use.saved.reshape(self.N, -1)
                 g_ntd = g_bg_.reshape(self.N, ids_nt.shape[1], -1)
-                self._add_parts(dots=[gm.embedding_sq_norm_parts(ids_nt, g_ntd, self.max_elems)])
+                self._add_parts(dots=[gd.embedding_sq_norm_parts(ids_nt, g_ntd, self.max_elems)])
                 return
             out = []
             for b in range(self.B):
@@ -197,7 +198,7 @@ class GramRulesMixin:
     def _add_linear(self, a_bgtd: torch.Tensor, b_bgto: torch.Tensor) -> None:
         """Add a linear weight's Gram (``diagonal_only``: its ``S`` parts) from its factors."""
         if self.diagonal_only:
-            self._add_parts(*gm.linear_sq_norm_parts(
+            self._add_parts(*gd.linear_sq_norm_parts(
                 a_bgtd, b_bgto, self.max_elems, self.route,
                 ka_of=lambda: self._act_kernels(a_bgtd)))
         else:
@@ -206,7 +207,7 @@ class GramRulesMixin:
     def _add_rows(self, grads_bg_: torch.Tensor) -> None:
         """Add the Gram (or the squared norms) of per-sample gradients (B, G, …)."""
         if self.diagonal_only:
-            self._add_parts(norms=gm.row_block_norms(grads_bg_.reshape(self.N, -1)))
+            self._add_parts(norms=gd.row_block_norms(grads_bg_.reshape(self.N, -1)))
         else:
             self._add(gm.gram_of_rows(grads_bg_.reshape(self.B, self.G, -1)))
 
@@ -246,11 +247,11 @@ class GramRulesMixin:
             self._panel_pids.update(map(id, params))
 
     def _act_kernels(self, a_bgtd: torch.Tensor) -> torch.Tensor:
-        """``gm.act_kernels(a)``, reused by consecutive layers with the same input (q/k/v,
+        """``gd.act_kernels(a)``, reused by consecutive layers with the same input (q/k/v,
         gate/up): a one-entry cache keyed by the factor's storage, shape and strides."""
         key = (a_bgtd.data_ptr(), tuple(a_bgtd.shape), a_bgtd.stride())
         if self._ka_cache is None or self._ka_cache[0] != key:
-            self._ka_cache = (key, gm.act_kernels(a_bgtd))
+            self._ka_cache = (key, gd.act_kernels(a_bgtd))
         return self._ka_cache[1]
 
     @staticmethod
@@ -295,8 +296,8 @@ class GramRulesMixin:
         self._add(cross)
 
     def _tie_cross_diagonal(self, use: _Use, emb_use: _Use, state: _TieState, g_bg_) -> None:
-        """``2⟨E_n, H_n⟩`` for the whole batch (``gm.tie_cross_parts``): the output layer's use
-        leaves its input and its gradient at the input ids (``gm.head_rows_at_ids``), the
+        """``2⟨E_n, H_n⟩`` for the whole batch (``gd.tie_cross_parts``): the output layer's use
+        leaves its input and its gradient at the input ids (``gd.head_rows_at_ids``), the
         embedding's its output gradient; whichever comes second adds the term."""
         if state.ids is None:
             state.ids = emb_use.saved.reshape(self.N, -1)
@@ -304,11 +305,11 @@ class GramRulesMixin:
             state.emb_b = g_bg_.reshape(self.N, state.ids.shape[1], -1)
         else:
             a_bgsd, b_bgsv = self._factors(use, g_bg_)
-            k2 = gm.head_rows_at_ids(b_bgsv.reshape(self.N, -1, b_bgsv.shape[-1]), state.ids,
+            k2 = gd.head_rows_at_ids(b_bgsv.reshape(self.N, -1, b_bgsv.shape[-1]), state.ids,
                                      self.max_elems)
             state.head = (a_bgsd.reshape(self.N, -1, a_bgsd.shape[-1]), k2)
         if state.emb_b is not None and state.head is not None:
-            part = gm.tie_cross_parts(state.emb_b, *state.head)
+            part = gd.tie_cross_parts(state.emb_b, *state.head)
             self._add_parts(dots=[part, part])  # the cross term counts twice
             state.ids, state.emb_b, state.head = None, None, None
 
@@ -361,7 +362,7 @@ class GramRulesMixin:
             self._add_rows(full)
         self.shared.clear()
         if self._dot_parts or self._norm_parts:
-            self._add(gm.sum_parts(self._dot_parts, self._norm_parts).reshape(self.B, self.G))
+            self._add(gd.sum_parts(self._dot_parts, self._norm_parts).reshape(self.B, self.G))
             self._dot_parts, self._norm_parts = [], []
         if not self._contributions:
             return torch.zeros(self.B, self.G, self.G, dtype=dtype, device=device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _ghost_diag as gd
 from . import _ghost_math as gm
 from ._records import _Use, _cols, _is_plain, _rows, average_into_shards
 
@@ -86,7 +87,7 @@ class WeightedMixin:
         if not grams:
             return torch.zeros(self.B, self.B, dtype=gm.ACC, device=w_bg.device)
         if diagonal_only:  # every parameter's block norms, squared and summed in one pass
-            return torch.diag_embed(gm.sum_parts(norms=grams))
+            return torch.diag_embed(gd.sum_parts(norms=grams))
         return torch.stack(grams).sum(0)
 
     def _weighted_panels(self, accumulate: bool) -> list[torch.Tensor]:
@@ -97,7 +98,7 @@ class WeightedMixin:
         for params, data_bgk in self._panels:
             w_b1g = self._weights_for(data_bgk).unsqueeze(1)
             v_bk = torch.bmm(w_b1g, data_bgk).squeeze(1)
-            grams.extend(gm.row_block_norms(v_bk) if self._diag_gram else [gm.batch_gram(v_bk)])
+            grams.extend(gd.row_block_norms(v_bk) if self._diag_gram else [gm.batch_gram(v_bk)])
             if not accumulate:
                 continue
             total_k, casts, start = v_bk.sum(0), {}, 0
@@ -187,7 +188,7 @@ class WeightedMixin:
 
     def _weighted_param(self, p: torch.Tensor, sources: list, accumulate: bool) -> list[torch.Tensor]:
         """Grams (B, B) of one parameter's summed per-group gradients, one per chunk of rows
-        (when the pass is ``diagonal_only``: the chunks' block norms, ``gm.row_block_norms``);
+        (when the pass is ``diagonal_only``: the chunks' block norms, ``gd.row_block_norms``);
         ``.grad += Σ_b V_b``."""
         diag = self._diag_gram
         dense = [f for kind, f in sources if kind == "rows"]
@@ -204,7 +205,7 @@ class WeightedMixin:
                     grad = torch.zeros(p.shape, dtype=p.dtype, device=rows_bud.device)
                 gm.add_rows_(grad, uniq_u, rows_bud.sum(0))
                 self._set_grad(p, grad)
-            return gm.row_block_norms(rows_bud) if diag else [gm.batch_gram(rows_bud)]
+            return gd.row_block_norms(rows_bud) if diag else [gm.batch_gram(rows_bud)]
         grams, grad = self._weighted_rows(p.shape, p.dtype, dense, sparse, grad, accumulate)
         if accumulate:
             self._set_grad(p, grad if grad.shape == p.shape else grad.view(p.shape))
@@ -233,7 +234,7 @@ class WeightedMixin:
             for local_u, rows_ub_, cuts in local:  # this chunk's ids: U[cuts[i]:cuts[i + 1]]
                 lo, hi = cuts[i], cuts[i + 1]
                 gm.add_rows_(v_br_.transpose(0, 1), local_u[lo:hi], rows_ub_[lo:hi])
-            grams.extend(gm.row_block_norms(v_br_) if diag else [gm.batch_gram(v_br_)])
+            grams.extend(gd.row_block_norms(v_br_) if diag else [gm.batch_gram(v_br_)])
             if accumulate:
                 total = v_br_.sum(0)  # half precision: float32 accumulation, one rounding
                 total = total if total.dtype == dtype else total.to(dtype)
