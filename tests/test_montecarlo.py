@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from oblr_theory import estimators, exact, montecarlo as mc, stats
+from oblr_theory import estimators, exact, montecarlo as mc, sequences as sq, stats
 from oblr_theory.problems import TokenMDP
 
 from conftest import random_bandit
@@ -38,7 +38,7 @@ def test_logits_match_step_logits():
     rng = np.random.default_rng(0)
     n = 50
     rows = P.param_rows(rng.integers(0, 3, n), 2, rng.integers(0, 5, n), np.zeros(n, dtype=np.int64))
-    np.testing.assert_allclose(mc._logits(P, P.theta.reshape(-1, 5), rows), P.step_logits(rows), atol=1e-14)
+    np.testing.assert_allclose(sq._logits(P, P.theta.reshape(-1, 5), rows), P.step_logits(rows), atol=1e-14)
 
 
 def test_bandit_scores_are_analytic():
@@ -215,14 +215,14 @@ def test_policy_columns_do_not_change_the_sample(monkeypatch):
     P = TokenMDP(6, 8, "contains", num_prompts=2, parametrization="loglinear", seed=3, reward_kwargs={"token": 2})
     prompts = mc.draw_prompts(P, 2000, np.random.default_rng(0))
     fast = mc.sample_sequences(P, prompts, np.random.default_rng(4))
-    columns = mc._columns
+    columns = sq._columns
     used = []
 
     def per_sequence(problem, rows, m):
         used.append(columns(problem, rows, m)[2] is not None)
         return rows, m, None
 
-    monkeypatch.setattr(mc, "_columns", per_sequence)
+    monkeypatch.setattr(sq, "_columns", per_sequence)
     slow = mc.sample_sequences(P, prompts, np.random.default_rng(4))
     assert any(used)  # the fast run did use per-combination columns
     np.testing.assert_array_equal(fast.tokens, slow.tokens)
@@ -241,7 +241,7 @@ def test_draw_tokens_counts_thresholds_below_u():
         u = rng.random(4000)
         u[:50] = cdf[rng.integers(0, V - 1, 50), key[:50]]  # exact ties: u == F(v) is not counted
         want = (u > cdf[:, key]).sum(axis=0)
-        np.testing.assert_array_equal(mc._draw_tokens(cdf, key, u), want)
+        np.testing.assert_array_equal(sq._draw_tokens(cdf, key, u), want)
 
 
 def test_row_writes_match_fancy_indexing():
@@ -251,8 +251,8 @@ def test_row_writes_match_fancy_indexing():
     gain = rng.random((20, 4))
     want = buf.copy()
     want[rows] += gain
-    mc._add_rows(buf, rows, gain)
+    sq._add_rows(buf, rows, gain)
     np.testing.assert_array_equal(buf, want)
     want[rows[:5]] = gain[:5]
-    mc._put_rows(buf, rows[:5], gain[:5])
+    sq._put_rows(buf, rows[:5], gain[:5])
     np.testing.assert_array_equal(buf, want)
