@@ -89,7 +89,7 @@ class GhostRecorder(CaptureMixin, GramRulesMixin, WeightedMixin):
         self.roots: list[tuple[_Use, torch.Tensor]] = []
         self._edges: list[tuple[_Use, object]] = []  # keep_factors: (use, its output's edge)
         self._contributions: list[torch.Tensor] = []  # summed once, in finalize
-        self._dot_parts: list[torch.Tensor] = []  # diagonal_only: gd.sum_parts, in finalize
+        self._dot_parts: list[torch.Tensor] = []  # diagonal_only: _ghost_diag.sum_parts, in finalize
         self._norm_parts: list[torch.Tensor] = []
         self.shared: dict[int, torch.Tensor] = {}
         self.ties: dict[int, _TieState] = {}
