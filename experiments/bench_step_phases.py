@@ -118,7 +118,7 @@ def instrumented(clock: PhaseClock, optimizers: list):
         for owner, attr, original, own in reversed(saved):
             if own:
                 setattr(owner, attr, original)
-            else:  # an instance attribute over its class's: remove it
+            else:  # the owner's wrapper hid an inherited (or class) attribute: remove it
                 delattr(owner, attr)
 
 
