@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from oblr_theory.bridge import exact_lm  # noqa: E402
 from oblr_theory.bridge import validate as V  # noqa: E402
 from oblr_theory.bridge.models import load_model  # noqa: E402
 from oblr_theory.bridge.task import ArithmeticTask  # noqa: E402
@@ -144,7 +145,7 @@ def run(cfg: Config, out: str, progress: bool = True) -> dict:
     if cfg.exact and H <= 2 and tok.vocab_size ** H <= 50_000:
         path = os.path.join(work, "exact.json")
         if not os.path.exists(path):
-            ref = V.exact_reference(model, tok, task, problems, H, cfg.group_size, progress=progress)
+            ref = exact_lm.exact_reference(model, tok, task, problems, H, cfg.group_size, progress=progress)
             atomic_write(path, json.dumps(ref, indent=2))
         exact_ref = json.load(open(path))
 

@@ -28,9 +28,10 @@ stated family-wise false-failure rate. The jackknife is asymptotic: with heavy-t
 needs a fair number of batches (the default ``M = 16``; tiny ``M`` is a smoke run, not a test).
 
 Where the completions can be enumerated (short answers, ``max_new_tokens ≤ 2``),
-:func:`exact_reference` computes the exact per-prompt moments and the exact ``V_x`` (closed forms
-on exact moments; the multiset engine :func:`oblr_theory.exact.group_moments` for any estimator
-when the number of multisets allows), so the sampled statistics are checked against exact ones.
+:func:`oblr_theory.bridge.exact_lm.exact_reference` computes the exact per-prompt moments and the
+exact ``V_x`` (closed forms on exact moments; the multiset engine
+:func:`oblr_theory.exact.group_moments` for any estimator when the number of multisets allows),
+so the sampled statistics are checked against exact ones.
 """
 
 from __future__ import annotations
@@ -41,8 +42,7 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
-from .. import estimators, exact, theory
-from ..problems.base import Outcomes
+from .. import estimators, theory
 from ..snr import EMASNR, SNRPieces, snr_fraction, snr_hat, snr_pieces_from_gram
 from .gram import score_gram
 from .rollout import sample_rollout
@@ -50,7 +50,7 @@ from .rollout import sample_rollout
 __all__ = ["ESTIMATORS", "CLOSED_FORMS", "PromptSamples", "collect_prompt", "batch_gram",
            "advantages", "group_gram", "cross_group_mean_inner", "sample_moments", "analyse",
            "precompute", "statistics",
-           "jackknife", "exact_reference", "enumerate_completions", "z_threshold"]
+           "jackknife", "z_threshold"]
 
 #: (label, registry name, source of S): the estimators compared. ``logit_loo`` is
 #: ``optimal_loo`` with the logit proxy in place of S (verl's optimal token baseline, T8).
@@ -357,87 +357,6 @@ def z_threshold(alpha: float, family: int, df: int | None = None) -> float:
     Student t with ``df`` degrees of freedom (a jackknife over ``M`` batches has ``df = M − 1``)."""
     q = 1 - alpha / (2 * max(family, 1))
     return float(sps.norm.ppf(q) if df is None else sps.t.ppf(q, df))
-
-
-# ============================================================================== exact reference
-def enumerate_completions(vocab_size: int, eos: int, horizon: int) -> list[list[int]]:
-    """Every completion of at most ``horizon`` tokens: ending at the first ``eos``, or of length
-    ``horizon`` without one (``Σ_{k<H} (V−1)^k + (V−1)^H`` sequences)."""
-    others = [v for v in range(vocab_size) if v != eos]
-    out, frontier = [], [[]]
-    for k in range(horizon):
-        nxt = []
-        for pre in frontier:
-            out.append(pre + [eos])
-            nxt.extend(pre + [v] for v in others)
-        frontier = nxt
-    return out + frontier
-
-
-def _lm_outcomes(model, tok, task, problem, horizon: int) -> Outcomes:
-    """Exact outcomes of one prompt: probabilities, rewards, S, lengths, and scores in isometric
-    coordinates (``K = U Λ Uᵀ``, scores ``U Λ^{1/2}``: every inner product exact)."""
-    comps = enumerate_completions(tok.vocab_size, tok.eos_token_id, horizon)
-    prompt = tok.encode(problem.prompt)
-    P, n = len(prompt), len(comps)
-    T = P + horizon
-    ids = np.full((n, T), tok.pad_token_id)
-    attn = np.zeros((n, T), bool)
-    comp = np.zeros((n, T), bool)
-    for i, c in enumerate(comps):
-        ids[i, :P + len(c)] = prompt + c
-        attn[i, :P + len(c)] = True
-        comp[i, P:P + len(c)] = True
-    dev = next(model.parameters()).device
-    t = lambda a: torch.as_tensor(a, device=dev)[None]  # noqa: E731
-    g = score_gram(model, t(ids), t(attn), t(comp), method="ghost")
-    K = g.gram_bgg[0].double().cpu().numpy()
-    logp = g.seq_logp_bg[0].double().cpu().numpy()
-    lam, U = np.linalg.eigh((K + K.T) / 2)
-    scores = U * np.sqrt(np.clip(lam, 0, None))
-    rewards = task.rewards([[tok.decode(c) for c in comps]], [problem])[0]
-    return Outcomes(probs=np.exp(logp), rewards=rewards, scores=scores, sq_norms=np.diag(K).copy(),
-                    lengths=np.array([len(c) for c in comps], float), log_probs=logp)
-
-
-def exact_reference(model, tok, task, problems, horizon: int, group_size: int,
-                    max_multisets: int = 2_000_000, progress: bool = False) -> dict:
-    """Exact per-prompt moments and one-group ``V_x`` (means over prompts), flat dict.
-
-    ``V_exact/<e>``: closed forms on exact moments for reinforce/rloo/dr_grpo/fixed baselines,
-    and the multiset engine for every estimator when ``C(n+G−1, G) ≤ max_multisets``.
-    ``prob_total`` is ``max_x |Σ_y π(y|x) − 1|`` (a check of the enumeration).
-    """
-    from tqdm.auto import tqdm
-
-    acc: dict[str, list] = {}
-    put = lambda k, v: acc.setdefault(k, []).append(v)  # noqa: E731
-    dev = []
-    for prob in tqdm(problems, desc="exact", disable=not progress):
-        o = _lm_outcomes(model, tok, task, prob, horizon)
-        dev.append(abs(o.probs.sum() - 1))
-        p = o.probs / o.probs.sum()
-        g = (p * o.rewards) @ o.scores
-        mu = p @ o.rewards
-        mom = dict(mu=mu, var_r=p @ (o.rewards - mu) ** 2, m_S=p @ o.sq_norms, m_rS=p @ (o.rewards * o.sq_norms),
-                   m_r2S=p @ (o.rewards**2 * o.sq_norms), grad_sq_norm=float(g @ g))
-        mom["b_star"] = mom["m_rS"] / mom["m_S"]
-        for k, v in mom.items():
-            put(f"moment/{k}", float(v))
-        for lab in CLOSED_FORMS + ("fixed_mean", "fixed_b_star"):
-            put(f"V_exact/{lab}", predicted_variance(mom, lab, group_size))
-        keep = p > 0
-        if exact.num_multisets(int(keep.sum()), group_size) <= max_multisets:
-            ex = Outcomes(p, o.rewards, o.scores, o.sq_norms, o.lengths, o.log_probs)
-            for lab, name, src in ESTIMATORS:
-                if src != "exact":
-                    continue
-                _, v = exact.group_moments(ex, estimators.get(name), group_size)
-                put(f"V_multiset/{lab}", v)
-    res = {k: float(np.mean(v)) for k, v in acc.items()}
-    res["prob_total_max_dev"] = float(max(dev))
-    res["outcomes_per_prompt"] = float(len(enumerate_completions(tok.vocab_size, tok.eos_token_id, horizon)))
-    return res
 
 
 # ============================================================================== report

@@ -13,6 +13,7 @@ from oblr_theory.problems import SoftmaxBandit
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from oblr_theory.bridge import exact_lm  # noqa: E402
 from oblr_theory.bridge import validate as V  # noqa: E402
 from oblr_theory.bridge.models import tiny_qwen3  # noqa: E402
 from oblr_theory.bridge.task import ArithmeticTask, CharTokenizer  # noqa: E402
@@ -89,10 +90,10 @@ def small_lm():
 def test_enumerated_completions_have_total_probability_one(small_lm):
     model, tok = small_lm
     task = ArithmeticTask(max_answer=9)
-    comps = V.enumerate_completions(tok.vocab_size, tok.eos_token_id, 2)
+    comps = exact_lm.enumerate_completions(tok.vocab_size, tok.eos_token_id, 2)
     V_ = tok.vocab_size
     assert len(comps) == 1 + (V_ - 1) + (V_ - 1) ** 2 and len({tuple(c) for c in comps}) == len(comps)
-    ref = V.exact_reference(model, tok, task, task.all_problems()[:2], horizon=2, group_size=2)
+    ref = exact_lm.exact_reference(model, tok, task, task.all_problems()[:2], horizon=2, group_size=2)
     assert ref["prob_total_max_dev"] < 1e-10
     # G = 2: the multiset engine and the T2 closed forms agree on exact moments
     for name in V.CLOSED_FORMS:
