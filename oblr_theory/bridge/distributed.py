@@ -13,7 +13,8 @@ advantages locally (every estimator's advantage map works within one group). Wha
   rank, and the same statistics as one process on the whole batch.
 
 Launch with ``torchrun --nproc-per-node R script.py`` or ``accelerate launch`` (both set
-``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``); :func:`init` reads them. The ghost
+``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``); :func:`init` reads them and
+:func:`shutdown` ends the run on every rank. The ghost
 Gram runs on the unwrapped module (no DDP hooks), the surrogate forward/backward on the DDP
 wrapper, so the gradient all-reduce is DDP's own.
 
@@ -31,6 +32,7 @@ not with NCCL on GPUs.
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Sequence
 
@@ -40,7 +42,7 @@ import torch.distributed as dist
 from .rollout import Rollout
 from .step import OBLRPO, DTensor, StepConfig
 
-__all__ = ["init", "shard_groups", "all_reduce_sum", "average_gradients", "data_parallel_oblrpo",
+__all__ = ["init", "shutdown", "shard_groups", "all_reduce_sum", "average_gradients", "data_parallel_oblrpo",
            "local_rollout", "shard_fsdp", "fsdp_oblrpo", "full_parameters", "world"]
 
 
@@ -59,6 +61,21 @@ def init(backend: str | None = None) -> tuple[int, int]:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", dist.get_rank())))
     return dist.get_rank(), dist.get_world_size()
+
+
+def shutdown() -> None:
+    """Tear down the default process group (made by :func:`init`), all ranks together.
+
+    Whatever still holds the group (FSDP's device meshes sit in reference cycles) is collected
+    first and the ranks meet at a barrier: otherwise gloo's threads can outlive the group and abort
+    a process at exit, after its work is done (seen with two gloo processes on a loaded CPU).
+    Call it on every rank at the end; without a process group it does nothing.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def world() -> tuple[int, int]:

@@ -68,7 +68,6 @@ def outside_use_caught(model, roll) -> bool:
 
 
 if __name__ == "__main__":
-    import gc
     import inspect
 
     from oblr_theory.bridge.gram import score_gram
@@ -79,9 +78,4 @@ if __name__ == "__main__":
         modes = ["two"] + (["single"] if "keep_factors" in inspect.signature(score_gram).parameters else [])
     for mode in modes:
         main(sys.argv[1], mode)
-    if torch.distributed.is_initialized():
-        # tear down together, with nothing left that holds the process group (FSDP's meshes are
-        # in reference cycles): else gloo's threads can outlive it and abort the process at exit
-        gc.collect()
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    D.shutdown()
