@@ -42,8 +42,9 @@ import torch.distributed as dist
 from .rollout import Rollout
 from .step import OBLRPO, DTensor, StepConfig
 
-__all__ = ["init", "shutdown", "shard_groups", "all_reduce_sum", "average_gradients", "data_parallel_oblrpo",
-           "local_rollout", "shard_fsdp", "fsdp_oblrpo", "full_parameters", "world"]
+__all__ = ["init", "shutdown", "shard_groups", "all_reduce_sum", "average_gradients",
+           "data_parallel_oblrpo", "local_rollout", "shard_fsdp", "fsdp_oblrpo", "full_parameters",
+           "world"]
 
 
 def init(backend: str | None = None) -> tuple[int, int]:
