@@ -52,24 +52,20 @@ from oblr_theory.bridge import _hooks, gram, logprobs  # noqa: E402
 from oblr_theory.bridge.step import OBLRPO, StepConfig  # noqa: E402
 
 OTHER = "other"
-# (owner, attribute, phase): the functions an update runs, by phase
-PHASES = (
-    (_hooks.GhostRecorder, "__init__", "recorder setup"),
-    (_hooks.GhostRecorder, "__enter__", "recorder setup"),
-    (_hooks.GhostRecorder, "__exit__", "recorder setup"),
-    (_hooks.GhostRecorder, "_on_forward", "forward hooks"),
-    (gram, "forward_logprobs", "forward"),
-    (logprobs, "forward_logprobs", "forward"),
-    (_hooks.GhostRecorder, "check_graph", "graph check"),
-    (_hooks.GhostRecorder, "backward", "backward"),
-    (torch.Tensor, "backward", "backward"),
-    (_hooks.GhostRecorder, "_on_grad", "per-use rules (S)"),
-    (_hooks.GhostRecorder, "finalize", "per-use rules (S)"),
-    (gram.ScoreGram, "weighted_gradients", "weighted pass"),
-    (OBLRPO, "advantages", "advantages"),
-    (OBLRPO, "_grad_sq_norm", "step"),
-    (OBLRPO, "_diagnostics", "diagnostics"),
-)
+R = _hooks.GhostRecorder
+# phase -> the functions an update runs in it, as (owner, attribute)
+PHASES = {
+    "recorder setup": ((R, "__init__"), (R, "__enter__"), (R, "__exit__")),
+    "forward hooks": ((R, "_on_forward"),),
+    "forward": ((gram, "forward_logprobs"), (logprobs, "forward_logprobs")),
+    "graph check": ((R, "check_graph"),),
+    "backward": ((R, "backward"), (torch.Tensor, "backward")),
+    "per-use rules (S)": ((R, "_on_grad"), (R, "finalize")),
+    "weighted pass": ((gram.ScoreGram, "weighted_gradients"),),
+    "advantages": ((OBLRPO, "advantages"),),
+    "step": ((OBLRPO, "_grad_sq_norm"),),
+    "diagnostics": ((OBLRPO, "_diagnostics"),),
+}
 
 
 class PhaseClock:
@@ -107,7 +103,8 @@ class PhaseClock:
 def instrumented(clock: PhaseClock, optimizers: list):
     """Wrap every function of ``PHASES`` (and each optimizer's ``step``) so that it runs inside
     its phase; the originals are restored on exit."""
-    targets = list(PHASES) + [(opt, "step", "step") for opt in optimizers]
+    targets = [(owner, attr, label) for label, fns in PHASES.items() for owner, attr in fns]
+    targets += [(opt, "step", "step") for opt in optimizers]
     saved = [(owner, attr, owner.__dict__.get(attr, None), attr in owner.__dict__)
              for owner, attr, _ in targets]
     try:
