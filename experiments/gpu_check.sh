@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# GPU check for ISSUE 7 (torch bridge part 2), under 8 minutes on one H100/H200:
-#   1. bench_step: OBLR-PO update vs GRPO update on the same batch, Qwen3-0.6B shape with the
-#      real Qwen3 vocabulary (151936), random weights, bf16 and fp32 (plus torch.profiler
-#      operator tables of one GRPO and one OBLR-PO update: profile_step_<dtype>.txt); bf16 runs
-#      BF16_RUNS times (default 2, each a fresh process: the host-bound bf16 ratio varies by run);
-#      then bench_step_phases (bf16): each update's host time and operators by phase;
+# GPU check for ISSUE 7 (torch bridge part 2), under 8 minutes on one H100/H200 (one deadline,
+# TOTAL_S, default 450 s, caps every stage; stages run in the order below, most important first):
+#   1. bench_step, bf16: OBLR-PO update vs GRPO update on the same batch, Qwen3-0.6B shape with the
+#      real Qwen3 vocabulary (151936), random weights; BF16_RUNS times (default 2, each a fresh
+#      process: the host-bound bf16 ratio varies by run), with torch.profiler operator tables of one
+#      GRPO and one OBLR-PO update in the first (profile_step_<dtype>.txt);
 #   2. qwen3_validation: theory vs practice at fixed θ on the built-in task with a Qwen3-0.6B-shaped
-#      model (character vocabulary, pretrained on GPU until its expected reward reaches 0.3), fp32;
-#   3. the validation figure.
-# Outputs go under $OUT (or results/gpu_check). Each stage has its own timeout, so one slow stage
-# cannot eat the others' time. QUICK=1 runs the same pipeline on a CPU with tiny sizes (a dry run
-# of the script's logic, not a GPU measurement; with M = 4 groups its z-tests are not calibrated).
+#      model (character vocabulary, pretrained on GPU until its expected reward reaches 0.3), fp32,
+#      and its figure;
+#   3. bench_step, fp32 (the same, once);
+#   4. bench_step_phases (bf16): each update's host time and operators by phase.
+# Outputs go under $OUT (or results/gpu_check). Each stage also has its own limit (T_BENCH, T_VAL,
+# T_PHASES), so one slow stage cannot eat the others' time. QUICK=1 runs the same pipeline on a
+# CPU with tiny sizes (a dry run of the script's logic, not a GPU measurement; with M = 4 groups
+# its z-tests are not calibrated).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-results/gpu_check}"
@@ -33,15 +36,24 @@ else
 fi
 
 status=0
-RUNS=()
-[[ "$DEV" == "cuda" ]] && for i in $(seq 1 "${BF16_RUNS:-2}"); do RUNS+=("bfloat16:$i"); done
-RUNS+=("float32:1")
-for run in "${RUNS[@]}"; do
-  dt="${run%%:*}"; i="${run##*:}"; tag="$dt"; [[ "$i" != "1" ]] && tag="${dt}_run$i"
-  prof=(); [[ "$i" == "1" ]] && prof=(--profile "$OUT_DIR/profile_step_$dt.txt")
-  rounds=(); [[ "$dt" == "bfloat16" ]] && rounds=("${BF16_ROUNDS[@]}")
+# One deadline for the whole script (TOTAL_S seconds, default 450: under 8 minutes with the
+# interpreter starts): each stage runs under min(its own limit, the time left), and a stage with
+# under 20 s left is skipped (reported, exit status 1). Stages run in priority order: the bf16
+# target ratio, the validation and its figure, the fp32 ratio, the phase breakdown.
+DEADLINE=$((SECONDS + ${TOTAL_S:-450}))
+limit() {  # limit STAGE_LIMIT -> seconds this stage may run (0: skip it)
+  local left=$((DEADLINE - SECONDS)); (( left < 20 )) && { echo 0; return; }
+  echo $(( left < $1 ? left : $1 ))
+}
+skip() { echo "skipped $1: under 20 s of TOTAL_S=${TOTAL_S:-450} left"; status=1; }
+
+bench() {  # bench DTYPE RUN_INDEX
+  local dt="$1" i="$2" tag="$1" t; [[ "$i" != "1" ]] && tag="${dt}_run$i"
+  local prof=(); [[ "$i" == "1" ]] && prof=(--profile "$OUT_DIR/profile_step_$dt.txt")
+  local rounds=(); [[ "$dt" == "bfloat16" ]] && rounds=("${BF16_ROUNDS[@]}")
   echo "== bench_step ($tag)"
-  timeout "$T_BENCH" python experiments/bench_step.py "${SHAPE[@]}" "${BENCH[@]}" "${rounds[@]}" --device "$DEV" --dtype "$dt" \
+  t=$(limit "$T_BENCH"); [[ "$t" == 0 ]] && { skip "bench_step $tag"; return; }
+  timeout "$t" python experiments/bench_step.py "${SHAPE[@]}" "${BENCH[@]}" "${rounds[@]}" --device "$DEV" --dtype "$dt" \
     "${prof[@]}" > "$OUT_DIR/bench_step_$tag.json" 2> "$OUT_DIR/bench_step_$tag.log" || { echo "bench_step $tag failed (see log)"; status=1; }
   python - "$OUT_DIR/bench_step_$tag.json" <<'PY' || true
 import json, sys
@@ -50,18 +62,34 @@ keys = ("device", "params", "tokens", "median_s", "ratio_oblr_po_over_grpo", "ra
         "ratio_compute_ops_oblr_po_over_grpo", "ratio_ghost_over_grpo", "meets_target")
 print({k: d.get(k) for k in keys})
 PY
-done
+}
+
+if [[ "$DEV" == "cuda" ]]; then
+  for i in $(seq 1 "${BF16_RUNS:-2}"); do bench bfloat16 "$i"; done
+fi
+
+echo "== qwen3_validation"
+t=$(limit "$T_VAL")
+if [[ "$t" == 0 ]]; then
+  skip qwen3_validation
+else
+  timeout "$t" python experiments/qwen3_validation.py "${VAL[@]}" --out "$OUT_DIR/qwen3_validation" --quiet \
+    > "$OUT_DIR/qwen3_validation.txt" 2> "$OUT_DIR/qwen3_validation.log" || { echo "validation failed (see log)"; status=1; }
+  head -40 "$OUT_DIR/qwen3_validation.txt"
+  python paper_figures/qwen3_validation.py "$OUT_DIR/qwen3_validation" || status=1
+fi
+
+bench float32 1
 
 echo "== bench_step_phases (bf16 on a GPU: the host's time to issue each phase)"
 PH_DT=bfloat16; [[ "$DEV" == "cpu" ]] && PH_DT=float32
-timeout "${T_PHASES:-90}" python experiments/bench_step_phases.py "${SHAPE[@]}" "${BENCH[@]}" --repeats 3 --warmup 1 \
-  --device "$DEV" --dtype "$PH_DT" > "$OUT_DIR/bench_step_phases.json" 2> "$OUT_DIR/bench_step_phases.log" \
-  || { echo "bench_step_phases failed (see log)"; status=1; }
-
-echo "== qwen3_validation"
-timeout "$T_VAL" python experiments/qwen3_validation.py "${VAL[@]}" --out "$OUT_DIR/qwen3_validation" --quiet \
-  > "$OUT_DIR/qwen3_validation.txt" 2> "$OUT_DIR/qwen3_validation.log" || { echo "validation failed (see log)"; status=1; }
-head -40 "$OUT_DIR/qwen3_validation.txt"
-python paper_figures/qwen3_validation.py "$OUT_DIR/qwen3_validation" || status=1
-echo "outputs in $OUT_DIR (exit $status)"
+t=$(limit "${T_PHASES:-90}")
+if [[ "$t" == 0 ]]; then
+  skip bench_step_phases
+else
+  timeout "$t" python experiments/bench_step_phases.py "${SHAPE[@]}" "${BENCH[@]}" --repeats 3 --warmup 1 \
+    --device "$DEV" --dtype "$PH_DT" > "$OUT_DIR/bench_step_phases.json" 2> "$OUT_DIR/bench_step_phases.log" \
+    || { echo "bench_step_phases failed (see log)"; status=1; }
+fi
+echo "outputs in $OUT_DIR after $SECONDS s (exit $status)"
 exit $status

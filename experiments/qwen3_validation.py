@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from oblr_theory.bridge import exact_lm  # noqa: E402
 from oblr_theory.bridge import validate as V  # noqa: E402
+from oblr_theory.bridge import validate_claims as VC  # noqa: E402
 from oblr_theory.bridge.models import load_model  # noqa: E402
 from oblr_theory.bridge.task import ArithmeticTask  # noqa: E402
 from oblr_theory.results import git_revision, jsonable  # noqa: E402
@@ -153,8 +154,8 @@ def run(cfg: Config, out: str, progress: bool = True) -> dict:
     data = (arr("rewards_n"), arr("sq_norms_n"), arr("lengths_n"), arr("logit_n"), arr("gram_nn"))
     pre = V.precompute(*data, cfg.group_size, batch_grams)
     fn = lambda keep: V.statistics(pre, keep, cfg.ema_beta, cfg.eta_max)  # noqa: E731
-    full, se = V.jackknife(fn, cfg.groups, progress=progress)
-    claims = V.analyse(full, se, cfg.group_size, cfg.alpha, exact_ref, n_batches=cfg.groups)
+    full, se = VC.jackknife(fn, cfg.groups, progress=progress)
+    claims = VC.analyse(full, se, cfg.group_size, cfg.alpha, exact_ref, n_batches=cfg.groups)
     report = {
         "experiment": "qwen3_validation",
         "config": ident,

@@ -20,6 +20,12 @@ def random_token_mdp(seed, parametrization="loglinear", V=3, H=3, X=2, reward="s
                     reward_kwargs=kwargs)
 
 
+def short_answer_mdp(par, X=2, V=3, H=3, seed=0):
+    """A short-answer token MDP (reward for token 2 within 2 steps), small enough to enumerate."""
+    return TokenMDP(V, H, "short_answer", num_prompts=X, parametrization=par, seed=seed,
+                    reward_kwargs={"token": 2, "max_len": 2})
+
+
 @pytest.fixture(params=["bandit", "bandit-multi", "mdp-tabular", "mdp-loglinear"])
 def small_problem(request):
     return {

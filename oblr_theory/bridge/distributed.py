@@ -25,7 +25,7 @@ tensors). Single pass: ``weighted_gradients`` forms each rank's full local gradi
 factors, one parameter at a time, and averages it into the parameter's ``Shard(0)`` DTensor
 gradient (a reduce-scatter); two passes: the surrogate's backward ends in FSDP's own
 reduce-scatter. ``||ĝ||²`` is the sum of the shards' squares reduced over ranks
-(:func:`oblr_theory.bridge.step.grad_sq_norm`). Both modes are tested on CPU with two gloo
+(:func:`oblr_theory.bridge.surrogate.grad_sq_norm`). Both modes are tested on CPU with two gloo
 processes and a float64 tiny Qwen3 against one process (``tests/bridge/test_distributed.py``);
 not with NCCL on GPUs.
 """
@@ -40,7 +40,8 @@ import torch
 import torch.distributed as dist
 
 from .rollout import Rollout
-from .step import OBLRPO, DTensor, StepConfig
+from .step import OBLRPO, StepConfig
+from .surrogate import DTensor
 
 __all__ = ["init", "shutdown", "shard_groups", "all_reduce_sum", "average_gradients",
            "data_parallel_oblrpo", "local_rollout", "shard_fsdp", "fsdp_oblrpo", "full_parameters",
@@ -184,7 +185,7 @@ def fsdp_oblrpo(model: torch.nn.Module, config: StepConfig, layer_attr: str = "m
       (``single_pass=False``): the surrogate's backward through the FSDP modules; FSDP
       reduce-scatters and averages. Either way ``p.grad`` is this rank's shard of ``−ĝ``.
     - T7: ``Σ_b ||u_b||²`` and ``B`` with :func:`all_reduce_sum`, ``||ĝ||²`` with
-      :func:`oblr_theory.bridge.step.grad_sq_norm` (it reads the DTensor shards); the optimizer
+      :func:`oblr_theory.bridge.surrogate.grad_sq_norm` (it reads the DTensor shards); the optimizer
       steps the shards.
 
     Without a process group it is ``OBLRPO(model, config)`` (nothing sharded). A model that is

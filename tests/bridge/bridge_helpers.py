@@ -1,5 +1,6 @@
 """Helpers for the bridge tests: tiny seeded Hugging Face causal LMs and padded (B, G, T) batches."""
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -68,3 +69,18 @@ def make_batch(B=2, G=3, prompt_len=4, max_completion=6, pad_side="right", extra
 
 def rel_err(x, y):
     return float((x - y).abs().max() / y.abs().max().clamp(min=1e-300))
+
+
+def sampled_bandit(problem, M, G, seed):
+    """M·G i.i.d. outcomes per prompt: rewards, S, lengths (=1), scores' Gram, per prompt."""
+    rng = np.random.default_rng(seed)
+    cols = {k: [] for k in ("r", "S", "ell", "gram")}
+    for x in range(problem.num_prompts):
+        o = problem.outcomes(x)
+        idx = rng.choice(o.size, size=M * G, p=o.probs)
+        s = o.scores[idx]
+        cols["r"].append(o.rewards[idx])
+        cols["S"].append(o.sq_norms[idx])
+        cols["ell"].append(o.lengths[idx].astype(float))
+        cols["gram"].append(s @ s.T)
+    return {k: np.stack(v) for k, v in cols.items()}

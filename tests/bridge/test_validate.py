@@ -1,5 +1,6 @@
 """Theory-vs-practice statistics: Gram algebra, a check against the exact engine on a bandit
-(where both apply), the enumerated-LM reference, and the experiment script end to end."""
+(where both apply), and the experiment script end to end (the enumerated-LM reference:
+test_exact_lm.py; the claims: test_validate_claims.py)."""
 
 import json
 import os
@@ -13,25 +14,9 @@ from oblr_theory.problems import SoftmaxBandit
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from oblr_theory.bridge import exact_lm  # noqa: E402
 from oblr_theory.bridge import validate as V  # noqa: E402
-from oblr_theory.bridge.models import tiny_qwen3  # noqa: E402
-from oblr_theory.bridge.task import ArithmeticTask, CharTokenizer  # noqa: E402
-
-
-def sampled_bandit(problem, M, G, seed):
-    """M·G i.i.d. outcomes per prompt: rewards, S, lengths (=1), scores' Gram, per prompt."""
-    rng = np.random.default_rng(seed)
-    cols = {k: [] for k in ("r", "S", "ell", "gram")}
-    for x in range(problem.num_prompts):
-        o = problem.outcomes(x)
-        idx = rng.choice(o.size, size=M * G, p=o.probs)
-        s = o.scores[idx]
-        cols["r"].append(o.rewards[idx])
-        cols["S"].append(o.sq_norms[idx])
-        cols["ell"].append(o.lengths[idx].astype(float))
-        cols["gram"].append(s @ s.T)
-    return {k: np.stack(v) for k, v in cols.items()}
+from oblr_theory.bridge import validate_claims as VC  # noqa: E402
+from bridge_helpers import sampled_bandit  # noqa: E402
 
 
 def test_group_gram_equals_gram_of_explicit_group_gradients():
@@ -66,9 +51,9 @@ def test_statistics_agree_with_the_exact_engine_on_a_bandit():
     d = sampled_bandit(prob, M, G, seed=4)
     pre = V.precompute(d["r"], d["S"], d["ell"], d["S"], d["gram"], G)
     fn = lambda keep: V.statistics(pre, keep)  # noqa: E731
-    full, se = V.jackknife(fn, M)
+    full, se = VC.jackknife(fn, M)
     names = ("reinforce", "rloo", "dr_grpo", "optimal_loo", "opo")
-    thr = V.z_threshold(0.01, 2 * len(names))
+    thr = VC.z_threshold(0.01, 2 * len(names))
     for name in names:
         ex = exact.estimator_moments(prob, name, G).prompt_trace_var.mean()
         z = (full[f"V_measured/{name}"] - ex) / se[f"V_measured/{name}"]
@@ -76,28 +61,9 @@ def test_statistics_agree_with_the_exact_engine_on_a_bandit():
         if name in V.CLOSED_FORMS:
             z = (full[f"V_predicted/{name}"] - ex) / se[f"V_predicted/{name}"]
             assert abs(z) < thr, (name, "predicted", z)
-    rows = V.analyse(full, se, G, alpha=0.01)
+    rows = VC.analyse(full, se, G, alpha=0.01)
     control = [r for r in rows if r.quantity.startswith("negative control")]
     assert control and control[0].holds
-
-
-@pytest.fixture(scope="module")
-def small_lm():
-    tok = CharTokenizer("0123456789+=")
-    return tiny_qwen3(tok, seed=2, dtype=torch.float64).eval(), tok
-
-
-def test_enumerated_completions_have_total_probability_one(small_lm):
-    model, tok = small_lm
-    task = ArithmeticTask(max_answer=9)
-    comps = exact_lm.enumerate_completions(tok.vocab_size, tok.eos_token_id, 2)
-    V_ = tok.vocab_size
-    assert len(comps) == 1 + (V_ - 1) + (V_ - 1) ** 2 and len({tuple(c) for c in comps}) == len(comps)
-    ref = exact_lm.exact_reference(model, tok, task, task.all_problems()[:2], horizon=2, group_size=2)
-    assert ref["prob_total_max_dev"] < 1e-10
-    # G = 2: the multiset engine and the T2 closed forms agree on exact moments
-    for name in V.CLOSED_FORMS:
-        assert ref[f"V_multiset/{name}"] == pytest.approx(ref[f"V_exact/{name}"], rel=1e-9)
 
 
 def test_validation_experiment_end_to_end_and_resumes(tmp_path):
