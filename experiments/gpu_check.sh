@@ -10,13 +10,15 @@
 #      and its figure;
 #   3. bench_step, fp32 (the same, once);
 #   4. bench_step_phases (bf16): each update's host time and operators by phase.
-# Outputs go under $OUT (or results/gpu_check). Each stage also has its own limit (T_BENCH, T_VAL,
+# Outputs go under GPU_CHECK_DIR (default results/gpu_check); when $OUT is set (the device tool's
+# folder, which returns at most 8 files), everything is also packed into $OUT/gpu_check.tar.gz
+# beside copies of the bench JSONs and the validation report. Each stage also has its own limit (T_BENCH, T_VAL,
 # T_PHASES), so one slow stage cannot eat the others' time. QUICK=1 runs the same pipeline on a
 # CPU with tiny sizes (a dry run of the script's logic, not a GPU measurement; with M = 4 groups
 # its z-tests are not calibrated).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT_DIR="${OUT:-results/gpu_check}"
+OUT_DIR="${GPU_CHECK_DIR:-results/gpu_check}"
 mkdir -p "$OUT_DIR"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -92,4 +94,11 @@ else
     || { echo "bench_step_phases failed (see log)"; status=1; }
 fi
 echo "outputs in $OUT_DIR after $SECONDS s (exit $status)"
+if [[ -n "${OUT:-}" ]]; then  # at most 8 files come back from $OUT: one archive, 6 key files
+  mkdir -p "$OUT"
+  tar czf "$OUT/gpu_check.tar.gz" -C "$OUT_DIR" . || status=1
+  for f in "$OUT_DIR"/bench_step_*.json; do [[ -f "$f" ]] && cp "$f" "$OUT/"; done
+  [[ -f "$OUT_DIR/qwen3_validation/report.json" ]] && cp "$OUT_DIR/qwen3_validation/report.json" "$OUT/qwen3_validation_report.json"
+  ls "$OUT"
+fi
 exit $status
