@@ -84,3 +84,11 @@ def sampled_bandit(problem, M, G, seed):
         cols["ell"].append(o.lengths[idx].astype(float))
         cols["gram"].append(s @ s.T)
     return {k: np.stack(v) for k, v in cols.items()}
+
+
+def task_model64():
+    """The tiny Qwen3 of the built-in task's character tokenizer, float64, seeded, in eval mode."""
+    from oblr_theory.bridge.models import tiny_qwen3
+    from oblr_theory.bridge.task import CharTokenizer
+
+    return tiny_qwen3(CharTokenizer(), seed=3, dtype=torch.float64).eval()
