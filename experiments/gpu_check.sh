@@ -11,11 +11,11 @@
 #   3. bench_step, fp32 (the same, once);
 #   4. bench_step_phases (bf16): each update's host time and operators by phase.
 # Outputs go under GPU_CHECK_DIR (default results/gpu_check); when $OUT is set (the device tool's
-# folder, which returns at most 8 files), everything is also packed into $OUT/gpu_check.tar.gz
-# beside copies of the bench JSONs and the validation report. Each stage also has its own limit (T_BENCH, T_VAL,
-# T_PHASES), so one slow stage cannot eat the others' time. QUICK=1 runs the same pipeline on a
-# CPU with tiny sizes (a dry run of the script's logic, not a GPU measurement; with M = 4 groups
-# its z-tests are not calibrated).
+# folder, which returns at most 8 files), everything is also packed into $OUT/gpu_check.tar.gz,
+# beside copies of the bench JSONs and the validation report. Each stage also has its own limit
+# (T_BENCH, T_VAL, T_PHASES), so one slow stage cannot eat the others' time. QUICK=1 runs the same
+# pipeline on a CPU with tiny sizes (a dry run of the script's logic, not a GPU measurement; with
+# M = 4 groups its z-tests are not calibrated).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${GPU_CHECK_DIR:-results/gpu_check}"
