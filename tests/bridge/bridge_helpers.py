@@ -1,10 +1,14 @@
-"""Helpers for the bridge tests: tiny seeded Hugging Face causal LMs and padded (B, G, T) batches."""
+"""Helpers for the bridge tests: tiny seeded Hugging Face causal LMs and padded (B, G, T) batches,
+the built-in task with its tiny Qwen3, and sampled bandit outcomes."""
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+
+from oblr_theory.bridge.models import tiny_qwen3  # noqa: E402
+from oblr_theory.bridge.task import ArithmeticTask, CharTokenizer  # noqa: E402
 
 VOCAB = 53
 
@@ -86,9 +90,10 @@ def sampled_bandit(problem, M, G, seed):
     return {k: np.stack(v) for k, v in cols.items()}
 
 
-def task_model64():
-    """The tiny Qwen3 of the built-in task's character tokenizer, float64, seeded, in eval mode."""
-    from oblr_theory.bridge.models import tiny_qwen3
-    from oblr_theory.bridge.task import CharTokenizer
+TOK = CharTokenizer()  # the built-in task's tokenizer and task
+TASK = ArithmeticTask()
 
-    return tiny_qwen3(CharTokenizer(), seed=3, dtype=torch.float64).eval()
+
+def task_model64():
+    """The tiny Qwen3 of the built-in task's tokenizer, float64, seeded, in eval mode."""
+    return tiny_qwen3(TOK, seed=3, dtype=torch.float64).eval()

@@ -8,16 +8,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from oblr_theory.bridge.rollout import completion_masks, sample_rollout, sampling_config  # noqa: E402
-from oblr_theory.bridge.task import ArithmeticTask, CharTokenizer  # noqa: E402
-from bridge_helpers import task_model64  # noqa: E402
+from bridge_helpers import TASK, TOK, task_model64  # noqa: E402
 
-TOK = CharTokenizer()
-TASK = ArithmeticTask()
-
-
-@pytest.fixture(scope="module")
-def model64():
-    return task_model64()
+model64 = pytest.fixture(scope="module", name="model64")(task_model64)
 
 
 def test_sampling_uses_the_policy_distribution(model64):

@@ -15,17 +15,10 @@ from oblr_theory.bridge.logprobs import sequence_logprobs  # noqa: E402
 from oblr_theory.bridge.models import pretrain, tiny_qwen3  # noqa: E402
 from oblr_theory.bridge.rollout import expected_task_reward, sample_rollout  # noqa: E402
 from oblr_theory.bridge.step import OBLRPO, StepConfig, train  # noqa: E402
-from oblr_theory.bridge.task import ArithmeticTask, CharTokenizer  # noqa: E402
-from bridge_helpers import task_model64  # noqa: E402
+from bridge_helpers import TASK, TOK, task_model64  # noqa: E402
 from oblr_theory.snr import snr_pieces  # noqa: E402
 
-TOK = CharTokenizer()
-TASK = ArithmeticTask()
-
-
-@pytest.fixture(scope="module")
-def model64():
-    return task_model64()
+model64 = pytest.fixture(scope="module", name="model64")(task_model64)
 
 
 @pytest.fixture(scope="module")
