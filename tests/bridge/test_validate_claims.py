@@ -72,7 +72,9 @@ def test_claims_hold_on_sampled_statistics(bandit_stats):
     full, se, _, G, M = bandit_stats
     rows = VC.analyse(full, se, G, alpha=ALPHA, n_batches=M)
     tested = [r for r in rows if r.section in ("T1", "T2") and r.holds is not None]
-    assert len(tested) >= 3 + 7  # T2: 3 closed forms; T1: 7 scales with a prediction, and the control
+    # T2: the 3 closed forms; T1: the 5 scales with a prediction (rloo, dr_grpo, opo_loo,
+    # optimal_loo, logit_loo), grpo's control, and dr_grpo's relative bias 1/G²
+    assert len(tested) == 3 + 5 + 1 + 1
     assert all(r.holds for r in tested), [(r.quantity, r.estimator, r.z) for r in tested if not r.holds]
     t2 = _rows(rows, "T2", "rloo")[0]
     assert t2.threshold == pytest.approx(VC.z_threshold(ALPHA, len(V.CLOSED_FORMS), M - 1))
