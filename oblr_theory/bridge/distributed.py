@@ -44,8 +44,8 @@ from .step import OBLRPO, StepConfig
 from .surrogate import DTensor
 
 __all__ = ["init", "shutdown", "shard_groups", "all_reduce_sum", "average_gradients",
-           "data_parallel_oblrpo", "local_rollout", "shard_fsdp", "fsdp_oblrpo", "full_parameters",
-           "world"]
+           "data_parallel_oblrpo", "local_rollout", "default_mesh_device", "shard_fsdp", "fsdp_oblrpo",
+           "full_parameters", "world"]
 
 
 def init(backend: str | None = None) -> tuple[int, int]:
@@ -147,12 +147,29 @@ def data_parallel_oblrpo(model: torch.nn.Module, config: StepConfig, device_ids=
                   grad_sync=lambda: average_gradients(params))
 
 
+def default_mesh_device(backend: str) -> str | None:
+    """Device type of the FSDP mesh :func:`shard_fsdp` builds for a process group of ``backend``
+    when no ``mesh`` is given: ``"cpu"`` for ``gloo``, else ``None`` (``fully_shard``'s own default).
+
+    ``fully_shard``'s default mesh is on the accelerator whenever one is visible, and it moves the
+    shards there; a gloo group runs FSDP's all-gather and reduce-scatter on CPU tensors only, so
+    on a machine with a GPU a gloo run would put a CPU model's shards on the GPU and fail.
+    """
+    return "cpu" if backend == "gloo" else None
+
+
 def shard_fsdp(model: torch.nn.Module, layer_attr: str = "model.layers", **kwargs) -> torch.nn.Module:
     """FSDP2: ``fully_shard`` every decoder layer (``model.model.layers[i]``) and then the root
     (embedding, tied head, final norm); ``kwargs`` go to ``fully_shard`` (``mesh``,
-    ``reshard_after_forward``, ...). Use it through :func:`fsdp_oblrpo` for OBLR-PO updates."""
+    ``reshard_after_forward``, ...). Without ``mesh``, a one-dimensional mesh over the default
+    group's ranks on :func:`default_mesh_device` (a CPU mesh under gloo). Use it through
+    :func:`fsdp_oblrpo` for OBLR-PO updates."""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    device = default_mesh_device(dist.get_backend()) if dist.is_initialized() else None
+    if "mesh" not in kwargs and device is not None:
+        kwargs["mesh"] = init_device_mesh(device, (dist.get_world_size(),))
     layers = model
     for a in layer_attr.split("."):
         layers = getattr(layers, a)
@@ -190,8 +207,8 @@ def fsdp_oblrpo(model: torch.nn.Module, config: StepConfig, layer_attr: str = "m
 
     Without a process group it is ``OBLRPO(model, config)`` (nothing sharded). A model that is
     already an FSDP module is not sharded again (then ``fsdp_kwargs`` must be empty). The device
-    mesh must span the default group's ranks (``fully_shard``'s default), over which the groups
-    are split. Every rank must call :meth:`OBLRPO.update` with the same number of local groups.
+    mesh must span the default group's ranks (:func:`shard_fsdp`'s default: on the CPU under
+    gloo, else ``fully_shard``'s), over which the groups are split. Every rank must call :meth:`OBLRPO.update` with the same number of local groups.
 
     Valid only if: the ghost Gram's conditions hold (``score_gram``; its graph check follows
     FSDP's unsharded stand-ins of the sharded parameters). Tested on CPU with gloo (float64, two

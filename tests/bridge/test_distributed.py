@@ -105,6 +105,34 @@ def test_fsdp_without_a_process_group_is_unsharded():
     assert algo.single_pass and all(type(p) is torch.nn.Parameter for p in algo.params)
 
 
+def test_fsdp_under_gloo_keeps_a_cpu_model_on_the_cpu_beside_an_accelerator(monkeypatch, tmp_path):
+    """``fully_shard``'s default mesh follows the visible accelerator and moves the shards there,
+    where gloo cannot run FSDP's collectives; under gloo :func:`shard_fsdp` builds a CPU mesh.
+    One gloo process; the accelerator is simulated, and ``fully_shard``'s own default is shown to
+    follow it (the negative control: without the CPU mesh the test fails)."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from oblr_theory.bridge.models import tiny_qwen3
+
+    assert D.default_mesh_device("gloo") == "cpu" and D.default_mesh_device("nccl") is None
+    monkeypatch.setattr(torch._C, "_get_accelerator", lambda: torch.device("cuda"))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        plain = torch.nn.Linear(2, 2)
+        try:
+            fully_shard(plain)
+            default = {p.device.type for p in plain.parameters()}
+        except (RuntimeError, AssertionError):  # this CPU-only torch refuses the cuda mesh
+            default = {"cuda"}
+        assert default == {"cuda"}
+        model = D.shard_fsdp(tiny_qwen3(seed=0))
+        assert {p.device_mesh.device_type for p in model.parameters()} == {"cpu"}
+        assert {p.device.type for p in model.parameters()} == {"cpu"}
+    finally:
+        D.shutdown()
+
+
 def test_whole_groups_stay_on_one_rank():
     assert D.shard_groups(list(range(6)), 1, 3) == [2, 3]
     with pytest.raises(ValueError, match="not divisible by the world size"):
