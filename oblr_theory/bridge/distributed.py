@@ -208,7 +208,8 @@ def fsdp_oblrpo(model: torch.nn.Module, config: StepConfig, layer_attr: str = "m
     Without a process group it is ``OBLRPO(model, config)`` (nothing sharded). A model that is
     already an FSDP module is not sharded again (then ``fsdp_kwargs`` must be empty). The device
     mesh must span the default group's ranks (:func:`shard_fsdp`'s default: on the CPU under
-    gloo, else ``fully_shard``'s), over which the groups are split. Every rank must call :meth:`OBLRPO.update` with the same number of local groups.
+    gloo, else ``fully_shard``'s), over which the groups are split. Every rank must call
+    :meth:`OBLRPO.update` with the same number of local groups.
 
     Valid only if: the ghost Gram's conditions hold (``score_gram``; its graph check follows
     FSDP's unsharded stand-ins of the sharded parameters). Tested on CPU with gloo (float64, two
