@@ -56,6 +56,8 @@ def _weighted_baseline(rs, ws, fallback, fired, rule):
 def _grpo(r, eps, ddof, fired):
     G = len(r)
     m = _mean(r)
+    if max(r) == min(r):  # all rewards equal: r_j − r̄ = 0 and std = 0 exactly (whatever r̄ rounds to)
+        m = r[0]
     ss = 0.0
     for x in r:
         ss += (x - m) * (x - m)
