@@ -22,7 +22,8 @@ __all__ = ["NAMES", "AGGREGATIONS", "group_advantages", "advantages", "ordered_l
            "bandit_outcomes", "bandit_objective", "bandit_gradient", "bandit_smoothness",
            "one_step_bound", "optimal_step_size", "guaranteed_gain", "snr_fraction", "snr_step_size",
            "snr_lr", "constant_step_bound", "adaptive_step_bound", "adaptive_step_progress",
-           "snr_pieces", "snr_hat", "ema_snr", "bandit_snr_run"]
+           "snr_pieces", "snr_hat", "ema_snr", "bandit_run", "prompt_moments", "normal_isf",
+           "sample_stats"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,6 +192,45 @@ def law_moments(weights, values):
     return mean, var
 
 
+def prompt_moments(probs, rewards, sq_norms, scores):
+    """One prompt's ``μ, σ², m_S, m_rS, m_r2S, g = E[r s], b*`` by plain sums over outcomes;
+    ``b* = m_rS/m_S`` (``μ`` where ``m_S = 0``, T3)."""
+    mu = var = m_S = m_rS = m_r2S = 0.0
+    g = np.zeros(scores.shape[1])
+    for p, r, S, s in zip(probs, rewards, sq_norms, scores):
+        mu += p * r
+        m_S += p * S
+        m_rS += p * r * S
+        m_r2S += p * r * r * S
+        g = g + p * r * s
+    for p, r in zip(probs, rewards):
+        var += p * (r - mu) * (r - mu)
+    return {"mu": mu, "var_r": var, "m_S": m_S, "m_rS": m_rS, "m_r2S": m_r2S, "grad": g,
+            "b_star": m_rS / m_S if m_S > 0 else mu}
+
+
+def normal_isf(q) -> float:
+    """``z`` with ``P(Z > z) = q`` for a standard normal, by bisection on ``erfc(z/√2)/2``."""
+    lo, hi = -40.0, 40.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if math.erfc(mid / math.sqrt(2.0)) / 2 > q:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def sample_stats(xs):
+    """Two-pass ``(n, mean, var (ddof 1), third central moment sum)`` of a list of vectors."""
+    n = len(xs)
+    d = len(xs[0])
+    mean = [sum(x[k] for x in xs) / n for k in range(d)]
+    var = [sum((x[k] - mean[k]) ** 2 for x in xs) / (n - 1) for k in range(d)]
+    m3 = [sum((x[k] - mean[k]) ** 3 for x in xs) for k in range(d)]
+    return n, mean, var, m3
+
+
 # ---------------------------------------------------------------------------------------------
 # Softmax bandit from its definition
 # ---------------------------------------------------------------------------------------------
@@ -351,21 +391,25 @@ def ema_snr(pieces, beta):
     return snrs, nums, dens
 
 
-def bandit_snr_run(logits_xk, rewards_xk, prompt_probs, name, G, B, T, eta_max, eta_min, beta, seed):
-    """One training run on a softmax bandit with the shipped T5/T7 rule, step by step::
+def bandit_run(logits_xk, rewards_xk, prompt_probs, name, G, B, T, rule, eta_max, eta_min, beta, seed):
+    """One training run on a softmax bandit, step by step::
 
         prompts x_b ~ p, arms a_bj ~ π(·|x_b) by inverse CDF (``cdf_{k−1} ≤ u < cdf_k``),
-        u_b = (1/G) Σ_j A_bj s_bj,  ĝ = mean_b u_b,  SNR_t = EMA_β(T7 pieces),
-        η_t = clip(η_max SNR_t/(1+SNR_t), η_min, η_max),  θ ← θ + η_t ĝ.
+        u_b = (1/G) Σ_j A_bj s_bj,  ĝ = mean_b u_b,  SNR̂_t = EMA_β(T7 pieces),
+        rule "snr":    η_t = clip(η_max SNR̂_t/(1+SNR̂_t), η_min, η_max)   (T5 with T7)
+        rule "oracle": η_t = ∇J·m / (L (||m||² + V)) from the exact law of ĝ at θ_t (0 if ∇J·m ≤ 0),
+                       L = 5/2 · max range(r)                              (T5)
+        θ ← θ + η_t ĝ.
 
     The random stream is the seed's ``default_rng(SeedSequence(seed))``: per step, ``B`` prompt
     draws, then a ``(B, G)`` array of uniforms (common random numbers with the library's loop).
-    Returns ``(J_t (T+1,), η_t (T,), SNR_t (T,))``.
+    Returns ``(J_t (T+1,), η_t (T,), SNR̂_t (T,), exact SNR_t (T,))`` (exact SNR: oracle only).
     """
     rng = np.random.default_rng(np.random.SeedSequence(int(seed)))
     z = [list(map(float, row)) for row in logits_xk]
     X, K = len(z), len(z[0])
-    Js, lrs, snrs, pieces = [], [], [], []
+    L = bandit_smoothness(rewards_xk)
+    Js, lrs, snrs, exact_snrs, pieces = [], [], [], [], []
     for t in range(T + 1):
         prompts = rng.choice(X, size=B, p=prompt_probs)
         unif = rng.random((B, G))
@@ -393,9 +437,21 @@ def bandit_snr_run(logits_xk, rewards_xk, prompt_probs, name, G, B, T, eta_max, 
         num, den, _, _ = snr_pieces(us)
         pieces.append((num, den))
         s = ema_snr(pieces, beta)[0][-1]
-        eta = snr_lr(s, eta_max, eta_min)
+        if rule == "snr":
+            eta, exact_snr = snr_lr(s, eta_max, eta_min), math.nan
+        elif rule == "oracle":
+            w, v, _ = ordered_law(outs, prompt_probs, name, G)
+            m, var_unit = law_moments(w, v)
+            V = var_unit / B
+            grad = bandit_gradient(z, rewards_xk, prompt_probs)
+            gm = _dot(grad, m)
+            eta = optimal_step_size(gm, _dot(m, m), V, L) if gm > 0 else 0.0
+            exact_snr = _dot(grad, grad) / V if V > 0 else math.inf
+        else:
+            raise ValueError(f"rule must be 'snr' or 'oracle', got {rule!r}")
         g_hat = sum(us) / B
         z = [[z[x][k] + eta * g_hat[x * K + k] for k in range(K)] for x in range(X)]
         lrs.append(eta)
         snrs.append(s)
-    return np.array(Js), np.array(lrs), np.array(snrs)
+        exact_snrs.append(exact_snr)
+    return np.array(Js), np.array(lrs), np.array(snrs), np.array(exact_snrs)
