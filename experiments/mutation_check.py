@@ -255,6 +255,7 @@ def main(argv=None) -> int:
         for m in mutants:
             print(f"{m.id:<32} {m.path:<34} {m.what}")
         return 0
+    revision = _git_revision()  # of the tree copied now (uncommitted changes included in the copy)
     with tempfile.TemporaryDirectory(prefix="oblr-mutants-") as root:
         copy_tree(root)
         for m in mutants:  # every target must exist exactly once before anything runs
@@ -287,7 +288,7 @@ def main(argv=None) -> int:
               "by_verify": sum(r["caught_by"] == "verify" for r in results),
               "by_tests": sum(r["caught_by"] == "tests" for r in results),
               "baseline": {k: {"rc": rc, "seconds": s} for k, (rc, s) in baseline.items()},
-              "git_revision": _git_revision(), "mutants": results}
+              "git_revision": revision, "mutants": results}
     text = json.dumps(report, indent=1)
     print(text)
     if args.json:
