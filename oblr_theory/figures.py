@@ -2,8 +2,13 @@
 
     oblr-theory figures                 figures/ from results/ (run the experiments/ scripts first)
     oblr-theory figures --quick         small results in results/quick/, then figures/quick/ (CI)
+    oblr-theory figures --docs          the gallery docs/figures/*.png (documentation resolution)
 
-Each script in ``paper_figures/`` reads result files and writes PNG + PDF; none simulates. With
+Each script in ``paper_figures/`` reads result files and writes PNG + PDF + its caption (``.txt``,
+also printed); none simulates. The style (one colour and marker per estimator, paper sizes) is
+:mod:`oblr_theory.plotstyle`. ``qwen3_validation`` reads ``RESULTS/qwen3_validation/report.json``
+(from ``experiments/qwen3_validation.py``, which needs torch) or, without one, the newest saved
+GPU run under ``docs/gpu_runs`` (its path is in the caption). With
 ``--quick`` the experiment scripts (``estimator_map.py``, ``dynamics.py``, ``comparison.py``)
 first run in their quick settings; they are resumable, so a second ``--quick`` only redraws.
 Both folders live next to the package in a source checkout.
@@ -27,6 +32,7 @@ FIGURES = {
     "t4_bound": "T4 bound against the exact expected one-step gain",
     "snr_traces": "exact vs estimated SNR, learning-rate traces, J per rule",
     "learning_curves": "OBLR-PO vs baselines, tuned on separate seeds (seed bands)",
+    "qwen3_validation": "theory vs practice on a Qwen3 LM at fixed θ (jackknife error bars)",
 }
 #: The experiment scripts that ``--quick`` runs, in order.
 EXPERIMENTS = ("estimator_map", "dynamics", "comparison")
@@ -54,10 +60,18 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=None, help="results folder (default results/, results/quick/)")
     ap.add_argument("--figures", default=None, help="output folder (default figures/, figures/quick/)")
     ap.add_argument("--only", default=None, help="comma-separated figure names")
+    ap.add_argument("--docs", action="store_true",
+                    help="write the gallery docs/figures/*.png at documentation resolution (with --quick: "
+                         "from the quick results)")
+    ap.add_argument("--no-captions", action="store_true", help="do not print the captions")
     args = ap.parse_args(argv)
-    results = args.results or ("results/quick" if args.quick else "results")
-    out = args.figures or ("figures/quick" if args.quick else "figures")
     root = repo_root()
+    results = args.results or ("results/quick" if args.quick else "results")
+    out = args.figures or (str(root / "docs" / "figures") if args.docs else
+                           "figures/quick" if args.quick else "figures")
+    from .plotstyle import DOCS_DPI, PAPER_DPI
+
+    dpi = DOCS_DPI if args.docs else PAPER_DPI
     if args.quick:
         for name in EXPERIMENTS:
             t0 = time.perf_counter()
@@ -71,8 +85,11 @@ def main(argv=None) -> int:
     failed = []
     for name in names:
         try:
-            paths = _load(root / "paper_figures" / f"{name}.py").main(results, out)
+            paths = _load(root / "paper_figures" / f"{name}.py").main(results, out, dpi=dpi)
             print(f"{name}: {', '.join(paths)}")
+            caption = [p for p in paths if p.endswith(".txt")]
+            if caption and not args.no_captions:
+                print("  " + open(caption[0]).read().strip().replace("\n", "\n  ") + "\n")
         except FileNotFoundError as exc:
             failed.append(name)
             print(f"{name}: skipped, {exc}", file=sys.stderr)

@@ -76,7 +76,7 @@ ESTIMATOR_STYLE = {
 #: The learning-rate rules of the SNR traces (Tol's bright blue / red / green).
 RULE_STYLE = {
     "constant": Style("#4477AA", "o"),
-    "oracle": Style("#000000", "s", "--"),
+    "oracle": Style("#000000", "s"),
     "snr": Style("#228833", "^"),
 }
 #: rcParams of every figure: 8 pt text, thin spines, no top/right spines, tight legends.
