@@ -82,7 +82,7 @@ def figure_from_report(report: dict, source: str = ""):
     exv = [_get(ex, f"V_exact/{k}") for k in LABELS]
     ax.plot(x, exv, "x", color="#CC3311", ms=5, mew=1.2, zorder=4)
     ax.axhline(_get(st, "V_predicted/fixed_b_star"), ls=":", color="k", lw=0.8)
-    ax.set_xticks(x, LABELS, rotation=40, ha="right")
+    ax.set_xticks(x, LABELS, rotation=90)
     ax.set(ylabel=f"V_x (one group, G = {G})", title="(a) T2/T3: variance at fixed θ")
 
     ax = axes[0, 1]  # T1: scale c
@@ -91,7 +91,7 @@ def figure_from_report(report: dict, source: str = ""):
                     color=style(k).color, ms=4, capsize=2, lw=0.8)
     ax.axhline(1.0, color="k", ls="--", lw=0.8)
     ax.axhline((G - 1) / G, color=style("dr_grpo").color, ls=":", lw=0.8)
-    ax.set_xticks(x, LABELS, rotation=40, ha="right")
+    ax.set_xticks(x, LABELS, rotation=90)
     ax.set(ylabel="c = <E ĝ, ∇J> / ‖∇J‖²", title="(b) T1: scale along the gradient")
 
     ax = axes[1, 0]  # T3: variance removed
@@ -101,7 +101,7 @@ def figure_from_report(report: dict, source: str = ""):
            yerr=[_get(se, f"removed/optimal_loo_vs_{b}") for b in bases], color=[style(b).color for b in bases],
            alpha=0.85, error_kw=dict(lw=0.8, capsize=2))
     ax.axhline(0, color="k", lw=0.6)
-    ax.set_xticks(xb, ["reinforce (b = 0)" if b == "reinforce" else b for b in bases], rotation=40, ha="right")
+    ax.set_xticks(xb, ["reinforce (b = 0)" if b == "reinforce" else b for b in bases], rotation=90)
     cl, cs = _get(st, "corr/S_length"), _get(st, "corr/S_logit")
     ax.set(ylabel="(V_base − V_optimal_loo) / V_base",
            title=f"(c) T3: variance removed by optimal_loo\nT8: corr(S, length) = {cl:.2f}, corr(S, logit proxy) = {cs:.2f}")
@@ -122,7 +122,7 @@ def figure_from_report(report: dict, source: str = ""):
         ax.text(0.5, 0.55, f"SNR undefined for every estimator at B = {B:g}:\nthe unbiased ‖∇J‖² estimate is "
                 "negative\n(noise exceeds signal), so SNR̂ is clipped\nto 0 and the T5 step is 0",
                 transform=ax.transAxes, ha="center", va="center", fontsize=7)
-    ax.set_xticks(x, LABELS, rotation=40, ha="right")
+    ax.set_xticks(x, LABELS, rotation=90)
     ax.set(ylabel="SNR (filled) | η/η_max (open)", title=f"(d) T7/T5: pooled batch SNR, B = {B:g} prompts")
 
     handles = [Line2D([], [], color="#888888", lw=6, alpha=0.85), Line2D([], [], color="k", marker="_", ms=10, ls="none"),
