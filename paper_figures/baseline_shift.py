@@ -32,6 +32,7 @@ def build(results_dir: str):
     axes[0, 1].scatter(mu[ok], exc[ok] / vb[ok], s=8, color="#332288", marker="o")
     axes[0, 1].axhline(0, color="k", lw=0.5)
     axes[0, 1].set_yscale("symlog", linthresh=0.1)  # the excess spans 0 to many times V(b*)
+    axes[0, 1].set_ylim(-0.02, 2 * max(1.0, float(np.max(exc[ok] / vb[ok]))) if ok.any() else 1.0)
     fig.get_layout_engine().set(w_pad=0.12)
     axes[0, 1].set(xlabel="mean reward μ", ylabel="(V(μ) − V(b*)) / V(b*)",
                    title="variance the mean baseline leaves (G = 8)")

@@ -16,8 +16,8 @@ from _common import load, write
 from oblr_theory.estimator_map import shrinkage_rows
 from oblr_theory.plotstyle import DOUBLE, PAPER_DPI, figure, integer_ticks, legend_below, na_note, style
 
-#: Line styles of the problem families in the λ* panel (black: they are not estimators).
-FAMILY_LS = ("-", "--", ":", "-.")
+#: Line styles and markers of the problem families in the λ* panel (black: they are not estimators).
+FAMILY_LS = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
 SERIES = (("v_half", "optimal_loo_shrink", "λ = 1/2 (optimal_loo_shrink)"), ("v_optimal_loo", "optimal_loo",
           "λ = 1 (optimal_loo)"), ("v_lam_star", "λ*", "λ = λ*"), ("v_oracle", "oracle_optimal", "oracle_optimal"))
 
@@ -28,11 +28,11 @@ def build(results_dir: str):
     fig, axes = figure(DOUBLE, 2.5, 1, 1 + len(fams))
     ax0 = axes[0, 0]
     handles, labels, undefined = [], [], []
-    for fam, ls in zip(fams, FAMILY_LS):
+    for fam, (ls, mk) in zip(fams, FAMILY_LS):
         sub = sorted((r for r in rows if r["family"] == fam), key=lambda r: r["group_size"])
         G = np.array([r["group_size"] for r in sub])
         lam = np.array([r["lam_star"] for r in sub], dtype=float)
-        h = ax0.plot(G, lam, color="k", ls=ls, marker=".", lw=1)[0]
+        h = ax0.plot(G, lam, color="k", ls=ls, marker=mk, ms=3.5, mfc="white", lw=1)[0]
         handles.append(h)
         labels.append(f"λ*: {fam}")
         undefined += [(fam, int(g)) for g in G[~np.isfinite(lam)]]
@@ -41,7 +41,8 @@ def build(results_dir: str):
     for g in sorted({g for _, g in undefined}):
         na_note(ax0, g, 0.45)
     ax0.set(xlabel="group size G", ylabel="λ* (exact)", title="best shrinkage λ*")
-    ax0.margins(x=0.12)
+    allG = [r["group_size"] for r in rows]
+    ax0.set_xlim(min(allG) - 0.7, max(allG) + 0.5)
     integer_ticks(ax0, "x", [r["group_size"] for r in rows])
     for ax, fam in zip(axes[0, 1:], fams):
         sub = sorted((r for r in rows if r["family"] == fam), key=lambda r: r["group_size"])
