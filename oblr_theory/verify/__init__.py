@@ -1,6 +1,6 @@
 """``oblr-theory verify``: every claim T1–T8, exactly, symbolically and by calibrated Monte Carlo.
 
-    oblr-theory verify [--quick] [--json PATH] [--seed N] [--alpha A] [--jobs J] [--only LABELS]
+    oblr-theory verify [--quick] [--json PATH] [--html PATH] [--seed N] [--alpha A] [--jobs J] [--only LABELS]
 
 The claims come from the modules named in :data:`CLAIM_MODULES` (each
 exposes ``claims(quick: bool, seed: int) -> list[Claim]``, see :mod:`.report`). The suite's
@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import __version__
 from ..stats import DEFAULT_ALPHA, DEFAULT_POWER
-from .report import Claim, Context, Row, format_table, write_json
+from .report import Claim, Context, Row, format_summary, format_table, write_json
 
 __all__ = ["main", "run_suite", "collect_claims", "CLAIM_MODULES"]
 
@@ -166,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="oblr-theory verify", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smaller samples and grids (about 30 s)")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON (atomically)")
+    p.add_argument("--html", metavar="PATH", help="write the report as one self-contained HTML page (tables, figures)")
     p.add_argument("--seed", type=int, default=0, help="suite seed (any seed passes: the tests are calibrated)")
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help="family-wise false-failure rate of the whole suite (default 1e-6)")
@@ -185,6 +186,7 @@ def main(argv=None) -> int:
                        jobs=max(1, args.jobs), progress=not (args.quick or args.no_progress), only=args.only)
     rows = report.pop("_rows")
     print(format_table(rows))
+    print("\n" + format_summary(rows))
     s, m = report["summary"], report["meta"]
     print(f"\n{s['rows']} rows ({s['by_kind']}); {m['num_tests']} calibrated tests at family-wise rate "
           f"{m['alpha']:g} (per test {m['alpha_per_test']:.2e}); negative controls caught: "
@@ -196,4 +198,8 @@ def main(argv=None) -> int:
         print("all claims hold; all negative controls caught")
     if args.json:
         write_json(args.json, report)
+    if args.html:
+        from .report_html import write_html
+
+        write_html(args.html, report, rows)
     return 0 if s["passed"] else 1
