@@ -28,7 +28,7 @@ __all__ = ["SINGLE", "DOUBLE", "STYLE", "ESTIMATOR_STYLE", "RULE_STYLE", "style"
 #: Figure widths in inches: one column and the full text width of a two-column paper.
 SINGLE, DOUBLE = 3.4, 7.0
 #: PNG resolution for the paper and for the documentation gallery (docs/figures/).
-PAPER_DPI, DOCS_DPI = 300, 110
+PAPER_DPI, DOCS_DPI = 300, 140
 
 #: Paul Tol's muted scheme (colour-blind safe), by name.
 TOL = dict(indigo="#332288", cyan="#88CCEE", teal="#44AA99", green="#117733", olive="#999933",
@@ -147,12 +147,13 @@ def wrap(text: str, width: int = 110) -> str:
     return "\n\n".join(textwrap.fill(p, width) for p in text.strip().split("\n\n"))
 
 
-def save(fig, figures_dir: str, stem: str, caption: str = "", dpi: int = PAPER_DPI) -> list[str]:
-    """Write ``stem.pdf`` (vector), ``stem.png`` at ``dpi`` and, when given, the caption as
+def save(fig, figures_dir: str, stem: str, caption: str = "", dpi: int = PAPER_DPI,
+         formats=("png", "pdf")) -> list[str]:
+    """Write ``stem.png`` at ``dpi``, ``stem.pdf`` (vector) and, when given, the caption as
     ``stem.txt``; returns the written paths. Closes the figure."""
     os.makedirs(figures_dir, exist_ok=True)
     paths = []
-    for ext in ("png", "pdf"):
+    for ext in formats:
         p = os.path.join(figures_dir, f"{stem}.{ext}")
         fig.savefig(p, dpi=dpi, bbox_inches="tight", pad_inches=0.03)
         paths.append(p)

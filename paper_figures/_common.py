@@ -2,7 +2,7 @@
 
 Each script exposes ``build(results_dir) -> (fig, caption)`` (the figure and its caption, which
 says what is drawn, on which problem, with how many seeds and what the bands are) and
-``main(results_dir, figures_dir, dpi=PAPER_DPI)`` (PNG + PDF + caption ``.txt``). Never simulates.
+``main(results_dir, figures_dir, dpi=PAPER_DPI, formats=("png", "pdf"))`` (and the caption ``.txt``). Never simulates.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def seeds_text(seeds) -> str:
     return f"{len(s)} seed{'s' if len(s) > 1 else ''} ({span})"
 
 
-def write(build, results_dir: str, figures_dir: str, stem: str, dpi: int = PAPER_DPI) -> list[str]:
+def write(build, results_dir: str, figures_dir: str, stem: str, dpi: int = PAPER_DPI,
+          formats=("png", "pdf")) -> list[str]:
     """``build(results_dir)`` saved as ``stem`` (PNG, PDF, caption)."""
     fig, caption = build(results_dir)
-    return save(fig, figures_dir, stem, caption, dpi=dpi)
+    return save(fig, figures_dir, stem, caption, dpi=dpi, formats=formats)

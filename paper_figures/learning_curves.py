@@ -66,9 +66,9 @@ def build(results_dir: str):
     return fig, caption
 
 
-def main(results_dir: str, figures_dir: str, dpi: int = PAPER_DPI) -> list[str]:
+def main(results_dir: str, figures_dir: str, dpi: int = PAPER_DPI, formats=("png", "pdf")) -> list[str]:
     fig, caption = build(results_dir)
-    paths = save(fig, figures_dir, "learning_curves", caption, dpi=dpi)
+    paths = save(fig, figures_dir, "learning_curves", caption, dpi=dpi, formats=formats)
     table = os.path.join(figures_dir, "learning_curves.md")
     with open(table, "w") as fh:
         fh.write(summary_table(tuned_rows(results_dir)))

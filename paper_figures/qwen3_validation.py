@@ -104,7 +104,8 @@ def figure_from_report(report: dict, source: str = ""):
     ax.set_xticks(xb, ["reinforce (b = 0)" if b == "reinforce" else b for b in bases], rotation=90)
     cl, cs = _get(st, "corr/S_length"), _get(st, "corr/S_logit")
     ax.set(ylabel="(V_base − V_optimal_loo) / V_base",
-           title=f"(c) T3: variance removed by optimal_loo\nT8: corr(S, length) = {cl:.2f}, corr(S, logit proxy) = {cs:.2f}")
+           title=f"(c) T3: variance removed by optimal_loo\n"
+                 f"T8: corr(S, length) = {cl:.2f}, corr(S, logit proxy) = {cs:.2f}")
 
     ax = axes[1, 1]  # T7/T5: SNR and the step it picks
     B = _get(st, "snr/batch_size")
@@ -123,13 +124,16 @@ def figure_from_report(report: dict, source: str = ""):
                 "negative\n(noise exceeds signal), so SNR̂ is clipped\nto 0 and the T5 step is 0",
                 transform=ax.transAxes, ha="center", va="center", fontsize=7)
     ax.set_xticks(x, LABELS, rotation=90)
+    ax.set_xlim(-0.7, len(LABELS) - 0.3)
     ax.set(ylabel="SNR (filled) | η/η_max (open)", title=f"(d) T7/T5: pooled batch SNR, B = {B:g} prompts")
 
-    handles = [Line2D([], [], color="#888888", lw=6, alpha=0.85), Line2D([], [], color="k", marker="_", ms=10, ls="none"),
+    handles = [Line2D([], [], color="#888888", lw=6, alpha=0.85),
+               Line2D([], [], color="k", marker="_", ms=10, ls="none"),
                Line2D([], [], color="#CC3311", marker="x", ls="none"), Line2D([], [], color="k", ls=":", lw=0.8),
                Line2D([], [], color="k", ls="--", lw=0.8), Line2D([], [], color=style("dr_grpo").color, ls=":", lw=0.8)]
     labels = ["measured (bar colour: estimator)", "T2 prediction from measured moments", "exact (enumeration)",
-              "(a) T3: V(b*), fixed optimal baseline", "(b) unbiased: c = 1", f"(b) dr_grpo: (G−1)/G = {(G - 1) / G:.3f}"]
+              "(a) T3: V(b*), fixed optimal baseline", "(b) unbiased: c = 1",
+              f"(b) dr_grpo: (G−1)/G = {(G - 1) / G:.3f}"]
     legend_below(fig, handles, labels, ncol=3)
     model = cfg.get("model") or "tiny Qwen3 (built-in task)"
     caption = (__doc__.split("\n\n", 2)[2].strip() + f"\n\nRun: model {model}, {cfg['prompts']} prompts, "
@@ -150,8 +154,8 @@ def build(results_dir: str):
     return figure_from_report(report, source)
 
 
-def main(results_dir: str, figures_dir: str, dpi: int = PAPER_DPI) -> list[str]:
-    return write(build, results_dir, figures_dir, "qwen3_validation", dpi)
+def main(results_dir: str, figures_dir: str, dpi: int = PAPER_DPI, formats=("png", "pdf")) -> list[str]:
+    return write(build, results_dir, figures_dir, "qwen3_validation", dpi, formats)
 
 
 def cli(argv=None) -> list[str]:

@@ -62,5 +62,5 @@ def build(results_dir: str):
     return fig, caption
 
 
-def main(results_dir: str, figures_dir: str, dpi: int = PAPER_DPI) -> list[str]:
-    return write(build, results_dir, figures_dir, "snr_traces", dpi)
+def main(results_dir: str, figures_dir: str, dpi: int = PAPER_DPI, formats=("png", "pdf")) -> list[str]:
+    return write(build, results_dir, figures_dir, "snr_traces", dpi, formats)

@@ -47,5 +47,5 @@ def build(results_dir: str):
     return fig, caption
 
 
-def main(results_dir: str, figures_dir: str, dpi: int = PAPER_DPI) -> list[str]:
-    return write(build, results_dir, figures_dir, "t4_bound", dpi)
+def main(results_dir: str, figures_dir: str, dpi: int = PAPER_DPI, formats=("png", "pdf")) -> list[str]:
+    return write(build, results_dir, figures_dir, "t4_bound", dpi, formats)

@@ -69,5 +69,5 @@ def build(results_dir: str):
     return fig, caption
 
 
-def main(results_dir: str, figures_dir: str, dpi: int = PAPER_DPI) -> list[str]:
-    return write(build, results_dir, figures_dir, "variance_vs_group_size", dpi)
+def main(results_dir: str, figures_dir: str, dpi: int = PAPER_DPI, formats=("png", "pdf")) -> list[str]:
+    return write(build, results_dir, figures_dir, "variance_vs_group_size", dpi, formats)

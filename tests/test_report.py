@@ -37,7 +37,8 @@ def test_table_fits_100_columns_and_cuts_nothing(saved):
 
 
 def test_long_statement_wraps_under_its_column():
-    row = R.Row("T4", "E J(θ+ηĝ) ≥ J + η∇J·m − Lη²(||m||²+V)/2 (optimal_loo_shrink, η ∈ {η*, 1, 3, 10}/L)",
+    row = R.Row("T4", "E J(θ+ηĝ) ≥ J + η∇J·m − Lη²(||m||²+V)/2 "
+                "(optimal_loo_shrink, η ∈ {η*, 1, 3, 10}/L)",
                 "bandit X=2 K=3 (random θ), G=3, B=2", "exact", 1.0, 2.0, 0.5, 0.0, True)
     lines = R.format_table([row]).splitlines()
     body = lines[lines.index(next(line for line in lines if line.startswith("-"))) + 1:]
