@@ -90,7 +90,7 @@ def main(argv=None) -> int:
             print(f"{name}: {', '.join(paths)}")
             caption = [p for p in paths if p.endswith(".txt")]
             if caption and not args.no_captions:
-                print("  " + open(caption[0]).read().strip().replace("\n", "\n  ") + "\n")
+                print("  " + Path(caption[0]).read_text().strip().replace("\n", "\n  ") + "\n")
         except FileNotFoundError as exc:
             failed.append(name)
             print(f"{name}: skipped, {exc}", file=sys.stderr)

@@ -82,7 +82,8 @@ def _tuned(results_dir):
     path = os.path.join(results_dir, "tuned.json")
     if not os.path.exists(path):
         return None
-    tuned = json.load(open(path))
+    with open(path) as fh:
+        tuned = json.load(fh)
     return {f: {m: (v if isinstance(v, dict) else dict(eta=v)) for m, v in ms.items()} for f, ms in tuned.items()}
 
 

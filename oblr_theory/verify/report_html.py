@@ -64,7 +64,10 @@ def _figures(figures_dir: str | None) -> str:
         stem = os.path.splitext(png)[0]
         with open(png, "rb") as fh:
             data = base64.b64encode(fh.read()).decode("ascii")
-        caption = open(stem + ".txt").read() if os.path.exists(stem + ".txt") else ""
+        caption = ""
+        if os.path.exists(stem + ".txt"):
+            with open(stem + ".txt") as fh:
+                caption = fh.read()
         parts.append(f'<figure><img alt="{html.escape(os.path.basename(stem))}" src="data:image/png;base64,{data}">'
                      f"<figcaption><b>{html.escape(os.path.basename(stem))}.</b> {html.escape(caption)}"
                      "</figcaption></figure>")
