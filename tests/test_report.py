@@ -111,3 +111,17 @@ def test_html_is_self_contained(saved, tmp_path):
     assert "untested" in page and "Summary per theorem" in page
     for r in saved["rows"]:
         assert html.escape(r["statement"]) in page
+
+
+def test_verify_html_flag_writes_the_page(tmp_path, capsys):
+    """``oblr-theory verify --html PATH`` on one cheap theorem: the page and the printed table."""
+    from oblr_theory import verify
+
+    path = tmp_path / "r.html"
+    assert verify.main(["--quick", "--only", "T5", "--jobs", "1", "--html", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Columns:" in out and "Summary per theorem" in out and "T5 SNR learning rate" in out
+    table = [line for line in out.splitlines() if not re.match(r"^\d+ rows \(", line)]  # all but the totals line
+    assert max(len(line) for line in table) <= R.LINE_WIDTH
+    page = path.read_text()
+    assert "T5: SNR learning rate" in page and "<th>statement</th>" in page
