@@ -58,10 +58,9 @@ def _texts(fig):
             found += [(f"legend-ax{i}", t) for t in leg.get_texts()]
     for j, leg in enumerate(fig.legends):
         found += [(f"legend{j}", t) for t in leg.get_texts()]
-    found += [("fig", t) for t in fig.texts]
-    if fig._suptitle is not None:
-        found.append(("fig", fig._suptitle))
-    return [(o, t) for o, t in found if t.get_visible() and t.get_text().strip()]
+    found += [("fig", t) for t in fig.texts]  # the suptitle is one of them
+    unique = {id(t): (o, t) for o, t in found}
+    return [(o, t) for o, t in unique.values() if t.get_visible() and t.get_text().strip()]
 
 
 def _overlap(a, b, slack=0.5):
