@@ -108,7 +108,7 @@ def test_html_is_self_contained(saved, tmp_path):
     assert "data:image/png;base64," in page and "a demo caption" in page
     for name, _, _ in R.TABLE_COLUMNS:
         assert f"<th>{name}</th>" in page
-    assert "untested" in page and "Summary per theorem" in page
+    assert "untested" in page and "Summary per theorem" in page and "<th>not checked</th>" in page
     for r in saved["rows"]:
         assert html.escape(r["statement"]) in page
 

@@ -23,7 +23,7 @@ from ..results import atomic_write_text, jsonable
 from ..stats import TestResult
 
 __all__ = ["Context", "Claim", "Row", "KINDS", "exact_row", "fact_row", "test_row", "format_table",
-           "format_legend", "format_summary", "theorem_summary", "outcome", "verdict", "write_json",
+           "format_legend", "format_summary", "theorem_summary", "strength_text", "gaps_text", "outcome", "verdict", "write_json",
            "THEOREM_TITLES", "TABLE_COLUMNS", "LINE_WIDTH"]
 
 KINDS = ("exact", "monte-carlo", "negative-control", "symbolic")
@@ -339,6 +339,27 @@ def theorem_summary(rows, label: str) -> dict:
     return out
 
 
+def strength_text(s: dict) -> str:
+    """How strong a theorem's checks are, from :func:`theorem_summary`."""
+    parts = []
+    if s["worst_stat_over_threshold"] is not None:
+        parts.append(f"Monte Carlo: largest stat/thresh {s['worst_stat_over_threshold']:.2g}")
+    if s["worst_error_over_tolerance"] is not None:
+        parts.append(f"exact: largest error/tolerance {s['worst_error_over_tolerance']:.2g}")
+    if s["relative_detectable"]:
+        lo, hi = s["relative_detectable"]
+        parts.append(f"detects relative errors of {100 * lo:.2g}–{100 * hi:.2g}%")
+    if s["negative_bias_over_detectable"] is not None:
+        parts.append(f"false claims ≥ {s['negative_bias_over_detectable']:.2g}x the detectable bias")
+    return "; ".join(parts)
+
+
+def gaps_text(s: dict) -> str:
+    """What a theorem's rows did not check, from :func:`theorem_summary`."""
+    gaps = s["gaps"] + [f"untested: {u}" for u in s["untested"]]
+    return "; ".join(gaps) if gaps else "nothing listed"
+
+
 def format_summary(rows) -> str:
     """One short block per theorem (fits one screen): rows and outcomes, how strong the checks are
     (largest statistic/threshold, detectable effects, how far negative controls were from the
@@ -351,19 +372,9 @@ def format_summary(rows) -> str:
                 + (f", {len(s['untested'])} untested" if s["untested"] else ""))
         parts = [f"{s['exact']} exact", f"{s['monte_carlo']} Monte Carlo",
                  f"{s['caught']}/{s['negative']} negative controls caught", f"symbolic {s['symbolic']}"]
-        strength = []
-        if s["worst_stat_over_threshold"] is not None:
-            strength.append(f"Monte Carlo: largest stat/thresh {s['worst_stat_over_threshold']:.2g}")
-        if s["worst_error_over_tolerance"] is not None:
-            strength.append(f"exact: largest error/tolerance {s['worst_error_over_tolerance']:.2g}")
-        if s["relative_detectable"]:
-            lo, hi = s["relative_detectable"]
-            strength.append(f"detects relative errors of {100 * lo:.2g}–{100 * hi:.2g}%")
-        if s["negative_bias_over_detectable"] is not None:
-            strength.append(f"false claims ≥ {s['negative_bias_over_detectable']:.2g}x the detectable bias")
-        gaps = s["gaps"] + [f"untested: {u}" for u in s["untested"]]
-        text = head + "; " + ", ".join(parts) + "." + (" Strength: " + "; ".join(strength) + "." if strength else "")
-        text += " Not checked: " + ("; ".join(gaps) if gaps else "nothing listed") + "."
+        strength = strength_text(s)
+        text = head + "; " + ", ".join(parts) + "." + (f" Strength: {strength}." if strength else "")
+        text += f" Not checked: {gaps_text(s)}."
         lines += textwrap.wrap(text, LINE_WIDTH, initial_indent="  ", subsequent_indent="      ")
     return "\n".join(lines)
 

@@ -14,8 +14,8 @@ import html
 import os
 
 from ..results import atomic_write_text
-from .report import (TABLE_COLUMNS, THEOREM_TITLES, _get, _labels, _num, detectable, format_summary, outcome,
-                     verdict)
+from .report import (TABLE_COLUMNS, THEOREM_TITLES, _get, _labels, _num, detectable, gaps_text, outcome,
+                     strength_text, theorem_summary, verdict)
 
 __all__ = ["render_html", "write_html", "default_figures_dir"]
 
@@ -56,6 +56,23 @@ def _rows_table(rows) -> str:
     return "\n".join(out)
 
 
+def _summary_table(rows) -> str:
+    heads = ("theorem", "rows", "hold", "fail", "untested", "exact", "Monte Carlo", "negative controls caught",
+             "symbolic", "strength", "not checked")
+    out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr>"]
+    for label in _labels(rows):
+        s = theorem_summary(rows, label)
+        name = html.escape(f"{label} {s['title']}")
+        cells = (f'<a href="#{html.escape(str(label))}">{name}</a>',
+                 s["rows"], s["holds"], s["fails"], len(s["untested"]), s["exact"], s["monte_carlo"],
+                 f"{s['caught']}/{s['negative']}", s["symbolic"], html.escape(strength_text(s) or "—"),
+                 html.escape(gaps_text(s)))
+        cls = ' class="FAILS"' if s["fails"] else ""
+        out.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
 def _figures(figures_dir: str | None) -> str:
     if not figures_dir or not os.path.isdir(figures_dir):
         return "<p>No figures found (run <code>oblr-theory figures --docs</code>).</p>"
@@ -89,7 +106,9 @@ def render_html(report: dict, rows=None, figures_dir: str | None = None) -> str:
             f"<code>{html.escape(str(meta.get('git_revision', ''))[:12])}</code>, "
             f"{float(summ.get('seconds', 0)):.1f} s.</p>",
             "<h2>Columns</h2>", f"<table>{legend}</table>",
-            "<h2>Summary per theorem</h2>", f"<pre>{html.escape(format_summary(rows))}</pre>"]
+            "<h2>Summary per theorem</h2>",
+            "<p>A true claim holds while stat/thresh ≤ 1; a negative control (a false claim) must be rejected.</p>",
+            _summary_table(rows)]
     for label in _labels(rows):
         sub = [r for r in rows if _get(r, "claim") == label]
         title = f"{label}: {THEOREM_TITLES.get(label, '')}".rstrip(": ")
