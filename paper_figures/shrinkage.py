@@ -42,7 +42,8 @@ def build(results_dir: str):
         na_note(ax0, g, 0.45)
     ax0.set(xlabel="group size G", ylabel="λ* (exact)", title="best shrinkage λ*")
     allG = [r["group_size"] for r in rows]
-    ax0.set_xlim(min(allG) - 0.7, max(allG) + 0.5)
+    pad = 0.5 + 0.08 * (max(allG) - min(allG))  # room for the "n/a" at the smallest G
+    ax0.set_xlim(min(allG) - pad, max(allG) + 0.5)
     integer_ticks(ax0, "x", [r["group_size"] for r in rows])
     for ax, fam in zip(axes[0, 1:], fams):
         sub = sorted((r for r in rows if r["family"] == fam), key=lambda r: r["group_size"])
