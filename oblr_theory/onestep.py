@@ -62,6 +62,9 @@ def unit_law(problem, name, group_size, **params) -> Law:
     for x in range(problem.num_prompts):
         out = problem.outcomes(x)
         keep = out.probs > 0
+        # values (M, d) and the gathered scores (M, G, d) on top of the engine's own arrays
+        exact.check_enumeration(int(keep.sum()), group_size, f"unit_law prompt {x}: ",
+                                extra_per_multiset=8 * (group_size + 1) * problem.dim)
         idx = exact.multisets(int(keep.sum()), group_size)
         probs, scores = out.probs[keep], out.scores[keep]
         w = np.exp(exact.multiset_log_weights(idx, np.log(probs)))

@@ -98,3 +98,33 @@ def test_bad_arguments():
         exact.estimator_moments(b, "nope", 2)
     with pytest.raises(ValueError, match="multisets"):
         exact.multisets(200, 12)
+
+
+def test_too_large_enumeration_is_refused_with_its_size_and_the_monte_carlo_route(monkeypatch):
+    b = random_bandit(0, K=30)
+    with pytest.raises(ValueError) as exc:
+        exact.estimator_moments(b, "rloo", 12)
+    msg = str(exc.value)
+    assert f"{exact.num_multisets(30, 12):,} multisets" in msg and "GiB" in msg
+    assert "oblr_theory.montecarlo" in msg and "oblr_theory.sequences" in msg
+    # the memory limit alone refuses too (a count within MAX_MULTISETS)
+    M, mem = exact.check_enumeration(30, 3)
+    assert M == exact.num_multisets(30, 3) and mem == exact.enumeration_bytes(M, 3)
+    monkeypatch.setattr(exact, "MAX_BYTES", mem - 1)
+    with pytest.raises(ValueError, match="needing about"):
+        exact.estimator_moments(b, "rloo", 3)
+
+
+def test_enumeration_states_its_size_and_shows_progress(monkeypatch, capsys):
+    b = random_bandit(1, K=6)
+    M = sum(exact.num_multisets(6, 4) for _ in range(b.num_prompts))
+    quiet = exact.estimator_moments(b, "rloo", 4)  # below PROGRESS_MIN: no bar
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(exact, "PROGRESS_MIN", M)
+    shown = exact.estimator_moments(b, "rloo", 4)
+    err = capsys.readouterr().err
+    assert f"exact rloo G=4: {M:,} multisets" in err and "MiB" in err
+    assert shown.trace_var == quiet.trace_var  # the bar changes nothing
+    done = []
+    exact.group_moments(b.outcomes(0), estimators.get("rloo"), 4, progress=done.append)
+    assert sum(done) == 2 * exact.num_multisets(6, 4)  # both passes, every multiset
