@@ -1,5 +1,5 @@
 """Exact oracles by enumeration: ``J``, ``∇J``, per-prompt moments, ``b*``, and the exact mean and
-variance of any registered estimator (THEORY.md section 4).
+variance of any registered estimator (docs/theory.md: Problems with exact answers).
 
 The estimator moments need no closed form. A group of ``G`` i.i.d. responses over ``n`` outcomes
 is, up to order, one of ``C(n+G−1, G)`` multisets ``c`` with multinomial probability
@@ -40,7 +40,7 @@ _CHUNK = 1 << 16
 
 @dataclass(frozen=True)
 class PromptMoments:
-    """Per-prompt moments (THEORY.md section 1), arrays over the X prompts.
+    """Per-prompt moments (docs/theory.md: Setting and notation), arrays over the X prompts.
 
     mu ``E[r]``, var_r ``Var(r)``, m_S ``E[S]``, m_rS ``E[rS]``, m_r2S ``E[r²S]``,
     grad (X, d) ``g_x = E[r s] = ∇J_x``, grad_sq_norm ``||g_x||²``, b_star ``m_rS / m_S`` (T3),
