@@ -6,23 +6,8 @@ import pytest
 from oblr_theory import exact
 from oblr_theory.problems import SoftmaxBandit, TokenMDP
 from oblr_theory.problems import rewards as R
-from tolerances import U, gamma, rounding_tol
-
-
-def _shape(problem):
-    """(H, V, k): steps per response, logits per step, parameter tables summed into a logit."""
-    if isinstance(problem, SoftmaxBandit):
-        return 1, problem.num_arms, 1
-    return problem.horizon, problem.vocab_size, len(problem.tables)
-
-
-def logp_tol(problem):
-    """Rounding of a response's log-probability: H log-softmaxes, each a V-term log-sum-exp of
-    logits that are sums of k parameters, so ≤ H(V + k + 8) operations on terms of size
-    ≤ max|z| + log V, with max|z| ≤ k max|θ|."""
-    H, V, k = _shape(problem)
-    z = k * float(np.abs(problem.theta).max())
-    return gamma(H * (V + k + 8)) * H * (2 * z + np.log(V) + 1)
+from tolerances import U, gamma, logp_tol, rounding_tol
+from tolerances import problem_shape as _shape
 
 
 def fd_tol(f_max, h, third, slope, theta_max, n_ops):

@@ -19,6 +19,8 @@ use, or bounded above by a stated value). Each use rounds ``n`` up, never the re
 
 from __future__ import annotations
 
+import numpy as np
+
 U = 2.0 ** -53  # float64 unit roundoff
 
 
@@ -56,3 +58,37 @@ def engine_tol(problem, G: int, *, ordered: bool = False, max_abs_b: float = 1.0
     R = max(1.0, max_abs_b, max(float(abs(o.rewards).max()) for o in outs))
     max_S = max(1.0, max(float(o.sq_norms.max()) for o in outs))
     return rounding_tol(n, 4 * max(G, 4 * R * R) * max_S)
+
+
+def problem_shape(problem):
+    """(H, V, k): steps per response, logits per step, parameter tables summed into one logit
+    (a softmax bandit: one step over its K arms, one table)."""
+    from oblr_theory.problems import SoftmaxBandit
+
+    if isinstance(problem, SoftmaxBandit):
+        return 1, problem.num_arms, 1
+    return problem.horizon, problem.vocab_size, len(problem.tables)
+
+
+def logp_tol(problem) -> float:
+    """Rounding of one response's log-probability: H log-softmaxes, each a V-term log-sum-exp of
+    logits that are sums of k parameters, so ≤ H(V + k + 8) operations on terms of size
+    ≤ 2 max|z| + log V + 1, with max|z| ≤ k max|θ|."""
+    H, V, k = problem_shape(problem)
+    z = k * float(np.abs(problem.theta).max())
+    return gamma(H * (V + k + 8)) * H * (2 * z + np.log(V) + 1)
+
+
+def score_tol(problem) -> float:
+    """Rounding of one score entry: a sum over ≤ H steps of ``e_y − π_t`` (terms ≤ 1), each π_t
+    a softmax with the relative error of :func:`logp_tol`'s single step."""
+    H, V, k = problem_shape(problem)
+    z = k * float(np.abs(problem.theta).max())
+    return H * gamma(V + k + 8) * (2 * z + np.log(V) + 1) + gamma(H) * H
+
+
+def sq_norm_tol(problem, max_sq_norm: float) -> float:
+    """Rounding of ``S = ||s||²`` from scores within :func:`score_tol`: ``2 ||s||_1 δ + γ_d S``,
+    with ``||s||_1 ≤ √(d S)``."""
+    d = problem.dim
+    return 2 * np.sqrt(d * max_sq_norm) * score_tol(problem) + gamma(d) * max_sq_norm
