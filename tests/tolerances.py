@@ -54,11 +54,17 @@ def engine_tol(problem, G: int, *, ordered: bool = False, max_abs_b: float = 1.0
 
     outs = exact.all_outcomes(problem)
     count = sum(o.size ** G if ordered else exact.num_multisets(o.size, G) for o in outs)
-    n = count + G * G + problem.dim + 16
+    return rounding_tol(count + G * G + problem.dim + 16, engine_scale(problem, G, max_abs_b=max_abs_b))
+
+
+def engine_scale(problem, G: int, *, max_abs_b: float = 1.0) -> float:
+    """The ``scale`` of :func:`engine_tol`: ``4 · max(G, 4R²) · max(1, max S)``."""
+    from oblr_theory import exact
+
+    outs = exact.all_outcomes(problem)
     R = max(1.0, max_abs_b, max(float(abs(o.rewards).max()) for o in outs))
     max_S = max(1.0, max(float(o.sq_norms.max()) for o in outs))
-    return rounding_tol(n, 4 * max(G, 4 * R * R) * max_S)
-
+    return 4 * max(G, 4 * R * R) * max_S
 
 def problem_shape(problem):
     """(H, V, k): steps per response, logits per step, parameter tables summed into one logit
