@@ -82,7 +82,10 @@ def batch_law(law: Law, batch_size: int) -> Law:
     if B < 1 or B != batch_size:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if N**B > MAX_SUPPORT:
-        raise ValueError(f"batch_size={B} over {N} units gives {N**B:,} tuples (limit {MAX_SUPPORT:,})")
+        raise ValueError(f"batch_size={B} over {N} units gives {N**B:,} tuples, about "
+                         f"{N**B * (law.values.shape[1] + 1) * 8 / 2**30:.3g} GiB (limit {MAX_SUPPORT:,} tuples); "
+                         f"estimate E J(θ+ηĝ) by Monte Carlo instead (oblr_theory.montecarlo.sample_gradients) "
+                         f"or use a smaller batch_size or group_size")
     if B == 1:
         return law
     idx = np.array(list(itertools.product(range(N), repeat=B)))  # (N^B, B)

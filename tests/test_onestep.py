@@ -85,3 +85,10 @@ def test_local_smoothness_dominates_the_hessian_at_theta():
 def test_batch_law_rejects_a_batch_size_below_one():
     with pytest.raises(ValueError, match="batch_size"):
         onestep.batch_law(onestep.unit_law(random_bandit(1), "rloo", 2), 0)
+
+
+def test_batch_law_too_large_is_refused_with_the_monte_carlo_route():
+    law = onestep.unit_law(random_bandit(10, X=2, K=3), "rloo", 3)
+    B = int(np.ceil(np.log(onestep.MAX_SUPPORT + 1) / np.log(len(law.weights))))  # smallest B over the limit
+    with pytest.raises(ValueError, match=f"batch_size={B} over .* GiB .*oblr_theory.montecarlo"):
+        onestep.batch_law(law, B)
