@@ -61,7 +61,8 @@ def test_t1_ratio_estimators_are_refused_and_really_not_scaled(name, prob):
     g = exact.gradient(prob)
     m = exact.estimator_moments(prob, name, 3).mean
     c = (m @ g) / (g @ g)       # the best scale; the residual is the non-scale part of the bias
-    assert np.linalg.norm(m - c * g) > 1e3 * np.finfo(float).eps * np.linalg.norm(g), name
+    # beyond rounding: each entry of m is within engine_tol of its exact value, c·g adds a few ops
+    assert np.linalg.norm(m - c * g) > 2 * np.sqrt(prob.dim) * engine_tol(prob, 3), name
 
 
 def test_t1_every_registered_estimator_is_classified():
