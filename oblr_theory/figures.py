@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from .cliutil import csv_choices, writable_path
+
 __all__ = ["main", "FIGURES", "EXPERIMENTS", "repo_root"]
 
 #: The figure scripts of ``paper_figures/`` (module name -> what it draws).
@@ -59,16 +61,23 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="first produce small results (about a minute)")
     ap.add_argument("--results", default=None, help="results folder (default results/, results/quick/)")
     ap.add_argument("--figures", default=None, help="output folder (default figures/, figures/quick/)")
-    ap.add_argument("--only", default=None, help="comma-separated figure names")
+    ap.add_argument("--only", default=None, help=f"comma-separated figure names ({', '.join(FIGURES)})")
     ap.add_argument("--docs", action="store_true",
                     help="write the gallery docs/figures/*.png at documentation resolution (with --quick: "
                          "from the quick results)")
     ap.add_argument("--no-captions", action="store_true", help="do not print the captions")
     args = ap.parse_args(argv)
+    try:  # refuse before any work
+        names = csv_choices(args.only, list(FIGURES), "--only") if args.only is not None else list(FIGURES)
+    except ValueError as exc:
+        ap.error(str(exc))
     root = repo_root()
     results = args.results or ("results/quick" if args.quick else "results")
     out = args.figures or (str(root / "docs" / "figures") if args.docs else
                            "figures/quick" if args.quick else "figures")
+    for flag, folder in (("--figures", out), ("--results", results if args.quick else None)):
+        if folder is not None and (why := writable_path(str(Path(folder) / "x"))):
+            ap.error(f"{flag} {folder}: {why}")
     from .plotstyle import DOCS_DPI, PAPER_DPI
 
     dpi = DOCS_DPI if args.docs else PAPER_DPI
@@ -79,10 +88,6 @@ def main(argv=None) -> int:
             _load(root / "experiments" / f"{name}.py").main(["--quick", "--out", results])
             print(f"experiment {name} --quick: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     sys.path.insert(0, str(root / "paper_figures"))
-    names = args.only.split(",") if args.only else list(FIGURES)
-    unknown = [n for n in names if n not in FIGURES]
-    if unknown:
-        raise SystemExit(f"unknown figure(s) {unknown}; known: {', '.join(FIGURES)}")
     failed = []
     for name in names:
         try:
@@ -94,7 +99,7 @@ def main(argv=None) -> int:
         except FileNotFoundError as exc:
             failed.append(name)
             print(f"{name}: skipped, {exc}", file=sys.stderr)
-    if args.docs and not args.only:
+    if args.docs and not args.only and Path(out).resolve() == (root / "docs" / "figures").resolve():
         path = root / "docs" / "figures.md"
         path.write_text(gallery(out, root, args.quick))
         print(f"gallery: {path}")

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -237,7 +238,9 @@ def test_edge_note_is_one_line():
 def test_smoke(tmp_path):
     """Quick experiments, then every figure as PNG, PDF and caption; a second run resumes."""
     res, fig = str(tmp_path / "results"), str(tmp_path / "figures")
-    assert cli.main(["figures", "--quick", "--results", res, "--figures", fig]) == 0
+    with warnings.catch_warnings():  # no RuntimeWarning reaches the terminal
+        warnings.simplefilter("error", RuntimeWarning)
+        assert cli.main(["figures", "--quick", "--results", res, "--figures", fig]) == 0
     for name in figures.FIGURES:
         for ext in ("png", "pdf", "txt"):
             path = os.path.join(fig, f"{name}.{ext}")

@@ -104,7 +104,9 @@ def render_html(report: dict, rows=None, figures_dir: str | None = None) -> str:
             f"quick {html.escape(str(meta.get('quick')))}, family-wise rate α = {html.escape(str(meta.get('alpha')))} "
             f"over {html.escape(str(meta.get('num_tests')))} calibrated tests, revision "
             f"<code>{html.escape(str(meta.get('git_revision', ''))[:12])}</code>, "
-            f"{float(summ.get('seconds', 0)):.1f} s.</p>",
+            f"{float(summ.get('seconds', 0)):.1f} s."
+            + (f" Left out by --quick: {html.escape(', '.join(meta['quick_dropped']) or 'nothing')}."
+               if meta.get("quick") and "quick_dropped" in meta else "") + "</p>",
             "<h2>Columns</h2>", f"<table>{legend}</table>",
             "<h2>Summary per theorem</h2>",
             "<p>A true claim holds while stat/thresh ≤ 1; a negative control (a false claim) must be rejected.</p>",
