@@ -24,6 +24,7 @@ import os
 import platform
 import subprocess
 import sys
+import textwrap
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -33,7 +34,7 @@ import numpy as np
 from .. import __version__
 from ..cliutil import int_range, interrupted, probability, writable_path
 from ..stats import DEFAULT_ALPHA, DEFAULT_POWER
-from .report import Claim, Context, Row, format_summary, format_table, write_json
+from .report import LINE_WIDTH, Claim, Context, Row, format_summary, format_table, write_json
 
 __all__ = ["main", "run_suite", "collect_claims", "select_claims", "claim_labels", "quick_dropped",
            "SuiteInterrupted", "CLAIM_MODULES"]
@@ -298,12 +299,14 @@ def main(argv=None) -> int:
         kept = f" (written to {args.json})" if args.json else ""
         return interrupted("oblr-theory verify", f"{s['claims_finished']} of {s['claims_total']} claims "
                                                  f"finished, their {s['rows']} rows kept above{kept}")
-    print(f"\n{s['rows']} rows ({s['by_kind']}); {m['num_tests']} calibrated tests at family-wise rate "
-          f"{m['alpha']:g} (per test {m['alpha_per_test']:.2e}); negative controls caught: "
-          f"{s['negative_controls_caught']}/{s['by_kind']['negative-control']}; seed {m['seed']}; "
-          f"{s['seconds']:.1f} s")
+    print("\n" + textwrap.fill(
+        f"{s['rows']} rows ({s['by_kind']}); {m['num_tests']} calibrated tests at family-wise rate "
+        f"{m['alpha']:g} (per test {m['alpha_per_test']:.2e}); negative controls caught: "
+        f"{s['negative_controls_caught']}/{s['by_kind']['negative-control']}; seed {m['seed']}; "
+        f"{s['seconds']:.1f} s", LINE_WIDTH, break_long_words=False, break_on_hyphens=False))
     if m["quick"]:
-        print(f"--quick left out: {', '.join(m['quick_dropped']) or 'nothing'}")
+        print(textwrap.fill(f"--quick left out: {', '.join(m['quick_dropped']) or 'nothing'}", LINE_WIDTH,
+                            subsequent_indent="  ", break_long_words=False, break_on_hyphens=False))
     if not s["passed"]:
         print("FAILED:\n  " + "\n  ".join(s["failed"]))
     else:
