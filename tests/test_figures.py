@@ -254,3 +254,15 @@ def test_smoke(tmp_path):
 
 def test_missing_results_is_reported(tmp_path):
     assert figures.main(["--results", str(tmp_path), "--figures", str(tmp_path / "f"), "--only", "t4_bound"]) == 1
+
+
+def test_docs_gallery_is_current():
+    """docs/figures.md is what `oblr-theory figures --quick --docs` writes from the committed
+    docs/figures (each figure's PNG, caption and commands)."""
+    root = figures.repo_root()
+    text = figures.gallery(str(root / "docs" / "figures"), root, quick=True)
+    assert (root / "docs" / "figures.md").read_text() == text
+    for name in figures.FIGURES:
+        assert (root / "docs" / "figures" / f"{name}.png").stat().st_size > 1000
+        assert f"![{name}](figures/{name}.png)" in text and f"--only {name}" in text
+        assert (root / "docs" / "figures" / f"{name}.txt").read_text().strip() in text
