@@ -22,15 +22,16 @@ Tolerances are float64 round-off bounds: ``c · n · u · scale`` with ``u`` the
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 
-from .. import dynamics, estimators, exact, onestep, snr, theory
+from .. import dynamics, estimators, exact, onestep, snr, stats, theory
 from ..problems import SoftmaxBandit
 from . import reference as ref
 from .claims_static import problem
-from .report import Claim, Row, exact_row, fact_row
+from .report import Claim, Row
 
 __all__ = ["claims", "PARAM_CASES"]
 
@@ -305,8 +306,6 @@ def _shift(logits, delta):
 
 def _batch_tuples(w, v, B):
     """All ordered B-tuples of units: weights Π w, values mean of the B unit values."""
-    import itertools
-
     bw, bv = [], []
     for tup in itertools.product(range(len(w)), repeat=B):
         p = 1.0
@@ -446,9 +445,6 @@ def _t7_expectation_claim(ctx) -> list[Row]:
     m, tc = ref.law_moments(w, v)
     rows = []
     for B in (2, 3):
-        bw, idx = [], []
-        import itertools
-
         acc = np.zeros(4)
         for tup in itertools.product(range(len(w)), repeat=B):
             p = 1.0
@@ -468,10 +464,6 @@ def _t7_expectation_claim(ctx) -> list[Row]:
 def _stats_claim(ctx) -> list[Row]:
     """The statistical machinery computes what it states: thresholds, detectable shifts, streamed
     moments, z-scores and the variance test's standard error, against two-pass loops."""
-    from scipy import stats as sps  # noqa: F401  (only the library uses it; the reference bisects erfc)
-
-    from .. import stats
-
     rows = []
     cases = [(1e-6, 1), (1e-8, 7), (4e-9, 27), (0.05, 3)]
     want = [ref.normal_isf(a / (2 * m)) for a, m in cases]
