@@ -97,3 +97,30 @@ TASK = ArithmeticTask()
 def task_model64():
     """The tiny Qwen3 of the built-in task's tokenizer, float64, seeded, in eval mode."""
     return tiny_qwen3(TOK, seed=3, dtype=torch.float64).eval()
+
+
+# ------------------------------------------------------------------ tolerances from the arithmetic
+U64 = 2.0**-53  # unit roundoff of float64
+
+
+def chain_length(model, T):
+    """Terms summed along the longest chain of accumulations in one forward pass of a decoder LM
+    at ``T`` positions: per layer the attention projections (3 × hidden: q/k/v in, o out), the
+    scores and the mixing (head_dim, T), the MLP (hidden, intermediate); then the output layer
+    (hidden) and the softmax's normaliser (vocab). A backward pass has the same chain reversed."""
+    c = model.config
+    h = getattr(c, "hidden_size", None) or c.n_embd
+    L = getattr(c, "num_hidden_layers", None) or c.n_layer
+    heads = getattr(c, "num_attention_heads", None) or c.n_head
+    hd = getattr(c, "head_dim", None) or h // heads
+    inter = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * h
+    return L * (3 * h + hd + T + h + inter) + h + c.vocab_size
+
+
+def roundoff_tol(n, condition=1.0, u=U64):
+    """First-order bound on the relative error of a computation whose accumulations sum ``n``
+    terms along its longest chain: ``n · u · condition`` (Higham, Accuracy and Stability of
+    Numerical Algorithms, §3.1: ``|fl(x·y) − x·y| ≤ γ_n |x|·|y|``, ``γ_n ≈ n u``), where
+    ``condition = Σ|terms| / |result|`` covers cancellation. Any kernel order obeys it, so it
+    holds whatever CPU kernels (ATEN_CPU_CAPABILITY) run."""
+    return n * u * condition
