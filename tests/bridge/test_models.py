@@ -65,14 +65,30 @@ def test_local_checkpoint_roundtrip(tmp_path):
     assert isinstance(hf_tok, HFTokenizerAdapter)
     ids = torch.tensor([hf_tok.encode("12+7=")])
     assert ids.tolist() == [tok.encode("12+7=")]
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+    with torch.no_grad():  # the same weights, dtype and operations: identical logits
+        assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
-def test_qwen3_shapes_are_published_sizes():
-    assert set(models.QWEN3_SHAPES) == {"0.6B", "1.7B", "4B", "8B"}
-    m = models.qwen3_shaped("0.6B", vocab_size=16, num_hidden_layers=1, dtype=torch.float32)
-    assert m.config.hidden_size == 1024 and m.config.tie_word_embeddings
+#: Qwen3 model cards: total and non-embedding parameters (billions, as published, 2-3 digits).
+PUBLISHED_QWEN3 = {"0.6B": (0.6, 0.44), "1.7B": (1.7, 1.4), "4B": (4.0, 3.6), "8B": (8.2, 6.95)}
+
+
+@pytest.mark.parametrize("size", sorted(PUBLISHED_QWEN3))
+def test_qwen3_shapes_have_the_published_parameter_counts(size):
+    """Each shape with Qwen3's vocabulary (151,936) has the published total and non-embedding
+    parameter counts, to the published digits (built on the meta device: no memory)."""
+    m = models.qwen3_shaped(size, vocab_size=151936, device="meta")
+    total = sum(p.numel() for p in m.parameters())
+    emb = m.get_input_embeddings().weight.numel() * (1 if m.config.tie_word_embeddings else 2)
+    for got, (published, digits) in ((total, _digits(PUBLISHED_QWEN3[size][0])),
+                                     (total - emb, _digits(PUBLISHED_QWEN3[size][1]))):
+        assert abs(got / 1e9 - published) <= 0.5 * 10.0**-digits, (size, got, published)
+
+
+def _digits(x):
+    """``(x, number of decimals it is published with)``."""
+    text = repr(x)
+    return x, len(text.split(".")[1]) if "." in text else 0
 
 
 # ------------------------------------------------------------------ device and dtype are honoured
