@@ -48,11 +48,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_step as bs  # noqa: E402
-from oblr_theory.bridge import _hooks, gram, logprobs  # noqa: E402
+from oblr_theory.bridge import gram, logprobs  # noqa: E402
 from oblr_theory.bridge.step import OBLRPO, StepConfig  # noqa: E402
+from oblr_theory.per_sample import GhostPass  # noqa: E402
 
 OTHER = "other"
-R = _hooks.GhostRecorder
+R = GhostPass
 # phase -> the functions an update runs in it, as (owner, attribute)
 PHASES = {
     "recorder setup": ((R, "__init__"), (R, "__enter__"), (R, "__exit__")),

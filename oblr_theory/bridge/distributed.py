@@ -198,7 +198,7 @@ def fsdp_oblrpo(model: torch.nn.Module, config: StepConfig, layer_attr: str = "m
     - Gradient, single pass (``config.single_pass`` None or True): ``weighted_gradients`` forms
       each rank's full local gradient from the kept ghost factors, one parameter at a time, and
       averages it over the ranks into the parameter's shards (a reduce-scatter,
-      ``_records.average_into_shards``), as FSDP's backward would. Two passes
+      ``per_sample.kernels.average_into_shards``), as FSDP's backward would. Two passes
       (``single_pass=False``): the surrogate's backward through the FSDP modules; FSDP
       reduce-scatters and averages. Either way ``p.grad`` is this rank's shard of ``−ĝ``.
     - T7: ``Σ_b ||u_b||²`` and ``B`` with :func:`all_reduce_sum`, ``||ĝ||²`` with

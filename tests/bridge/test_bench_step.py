@@ -69,12 +69,13 @@ def test_smoke_bench_step_phases_accounts_for_every_operator():
     sys.path.insert(0, os.path.join(ROOT, "experiments"))
     import bench_step
     import bench_step_phases
-    from oblr_theory.bridge import _hooks, gram
+    from oblr_theory.bridge import gram
+    from oblr_theory.per_sample import GhostPass
 
-    before = (_hooks.GhostRecorder.__init__, gram.forward_logprobs, torch.Tensor.backward)
+    before = (GhostPass.__init__, gram.forward_logprobs, torch.Tensor.backward)
     cfg = bench_step.parse_config(ARGS, "test")
     result = bench_step_phases.run(cfg)
-    assert (_hooks.GhostRecorder.__init__, gram.forward_logprobs, torch.Tensor.backward) == before
+    assert (GhostPass.__init__, gram.forward_logprobs, torch.Tensor.backward) == before
     json.dumps(result, allow_nan=False)
     direct = bench_step.run(cfg)["dispatched_ops"]
     for job in ("grpo", "oblr_po"):

@@ -13,8 +13,7 @@ pytest.importorskip("transformers")
 
 from bridge_helpers import make_batch, rel_err, tiny_model  # noqa: E402
 from oblr_theory.bridge import score_gram  # noqa: E402
-from oblr_theory.bridge import _ghost_diag as gd  # noqa: E402
-from oblr_theory.bridge import _ghost_math as gm  # noqa: E402
+from oblr_theory.per_sample.rules.linear import prefer_ghost, prefer_ghost_diagonal  # noqa: E402
 
 TOL = 1e-9
 
@@ -99,10 +98,10 @@ def test_diagonal_only_needs_ghost():
 
 def test_diagonal_route_choice_uses_the_per_sample_cost():
     """The diagonal's rule has no G: ghost iff T²(d_in + d_out) < (T + 1) d_in d_out."""
-    assert gd.prefer_ghost_diagonal(64, 256, 768)  # 64²·1024 < 65·256·768: ghost
-    assert not gd.prefer_ghost_diagonal(512, 64, 64)  # long sequences, small layer: materialise
+    assert prefer_ghost_diagonal(64, 256, 768)  # 64²·1024 < 65·256·768: ghost
+    assert not prefer_ghost_diagonal(512, 64, 64)  # long sequences, small layer: materialise
     # the full Gram pays G² pairs: at G = 8 it materialises where the diagonal stays ghost
-    assert not gm.prefer_ghost(8, 128, 256, 768) and gd.prefer_ghost_diagonal(128, 256, 768)
+    assert not prefer_ghost(8, 128, 256, 768) and prefer_ghost_diagonal(128, 256, 768)
 
 
 def test_bfloat16_arithmetic_adds_little_to_the_models_rounding():

@@ -203,7 +203,7 @@ def test_update_creates_no_reference_cycles_and_restores_the_collector(model64, 
     try:
         step.update(rollout, apply=False)
         assert gc.collect() == 0
-        assert not [o for o in gc.get_objects() if type(o).__name__ in ("GhostRecorder", "_Use")]
+        assert not [o for o in gc.get_objects() if type(o).__name__ in ("GhostPass", "Use")]
         with gc_paused():
             assert not gc.isenabled()
         assert not gc.isenabled()  # was disabled: stays disabled
