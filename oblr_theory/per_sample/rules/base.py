@@ -49,6 +49,11 @@ class LayerRule:
         for all modules at once when the pass starts; None: none."""
         return None
 
+    def exact_forward(self, module: nn.Module):
+        """A forward computing in the input's dtype where the module's own upcasts (for float64
+        reference models, ``bridge.models.make_float64_exact``); None: keep its own."""
+        return None
+
     def capture(self, gp, use, x: torch.Tensor, output: torch.Tensor, args, kwargs) -> None:
         raise NotImplementedError
 
