@@ -1,4 +1,4 @@
-"""Smoke test: experiments/bench_step.py runs end to end on a toy size, prints its JSON and, with
+"""Smoke test: experiments/benchmarks/bench_step.py runs end to end on a toy size, prints its JSON and, with
 ``--profile``, writes the operator tables. Timings are not asserted (ratios are benchmark output)."""
 
 import json
@@ -27,7 +27,7 @@ def _reject(constant: str):
 def test_smoke_bench_step(tmp_path):
     table = tmp_path / "profile.txt"
     out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "experiments", "bench_step.py"), *ARGS, "--profile", str(table)],
+        [sys.executable, os.path.join(ROOT, "experiments", "benchmarks", "bench_step.py"), *ARGS, "--profile", str(table)],
         check=True, capture_output=True, text=True, timeout=600,
     )
     result = json.loads(out.stdout, parse_constant=_reject)  # strict JSON: no NaN / Infinity
@@ -43,9 +43,9 @@ def test_smoke_bench_step(tmp_path):
 
 
 def test_bench_step_ops_extrapolation_equals_a_direct_count():
-    """experiments/bench_step_ops.py extrapolates operator counts from small models (layers and
+    """experiments/benchmarks/bench_step_ops.py extrapolates operator counts from small models (layers and
     LM-head chunks are additive); checked against a direct count of a 3-layer model with 4 chunks."""
-    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    sys.path.insert(0, os.path.join(ROOT, "experiments", "benchmarks"))
     import bench_step
     import bench_step_ops
 
@@ -63,10 +63,10 @@ def test_bench_step_ops_extrapolation_equals_a_direct_count():
 
 
 def test_smoke_bench_step_phases_accounts_for_every_operator():
-    """experiments/bench_step_phases.py runs end to end; its phases together hold every operator
+    """experiments/benchmarks/bench_step_phases.py runs end to end; its phases together hold every operator
     of an update (the same totals as bench_step's direct count, so no phase loses any), and the
     functions it wraps are restored afterwards. Times are not asserted."""
-    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    sys.path.insert(0, os.path.join(ROOT, "experiments", "benchmarks"))
     import bench_step
     import bench_step_phases
     from oblr_theory.bridge import gram
