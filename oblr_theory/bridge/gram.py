@@ -13,8 +13,9 @@ off-diagonal terms give ``||ĝ_x||² = (1/G²) Σ_ij A_i A_j K_ij`` for any adva
 Methods:
 
 - ``"ghost"``: one forward and one backward for the whole batch (``oblr_theory.per_sample``: a
-  ``GhostPass`` and one rule per layer type, see ``docs/bridge.md``). Exact up to floating point; valid only if sequences are independent through the model (each
-  flattened row only sees itself: true for causal LMs without batch-coupled layers).
+  ``GhostPass`` and one rule per layer type, see ``docs/bridge.md``). Exact up to floating
+  point; valid only if sequences are independent through the model (each flattened row only sees
+  itself: true for causal LMs without batch-coupled layers).
 - ``"loop"``: the reference. Per group, one forward and one backward per sequence
   (``per_sample.loop.group_gram``); exact for any model, about ``G`` times the cost of training.
 - ``"length"``: forward only; ``diag(ℓ_j)`` (OPO's ``S ∝ length`` proxy, T8).

@@ -24,7 +24,7 @@ import functools
 import torch
 from torch import nn
 
-from ..kernels import ACC, cross_rows, gram_of_rows, group_outer, cols_of, rows_of, row_block_norms
+from ..kernels import ACC, cols_of, gram_of_rows, group_outer, row_block_norms, rows_of
 from ..kernels import kernel_dot_parts, sample_rows, work_dtype
 from .base import LayerRule
 
