@@ -42,9 +42,30 @@ def test_smoke_bench_step(tmp_path):
     assert "== grpo:" in text and "== oblr_po:" in text
 
 
+def test_bench_step_ops_layer_extrapolation_equals_a_direct_count_on_a_tiny_model():
+    """The fast case of the check below: operator counts are additive in layers, so 2- and
+    3-layer counts extrapolate to a direct count of a 4-layer model (tiny widths, one chunk)."""
+    sys.path.insert(0, os.path.join(ROOT, "experiments", "benchmarks"))
+    import bench_step
+    import bench_step_ops
+
+    def count(n_layers):
+        return bench_step_ops.count_update_ops(bench_step.Config(
+            hidden=32, n_layers=n_layers, heads=2, kv_heads=1, head_dim=16, intermediate=48,
+            vocab=64, batch=2, group=2, prompt_len=4, completion_len=6))
+
+    got = bench_step_ops.extrapolate(count(2), count(3), None, 4, 1, 1)
+    direct = count(4)
+    for job in ("grpo", "oblr_po"):
+        assert (got[job]["all"], got[job]["compute"]) == (direct[job]["all"], direct[job]["compute"])
+        assert got[job]["compute_per_layer"] > 0
+
+
+@pytest.mark.slow  # about 5 minutes on two CPU cores: Qwen3-0.6B widths
 def test_bench_step_ops_extrapolation_equals_a_direct_count():
-    """experiments/benchmarks/bench_step_ops.py extrapolates operator counts from small models (layers and
-    LM-head chunks are additive); checked against a direct count of a 3-layer model with 4 chunks."""
+    """experiments/benchmarks/bench_step_ops.py extrapolates operator counts from small models
+    (layers and LM-head chunks are additive); checked against a direct count of a 3-layer model
+    with 4 chunks at Qwen3-0.6B widths."""
     sys.path.insert(0, os.path.join(ROOT, "experiments", "benchmarks"))
     import bench_step
     import bench_step_ops

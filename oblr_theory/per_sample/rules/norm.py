@@ -55,11 +55,17 @@ def _bias(module: nn.Module) -> torch.Tensor | None:
     return bias if isinstance(bias, torch.Tensor) else None
 
 
+def _plain_full(t: torch.Tensor, fill: float) -> torch.Tensor:
+    """A plain tensor of ``t``'s shape, dtype and device filled with ``fill`` (also when ``t`` is
+    a sharded DTensor outside the forward)."""
+    return torch.full(tuple(t.shape), fill, dtype=t.dtype, device=t.device)
+
+
 def call_with(module: nn.Module, weight_fill: float, args, kwargs) -> torch.Tensor:
     """The module's output with every weight entry ``weight_fill`` and bias 0."""
-    overrides = {"weight": torch.full_like(module.weight, weight_fill)}
+    overrides = {"weight": _plain_full(module.weight, weight_fill)}
     if _bias(module) is not None:
-        overrides["bias"] = torch.zeros_like(module.bias)
+        overrides["bias"] = _plain_full(module.bias, 0.0)
     return torch.func.functional_call(module, overrides, tuple(args), kwargs)
 
 
