@@ -121,7 +121,8 @@ class NormRule(LayerRule):
 
     def zero_scale(self, module, own) -> torch.Tensor | None:
         if "weight" in own and is_plain(module.weight):
-            return self.scale_of(module.weight.detach())
+            with torch.no_grad():  # o = 0: the weight itself, no operator
+                return self.scale_of(module.weight)
         return None
 
     def exact_forward(self, module: nn.Module):
