@@ -285,16 +285,6 @@ def test_parameters_changed_since_the_pass_are_refused():
     assert norm.grad is not None
 
 
-def test_has_zero_entry_per_tensor():
-    from oblr_theory.per_sample.kernels import has_zero_entry
-
-    ts = [torch.ones(3), torch.tensor([1.0, 0.0]), torch.ones(2, dtype=torch.bfloat16),
-          torch.zeros(1, dtype=torch.bfloat16), torch.tensor([0.0, 1.0, 0.0]), torch.ones(4),
-          torch.tensor([2.0, -0.0])]
-    assert has_zero_entry(ts) == [False, True, False, True, True, False, True]
-    assert has_zero_entry([]) == []
-
-
 @pytest.mark.parametrize("arch", ["qwen3", "gpt2"])  # gpt2: LayerNorm biases and Conv1D biases
 def test_small_gradient_panels_split_by_size(arch, float64_norms, monkeypatch):
     """Norm-weight and bias per-sample gradients go through panels of at most ``max_elems``
