@@ -38,7 +38,9 @@ __all__ = ["NormRule", "norm_weight_grads", "norm_bias_grads", "weight_offset"]
 # checked: the check costs a call and a host sync, and a module's form does not change with its
 # weights, so it runs once per module (again if its forward is replaced).
 _AFFINE_CHECKED: "weakref.WeakKeyDictionary[nn.Module, object]" = weakref.WeakKeyDictionary()
-_OFFSETS: dict = {}  # (class, forward function) -> the probed offset o (or None: not a norm)
+# module -> (the forward probed, its offset o or None): a module's form can depend on its own
+# configuration, not only on its class, so the probe runs once per module (and forward)
+_OFFSETS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
 def _norm_like(module: nn.Module) -> bool:
@@ -74,11 +76,13 @@ def weight_offset(module: nn.Module) -> float | None:
 
     Probe on a fixed random input ``x`` of shape ``(2, *w.shape)``: ``y(w=0) = o x̂`` and
     ``y(w=1) = (o + 1) x̂``, so ``o = 0`` iff ``y(w=0) = 0`` and ``o = 1`` iff
-    ``y(w=1) = 2 y(w=0)`` (exact in floating point: scaling by 1 or 2). Once per class and forward.
+    ``y(w=1) = 2 y(w=0)`` (exact in floating point: scaling by 1 or 2). Once per module and
+    forward.
     """
-    key = (type(module), forward_identity(module))
-    if key in _OFFSETS:
-        return _OFFSETS[key]
+    forward = forward_identity(module)
+    known = _OFFSETS.get(module)
+    if known is not None and known[0] is forward:
+        return known[1]
     w = module.weight
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((2, *w.shape), generator=gen, dtype=torch.float64)
@@ -95,7 +99,7 @@ def weight_offset(module: nn.Module) -> float | None:
             offset = 0.0
         elif float((y1 - 2 * y0).abs().max()) <= tol and float(y0.abs().max()) > tol:
             offset = 1.0
-    _OFFSETS[key] = offset
+    _OFFSETS[module] = (forward, offset)
     return offset
 
 
