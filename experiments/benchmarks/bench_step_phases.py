@@ -3,13 +3,13 @@ model, batch and arguments) split into phases, with each phase's time and the op
 dispatches. A diagnostic for the update's cost target, not the target itself (``bench_step.py``).
 
 Phases are the update's own functions, timed by wrapping them for the run (restored afterwards).
-Times are *exclusive*: a phase called inside another (the forward hooks inside the forward, the
+Times are *exclusive*: a phase called inside another (the forward wrappers inside the forward, the
 per-use ghost rules inside the ghost backward) is not counted in its caller, so the phases of one
 update add up to its time; what no phase covers is ``other`` (the update's own Python, checks,
 ``zero_grad``). The forward's time includes PyTorch's slower call path for hooked modules.
 
-- ``recorder setup``: the ghost pass's module walk, hooks on and off;
-- ``forward hooks``: what the forward hooks keep (layer inputs, gradient edges);
+- ``pass setup``: the ghost pass's module walk, forwards wrapped and restored;
+- ``forward wrappers``: what the forward wrappers keep (layer inputs, gradient edges);
 - ``forward``: the model's forward and the log-probabilities;
 - ``graph check``: the walk of the autograd graph (every trainable parameter used only by hooked
   modules);
@@ -56,8 +56,8 @@ OTHER = "other"
 R = GhostPass
 # phase -> the functions an update runs in it, as (owner, attribute)
 PHASES = {
-    "recorder setup": ((R, "__init__"), (R, "__enter__"), (R, "__exit__")),
-    "forward hooks": ((R, "_on_forward"),),
+    "pass setup": ((R, "__init__"), (R, "__enter__"), (R, "__exit__")),
+    "forward wrappers": ((R, "_on_forward"),),
     "forward": ((gram, "forward_logprobs"), (logprobs, "forward_logprobs")),
     "graph check": ((R, "check_graph"),),
     "backward": ((R, "backward"), (torch.Tensor, "backward")),

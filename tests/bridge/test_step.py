@@ -189,7 +189,7 @@ def test_update_creates_no_reference_cycles_and_restores_the_collector(model64, 
                                                                       lr_rule, single_pass):
     """``update`` pauses the cyclic garbage collector (``gc_paused``); that is lossless only if
     an update leaves no cyclic garbage behind: everything it allocates must be freed by
-    reference counting, and nothing of the pass (recorder, use records) may stay reachable.
+    reference counting, and nothing of the pass (GhostPass, use records) may stay reachable.
     The collector's state is restored, enabled or not."""
     import gc
 

@@ -109,7 +109,7 @@ def test_grads_and_mode_untouched():
 
 
 def _alive(*names):
-    """Instances of the recorder's classes still reachable (after a full collection)."""
+    """Instances of the pass.s classes still reachable (after a full collection)."""
     import gc
 
     gc.collect()
@@ -120,9 +120,9 @@ def _alive(*names):
                                           ({"keep_factors": True, "diagonal_only": True}, True),
                                           ({"keep_factors": True}, False)])
 def test_nothing_outlives_the_pass(kw, weighted):
-    """After a pass (and its weighted gradients, or ``release_factors``) no recorder and no
+    """After a pass (and its weighted gradients, or ``release_factors``) no pass and no
     use record stays alive: each output's gradient hook, held by its autograd node where the
-    garbage collector cannot see it, refers back to them, so the recorder must drop the nodes
+    garbage collector cannot see it, refers back to them, so the pass must drop the nodes
     (``_drop_graph``), or every update would leak its graph's nodes and the embedding outputs.
     Also when the pass raises (a hidden parameter use)."""
     model = tiny_model("qwen3")
@@ -165,7 +165,7 @@ def test_pass_wraps_forwards_only_while_it_runs():
     forward (as ``accelerate`` installs) runs inside the wrapper and is put back; a forward hook
     that rescales a module's output (``y' = 2y``) changes the Gram exactly as the per-sample
     gradients change (the loop method): the factor is ``∂L/∂y``, not ``∂L/∂y'``, which a forward
-    hook of the recorder's own, run after the rescaling one, would read. After a pass that raises,
+    hook of the pass's own, run after the rescaling one, would read. After a pass that raises,
     the modules are as found."""
     model = tiny_model("qwen3")
     batch = make_batch()
