@@ -131,13 +131,14 @@ class NormRule(LayerRule):
 
     def exact_forward(self, module: nn.Module):
         """A same-dtype forward for an RMSNorm that computes in float32 whatever its input
-        (Hugging Face's), so that a float64 model is float64 throughout; None for others.
+        (Hugging Face's; its ``eps`` or ``variance_epsilon``), so that a float64 model is float64
+        throughout; None for others.
 
         The replacement ``x / sqrt(mean(x²) + eps) ⊙ (o + w)`` is used only where it agrees with
         the module's own forward on a float64 probe to float32 accuracy (``64 d 2^-24``
         relative, ``d`` the normalised size)."""
         eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
-        if not type(module).__name__.endswith("RMSNorm") or not isinstance(eps, float):
+        if not isinstance(eps, float):
             return None
         if _bias(module) is not None or module.weight.dtype != torch.float64:
             return None
