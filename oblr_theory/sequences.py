@@ -7,7 +7,7 @@ All ``n`` sequences advance together, one step at a time (no Python loop over sa
 is enumerated, so problems far too large for the exact engine (``V = 16, H = 12``) are sampled as
 easily as small ones. Finished sequences drop out of the step loop, the softmax is computed once
 per distinct combination of table rows, and scores are written whole rows at a time (see
-:func:`_rollout`; ``experiments/bench_montecarlo.py``). Randomness comes only from the
+:func:`_rollout`; ``experiments/benchmarks/bench_montecarlo.py``). Randomness comes only from the
 ``np.random.Generator`` passed in.
 """
 

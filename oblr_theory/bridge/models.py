@@ -58,22 +58,20 @@ class TinyQwen3Spec:
     max_position_embeddings: int = 64
 
 
-def _rmsnorm_same_dtype(self, hidden_states):
-    """``w ⊙ x / sqrt(mean(x²) + eps)`` in the input's dtype (HF upcasts to float32 only)."""
-    var = hidden_states.pow(2).mean(-1, keepdim=True)
-    return self.weight * (hidden_states * torch.rsqrt(var + self.variance_epsilon))
-
-
 def make_float64_exact(model):
-    """Make a float64 model float64 throughout: HF's RMSNorm computes in float32 even for float64
-    inputs, which caps agreement between two exact computations at ~1e-7. Rebinds ``forward`` of
-    every ``*RMSNorm`` module of ``model`` to a same-dtype version (same formula). Returns ``model``.
+    """Make a float64 model float64 throughout: Hugging Face's RMSNorm computes in float32 even
+    for float64 inputs, which caps agreement between two exact computations at ~1e-7. Asks each
+    module's per-sample rule (``oblr_theory.per_sample.rules``) for a same-dtype forward
+    (``exact_forward``: the norm rules give one for an RMSNorm, same formula, checked against
+    the module's own forward) and rebinds ``forward`` where there is one. Returns ``model``.
     """
-    import types
+    from ..per_sample.rules import rule_for
 
     for mod in model.modules():
-        if type(mod).__name__.endswith("RMSNorm") and hasattr(mod, "variance_epsilon"):
-            mod.forward = types.MethodType(_rmsnorm_same_dtype, mod)
+        rule = rule_for(mod)
+        forward = rule.exact_forward(mod) if rule is not None else None
+        if forward is not None:
+            mod.forward = forward
     return model
 
 

@@ -291,7 +291,7 @@ def test_update_creates_no_reference_cycles_and_restores_the_collector(model64, 
                                                                       lr_rule, single_pass):
     """``update`` pauses the cyclic garbage collector (``gc_paused``); that is lossless only if
     an update leaves no cyclic garbage of the project's behind: everything it allocates must be
-    freed by reference counting, and nothing of the pass (recorder, use records) may stay
+    freed by reference counting, and nothing of the pass (GhostPass, use records) may stay
     reachable (other libraries' cycles: see ``project_cyclic_garbage``). The collector's state
     is restored, enabled or not."""
     import gc
@@ -304,7 +304,7 @@ def test_update_creates_no_reference_cycles_and_restores_the_collector(model64, 
     assert project_cyclic_garbage(lambda: step.update(rollout, apply=False)) == []
     gc.disable()
     try:
-        assert not [o for o in gc.get_objects() if type(o).__name__ in ("GhostRecorder", "_Use")]
+        assert not [o for o in gc.get_objects() if type(o).__name__ in ("GhostPass", "Use")]
         with gc_paused():
             assert not gc.isenabled()
         assert not gc.isenabled()  # was disabled: stays disabled

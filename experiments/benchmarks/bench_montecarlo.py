@@ -1,6 +1,6 @@
 """Benchmark: sampled token-MDP sequences scored per second, against per-sample torch autograd.
 
-    python experiments/bench_montecarlo.py [--sequences N] [--baseline-sequences M] [--seed S]
+    python experiments/benchmarks/bench_montecarlo.py [--sequences N] [--baseline-sequences M] [--seed S]
 
 Problem: the V = 16, H = 12 log-linear token MDP of ``oblr-theory verify`` (16^12 sequences, far
 too many to enumerate). Ours: :func:`oblr_theory.montecarlo.sample_sequences`, all sequences
@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from oblr_theory import montecarlo as mc  # noqa: E402
 from oblr_theory.problems import TokenMDP  # noqa: E402

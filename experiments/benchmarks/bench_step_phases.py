@@ -1,15 +1,15 @@
 """Where an update's host time goes: one GRPO and one OBLR-PO update (as in ``bench_step.py``, same
 model, batch and arguments) split into phases, with each phase's time and the operators it
-dispatches. A diagnostic for the cost target of ISSUE 7, not the target itself (``bench_step.py``).
+dispatches. A diagnostic for the update's cost target, not the target itself (``bench_step.py``).
 
 Phases are the update's own functions, timed by wrapping them for the run (restored afterwards).
-Times are *exclusive*: a phase called inside another (the forward hooks inside the forward, the
+Times are *exclusive*: a phase called inside another (the forward wrappers inside the forward, the
 per-use ghost rules inside the ghost backward) is not counted in its caller, so the phases of one
 update add up to its time; what no phase covers is ``other`` (the update's own Python, checks,
 ``zero_grad``). The forward's time includes PyTorch's slower call path for hooked modules.
 
-- ``recorder setup``: the ghost recorder's module walk, hooks on and off;
-- ``forward hooks``: what the forward hooks keep (layer inputs, gradient edges);
+- ``pass setup``: the ghost pass's module walk, forwards wrapped and restored;
+- ``forward wrappers``: what the forward wrappers keep (layer inputs, gradient edges);
 - ``forward``: the model's forward and the log-probabilities;
 - ``graph check``: the walk of the autograd graph (every trainable parameter used only by hooked
   modules);
@@ -27,7 +27,7 @@ in the forward, the checks after the weighted pass, the step's scalars). Operato
 one more update (compute operators, not views, as ``bench_step.count_ops``). Prints one JSON
 document.
 
-    OMP_NUM_THREADS=1 python experiments/bench_step_phases.py --hidden 16 --n-layers 28 --heads 2 \\
+    OMP_NUM_THREADS=1 python experiments/benchmarks/bench_step_phases.py --hidden 16 --n-layers 28 --heads 2 \\
         --kv-heads 1 --head-dim 8 --intermediate 32 --vocab 64 --batch 4 --group 2 \\
         --prompt-len 2 --completion-len 4 --repeats 20      # every operator tiny: host-bound
 """
@@ -48,15 +48,16 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_step as bs  # noqa: E402
-from oblr_theory.bridge import _hooks, gram, logprobs  # noqa: E402
+from oblr_theory.bridge import gram, logprobs  # noqa: E402
 from oblr_theory.bridge.step import OBLRPO, StepConfig  # noqa: E402
+from oblr_theory.per_sample import GhostPass  # noqa: E402
 
 OTHER = "other"
-R = _hooks.GhostRecorder
+R = GhostPass
 # phase -> the functions an update runs in it, as (owner, attribute)
 PHASES = {
-    "recorder setup": ((R, "__init__"), (R, "__enter__"), (R, "__exit__")),
-    "forward hooks": ((R, "_on_forward"),),
+    "pass setup": ((R, "__init__"), (R, "__enter__"), (R, "__exit__")),
+    "forward wrappers": ((R, "_on_forward"),),
     "forward": ((gram, "forward_logprobs"), (logprobs, "forward_logprobs")),
     "graph check": ((R, "check_graph"),),
     "backward": ((R, "backward"), (torch.Tensor, "backward")),

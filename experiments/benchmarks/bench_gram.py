@@ -19,8 +19,8 @@ peak resident set (VmHWM, reset through /proc/self/clear_refs, or ru_maxrss) abo
 before the call, each job in its own fresh process so that allocator caches don't hide peaks.
 Prints one JSON document (a list of results in ``--gpu`` mode, one per dtype).
 
-    python experiments/bench_gram.py                      # small Qwen3 on CPU, about a minute
-    python experiments/bench_gram.py --gpu    # Qwen3-0.6B shape, random weights, bf16 and fp32
+    python experiments/benchmarks/bench_gram.py                      # small Qwen3 on CPU, about a minute
+    python experiments/benchmarks/bench_gram.py --gpu    # Qwen3-0.6B shape, random weights, bf16 and fp32
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 import torch
 import transformers
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from oblr_theory import estimators  # noqa: E402
 from oblr_theory.bridge import score_gram, sequence_logprobs  # noqa: E402
 from oblr_theory.bridge.models import QWEN3_SHAPES  # noqa: E402

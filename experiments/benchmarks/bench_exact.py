@@ -2,7 +2,7 @@
 Python loop over ``itertools.combinations_with_replacement`` doing the same sum, on the same
 problem, in one run. Prints JSON with both times and their ratio.
 
-    python experiments/bench_exact.py [--arms 10] [--group 8] [--estimator optimal_loo]
+    python experiments/benchmarks/bench_exact.py [--arms 10] [--group 8] [--estimator optimal_loo]
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ give them for the full one: (2 layers, c chunks), (3 layers, c) and (2 layers, c
 the last chunk's rows fill whole norm blocks of ``BLOCK`` entries (true for 151936 rows of 1024 at
 B = 4), else one reduction too few. Prints JSON.
 
-    python experiments/bench_step_ops.py                      # fp32, 28 layers, vocab 151936
-    python experiments/bench_step_ops.py --dtype bfloat16     # slow on a CPU (bf16 matmuls)
+    python experiments/benchmarks/bench_step_ops.py                      # fp32, 28 layers, vocab 151936
+    python experiments/benchmarks/bench_step_ops.py --dtype bfloat16     # slow on a CPU (bf16 matmuls)
 """
 
 from __future__ import annotations

@@ -285,31 +285,21 @@ def test_parameters_changed_since_the_pass_are_refused():
     assert norm.grad is not None
 
 
-def test_has_zero_entry_per_tensor():
-    from oblr_theory.bridge._records import has_zero_entry
-
-    ts = [torch.ones(3), torch.tensor([1.0, 0.0]), torch.ones(2, dtype=torch.bfloat16),
-          torch.zeros(1, dtype=torch.bfloat16), torch.tensor([0.0, 1.0, 0.0]), torch.ones(4),
-          torch.tensor([2.0, -0.0])]
-    assert has_zero_entry(ts) == [False, True, False, True, True, False, True]
-    assert has_zero_entry([]) == []
-
-
 @pytest.mark.parametrize("arch", ["qwen3", "gpt2"])  # gpt2: LayerNorm biases and Conv1D biases
 def test_small_gradient_panels_split_by_size(arch, float64_norms, monkeypatch):
     """Norm-weight and bias per-sample gradients go through panels of at most ``max_elems``
-    entries (``_to_panel``); with a small bound there are several panels and the update gradient
+    entries (``GhostPass.to_panel``); with a small bound there are several panels and the update gradient
     and ``K`` still equal the reference."""
-    from oblr_theory.bridge._hooks import GhostRecorder
+    from oblr_theory.per_sample import GhostPass
 
     panels = []
-    flush = GhostRecorder._flush_panel
+    flush = GhostPass._flush_panel
 
     def counting_flush(self):
         panels.append(len(self._pending))
         flush(self)
 
-    monkeypatch.setattr(GhostRecorder, "_flush_panel", counting_flush)
+    monkeypatch.setattr(GhostPass, "_flush_panel", counting_flush)
     model = tiny_model(arch, tied=True)
     assert_matches(model, make_batch(B=2, G=3), weights(2, 3, seed=3), max_elems=400)
     sizes = [n for n in panels if n]
@@ -318,16 +308,16 @@ def test_small_gradient_panels_split_by_size(arch, float64_norms, monkeypatch):
 
 def _spy_stacks(monkeypatch):
     """Record each stack ``_add_stack`` adds: the names of the members that got a gradient."""
-    from oblr_theory.bridge._hooks import GhostRecorder
+    from oblr_theory.per_sample import GhostPass
 
     stacks = []
-    add = GhostRecorder._add_stack
+    add = GhostPass._add_stack
 
     def spying_add(self, sid):
         stacks.append(sorted(use.name.split(".")[-1] for use, _, _ in self._arrived[sid]))
         add(self, sid)
 
-    monkeypatch.setattr(GhostRecorder, "_add_stack", spying_add)
+    monkeypatch.setattr(GhostPass, "_add_stack", spying_add)
     return stacks
 
 

@@ -16,7 +16,7 @@ Both run through ``oblr_theory.bridge.step.OBLRPO.update`` on the same model, ba
 
 Timings are medians (and minima, robust to other load on a shared machine) over ``--repeats``
 interleaved rounds after ``--warmup`` rounds; on a GPU, each call is synchronised and the peak
-memory (``max_memory_allocated``) is recorded (null on a CPU). The target of ISSUE 7 is
+memory (``max_memory_allocated``) is recorded (null on a CPU). The update's cost target is
 ``oblr_po / grpo <= 1.3``. Prints one JSON document (strict: no NaN).
 
 ``dispatched_ops``: the operators one GRPO and one OBLR-PO update dispatch (``count_ops``; all,
@@ -26,8 +26,8 @@ GPU an update whose kernels are small is bound by how fast the host issues them.
 ``--profile PATH`` also writes ``torch.profiler`` operator tables (sorted by self time on the
 device) of one GRPO and one OBLR-PO update, after the timed rounds.
 
-    python experiments/bench_step.py                         # small Qwen3 on CPU
-    python experiments/bench_step.py --shape 0.6B --device cuda --dtype bfloat16
+    python experiments/benchmarks/bench_step.py                         # small Qwen3 on CPU
+    python experiments/benchmarks/bench_step.py --shape 0.6B --device cuda --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from oblr_theory.bridge.gram import score_gram  # noqa: E402
 from oblr_theory.bridge.models import qwen3_shaped  # noqa: E402
 from oblr_theory.bridge.rollout import Rollout  # noqa: E402
