@@ -107,7 +107,7 @@ def exact_state(problem) -> ExactState:
     m_S = np.array([o.probs @ o.sq_norms for o in outs])
     m_rS = np.array([o.probs @ (o.rewards * o.sq_norms) for o in outs])
     mu = np.array([o.probs @ o.rewards for o in outs])
-    b_star = np.where(m_S > 0, m_rS / np.where(m_S > 0, m_S, 1.0), mu)
+    b_star = np.asarray(theory.optimal_baseline(m_rS, m_S, mu=mu))
     modal = np.array([o.probs.max() for o in outs])
     return ExactState(float(J), np.asarray(grad, dtype=np.float64), b_star, modal, outs)
 
@@ -143,7 +143,7 @@ def _bandit_batch(problem: SoftmaxBandit, theta_sd, prompts_sb, unif_sbg):
     grad = (problem.prompt_probs[None, :, None] * pi * (r[None] - Jx[..., None])).reshape(S, -1)
     sq_all = 1.0 - 2.0 * pi + (pi * pi).sum(-1, keepdims=True)  # (S, X, K): S(a), T8
     m_S, m_rS = (pi * sq_all).sum(-1), (pi * sq_all * r[None]).sum(-1)
-    b_star = np.where(m_S > 0, m_rS / np.where(m_S > 0, m_S, 1.0), Jx)
+    b_star = np.asarray(theory.optimal_baseline(m_rS, m_S, mu=Jx))
     pi_b = np.take_along_axis(pi, prompts_sb[..., None], axis=1)  # (S, B, K)
     arms = _inverse_cdf(pi_b[:, :, None, :], unif_sbg)  # (S, B, G)
     rewards = r[prompts_sb[..., None], arms]

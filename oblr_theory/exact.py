@@ -22,7 +22,7 @@ from math import comb
 import numpy as np
 from scipy.special import gammaln
 
-from . import estimators
+from . import estimators, theory
 from .problems.base import Outcomes
 
 #: Largest number of multisets of one prompt's group that ``estimator_moments`` enumerates.
@@ -35,8 +35,8 @@ class PromptMoments:
     """Per-prompt moments (THEORY.md section 1), arrays over the X prompts.
 
     mu ``E[r]``, var_r ``Var(r)``, m_S ``E[S]``, m_rS ``E[rS]``, m_r2S ``E[r²S]``,
-    grad (X, d) ``g_x = E[r s] = ∇J_x``, grad_sq_norm ``||g_x||²``, b_star ``m_rS / m_S`` (T3),
-    m_len ``E[ℓ]``, prompt_probs ``p_x``.
+    grad (X, d) ``g_x = E[r s] = ∇J_x``, grad_sq_norm ``||g_x||²``, b_star ``m_rS / m_S`` (T3;
+    ``μ`` where ``m_S = 0``), m_len ``E[ℓ]``, prompt_probs ``p_x``.
     """
 
     mu: np.ndarray
@@ -104,17 +104,10 @@ def prompt_moments(problem) -> PromptMoments:
                      ("m_r2S", p @ (r * r * S)), ("grad", (p * r) @ o.scores), ("m_len", p @ o.lengths)):
             cols[k].append(v)
     a = {k: np.array(v) for k, v in cols.items()}
-    b_star = _b_star(a["mu"], a["m_S"], a["m_rS"])
+    b_star = np.asarray(theory.optimal_baseline(a["m_rS"], a["m_S"], mu=a["mu"]))
     return PromptMoments(a["mu"], a["var_r"], a["m_S"], a["m_rS"], a["m_r2S"], a["grad"],
                          np.einsum("xd,xd->x", a["grad"], a["grad"]), b_star, a["m_len"],
                          np.asarray(problem.prompt_probs, dtype=np.float64))
-
-
-def _b_star(mu, m_S, m_rS):
-    """T3: ``b* = m_rS / m_S``; where ``m_S = 0`` (a deterministic policy: every ``s = 0`` and
-    every baseline gives ``V = 0``) the rule is ``b* = μ``."""
-    ok = m_S > 0
-    return np.where(ok, m_rS / np.where(ok, m_S, 1.0), mu)
 
 
 def optimal_baseline(problem) -> np.ndarray:

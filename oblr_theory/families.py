@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import theory
 from .problems import SoftmaxBandit, TokenMDP
 from .problems.rewards import _ended
 
@@ -128,7 +129,7 @@ def baseline_gap(problem) -> dict:
     mu, bstar, excess = [], [], []
     for o in exact.all_outcomes(problem):
         m_S, m_rS, m = o.probs @ o.sq_norms, o.probs @ (o.rewards * o.sq_norms), o.probs @ o.rewards
-        b = m_rS / m_S if m_S > 0 else m
+        b = theory.optimal_baseline(m_rS, m_S, mu=m)
         mu.append(m), bstar.append(b), excess.append(m_S * (m - b) ** 2)
     mu, bstar = np.array(mu), np.array(bstar)
     return dict(mu=mu, b_star=bstar, gap=np.abs(bstar - mu), excess_times_G=np.array(excess))

@@ -158,7 +158,7 @@ def sample_moments(r_n, S_n, gram_nn) -> dict[str, float]:
     m_S = S_n.mean()
     return dict(mu=r_n.mean(), var_r=r_n.var(ddof=1), m_S=m_S, m_rS=(r_n * S_n).mean(),
                 m_r2S=(r_n**2 * S_n).mean(), grad_sq_norm=gsq,
-                b_star=(r_n * S_n).mean() / m_S if m_S > 0 else r_n.mean())
+                b_star=theory.optimal_baseline((r_n * S_n).mean(), m_S, mu=r_n.mean()))
 
 
 def predicted_variance(mom: dict, label: str, G: int) -> float:
@@ -248,7 +248,7 @@ def _kept_moments(pr: _Prompt, keep_m: np.ndarray, G: int) -> dict:
     gsq = (pr.W[np.ix_(keep_m, keep_m)].sum() - np.sum(r * r * S)) / (n * (n - 1))
     m_S = S.mean()
     return dict(mu=r.mean(), var_r=r.var(ddof=1), m_S=m_S, m_rS=(r * S).mean(), m_r2S=(r**2 * S).mean(),
-                grad_sq_norm=gsq, b_star=(r * S).mean() / m_S if m_S > 0 else r.mean())
+                grad_sq_norm=gsq, b_star=theory.optimal_baseline((r * S).mean(), m_S, mu=r.mean()))
 
 
 def statistics(pre: Precomputed, keep_m=None, ema_beta: float = 0.9, eta_max: float = 1.0) -> dict[str, float]:
