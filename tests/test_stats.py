@@ -22,6 +22,11 @@ def test_streaming_moments_match_numpy():
 def test_bonferroni_threshold_and_power():
     assert stats.bonferroni_z(0.05) == pytest.approx(sps.norm.isf(0.025))
     assert stats.bonferroni_z(1e-6, 10) == pytest.approx(sps.norm.isf(5e-8))
+    assert stats.bonferroni_z(0.05, 3, df=15) == pytest.approx(sps.t.isf(0.05 / 6, 15), rel=1e-12)
+    assert stats.bonferroni_z(0.05, 3, df=15) > stats.bonferroni_z(0.05, 3)  # t's heavier tails
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="df"):
+            stats.bonferroni_z(0.05, 1, df=bad)
     mde = stats.detectable_shift(1.0, 0.05, 1, power=0.5)  # at power 1/2 the shift is z* itself
     assert mde == pytest.approx(sps.norm.isf(0.025))
 

@@ -6,7 +6,8 @@ The claims come from the modules named in :data:`CLAIM_MODULES` (each
 exposes ``claims(quick: bool, seed: int) -> list[Claim]``, see :mod:`.report`). The suite's
 family-wise false-failure rate ``--alpha`` (default 1e-6) is split evenly over all calibrated
 tests in the run (Bonferroni), so any seed passes with probability ≥ 1 − α when every claim
-holds. The exit code is 0 only if every claim holds and every negative control is caught.
+holds. The exit code is 0 only if every claim holds and every negative control is caught: a failing or an
+untested row (a check that could not decide) gives exit code 1.
 """
 
 from __future__ import annotations
@@ -127,9 +128,10 @@ def run_suite(quick: bool = False, seed: int = 0, alpha: float = DEFAULT_ALPHA, 
         rows.append(Row("meta", f"claims declared {num_tests} calibrated tests but ran {n_tests_run}",
                         "runner", "exact", num_tests, n_tests_run, None, None, False))
     summary = {
-        "passed": all(r.passed for r in rows),
+        "passed": all(r.passed is True for r in rows),  # an untested row is not a pass
         "rows": len(rows),
-        "failed": [f"{r.claim} | {r.problem} | {r.statement}" for r in rows if not r.passed],
+        "failed": [f"{r.claim} | {r.problem} | {r.statement}" for r in rows if r.passed is False],
+        "untested": [f"{r.claim} | {r.problem} | {r.statement}" for r in rows if r.passed is None],
         "by_kind": {k: sum(1 for r in rows if r.kind == k) for k in ("exact", "monte-carlo", "negative-control", "symbolic")},
         "negative_controls_caught": sum(1 for r in rows if r.kind == "negative-control" and r.passed),
         "seconds": time.perf_counter() - t0,
@@ -190,9 +192,11 @@ def main(argv=None) -> int:
           f"{m['alpha']:g} (per test {m['alpha_per_test']:.2e}); negative controls caught: "
           f"{s['negative_controls_caught']}/{s['by_kind']['negative-control']}; seed {m['seed']}; "
           f"{s['seconds']:.1f} s")
-    if not s["passed"]:
+    if s["failed"]:
         print("FAILED:\n  " + "\n  ".join(s["failed"]))
-    else:
+    if s["untested"]:
+        print("UNTESTED (the check could not decide; not counted as holding):\n  " + "\n  ".join(s["untested"]))
+    if s["passed"]:
         print("all claims hold; all negative controls caught")
     if args.json:
         write_json(args.json, report)

@@ -10,6 +10,7 @@ import pytest
 
 from oblr_theory import exact
 from oblr_theory.problems import SoftmaxBandit
+from oblr_theory.stats import bonferroni_z
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -53,7 +54,7 @@ def test_statistics_agree_with_the_exact_engine_on_a_bandit():
     fn = lambda keep: V.statistics(pre, keep)  # noqa: E731
     full, se = VC.jackknife(fn, M)
     names = ("reinforce", "rloo", "dr_grpo", "optimal_loo", "opo")
-    thr = VC.z_threshold(0.01, 2 * len(names))
+    thr = bonferroni_z(0.01, 2 * len(names))
     for name in names:
         ex = exact.estimator_moments(prob, name, G).prompt_trace_var.mean()
         z = (full[f"V_measured/{name}"] - ex) / se[f"V_measured/{name}"]
@@ -62,8 +63,8 @@ def test_statistics_agree_with_the_exact_engine_on_a_bandit():
             z = (full[f"V_predicted/{name}"] - ex) / se[f"V_predicted/{name}"]
             assert abs(z) < thr, (name, "predicted", z)
     rows = VC.analyse(full, se, G, alpha=0.01)
-    control = [r for r in rows if r.quantity.startswith("negative control")]
-    assert control and control[0].holds
+    control = [r for r in rows if r.kind == "negative-control"]
+    assert len(control) == 1 and control[0].passed is True
 
 
 def test_validation_experiment_end_to_end_and_resumes(tmp_path):
@@ -84,7 +85,7 @@ def test_validation_experiment_end_to_end_and_resumes(tmp_path):
         assert os.path.getsize(os.path.join(out, f)) > 0
     with open(os.path.join(out, "report.json")) as fh:  # strict JSON: non-finite numbers are null
         saved = json.load(fh, parse_constant=lambda c: pytest.fail(f"report.json holds {c}"))
-    assert any(c["predicted"] is None for c in saved["claims"])  # "measured only" rows
+    assert any(c["kind"] == "measurement" and c["exact"] is None for c in saved["claims"])
     assert saved["config"]["theta"] and saved["git_revision"] and saved["config"]["seed"] == 0
     assert saved["exact_reference"]["prob_total_max_dev"] < 1e-10
     stamp = os.path.getmtime(os.path.join(out, "work", "prompt_0000.npz"))
