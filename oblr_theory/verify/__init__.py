@@ -17,7 +17,6 @@ import importlib
 import multiprocessing as mp
 import os
 import platform
-import subprocess
 import sys
 import time
 import zlib
@@ -26,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import numpy as np
 
 from .. import __version__
+from ..results import git_revision
 from ..stats import DEFAULT_ALPHA, DEFAULT_POWER
 from .report import Claim, Context, Row, format_table, write_json
 
@@ -152,16 +152,6 @@ def _attach_symbolic(rows: list[Row]) -> None:
     for r in rows:
         if r.kind != "symbolic" and r.claim in proved:
             r.symbolic = "proved" if proved[r.claim] else "FAILED"
-
-
-def git_revision() -> str:
-    """The checkout's ``git rev-parse HEAD`` (``"unknown"`` outside a git checkout)."""
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _parser() -> argparse.ArgumentParser:
