@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import estimators, exact, snr, theory
+from .montecarlo import categorical
 from .problems import SoftmaxBandit
 
 __all__ = ["RunConfig", "Trajectory", "run", "LR_RULES", "exact_state"]
@@ -113,12 +114,6 @@ def exact_state(problem) -> ExactState:
 
 
 # ------------------------------------------------------------------------------- sampling
-def _inverse_cdf(probs_nk, u_n):
-    """Index ``k`` with ``cdf_{k−1} ≤ u < cdf_k`` per row (clamped against round-off)."""
-    cdf = np.cumsum(probs_nk, axis=-1)
-    return np.minimum((u_n[..., None] >= cdf).sum(-1), probs_nk.shape[-1] - 1)
-
-
 def _draw(rngs, problem, B, G):
     """Per seed: prompts (S, B) and uniforms (S, B, G) from each seed's own generator."""
     prompts = np.stack([r.choice(problem.num_prompts, size=B, p=problem.prompt_probs) for r in rngs])
@@ -141,11 +136,11 @@ def _bandit_batch(problem: SoftmaxBandit, theta_sd, prompts_sb, unif_sbg):
     Jx = np.einsum("sxk,xk->sx", pi, r)
     J = Jx @ problem.prompt_probs
     grad = (problem.prompt_probs[None, :, None] * pi * (r[None] - Jx[..., None])).reshape(S, -1)
-    sq_all = 1.0 - 2.0 * pi + (pi * pi).sum(-1, keepdims=True)  # (S, X, K): S(a), T8
+    sq_all = theory.bandit_sq_norms(pi)  # (S, X, K): S(a) = 1 − 2π_a + ||π||², T8
     m_S, m_rS = (pi * sq_all).sum(-1), (pi * sq_all * r[None]).sum(-1)
     b_star = np.asarray(theory.optimal_baseline(m_rS, m_S, mu=Jx))
     pi_b = np.take_along_axis(pi, prompts_sb[..., None], axis=1)  # (S, B, K)
-    arms = _inverse_cdf(pi_b[:, :, None, :], unif_sbg)  # (S, B, G)
+    arms = categorical(pi_b[:, :, None, :], unif_sbg)  # (S, B, G)
     rewards = r[prompts_sb[..., None], arms]
     sq = np.take_along_axis(np.take_along_axis(sq_all, prompts_sb[..., None], axis=1), arms, axis=2)
     coef = np.eye(K)[arms] - pi_b[:, :, None, :]  # (S, B, G, K)
@@ -166,7 +161,7 @@ def _generic_batch(problem, theta_sd, prompts_sb, unif_sbg):
     cols = {k: [] for k in ("r", "S", "ell", "scores", "J", "grad", "b", "modal")}
     for s in range(S):
         st = exact_state(problem.with_theta(theta_sd[s]))
-        idx = [_inverse_cdf(st.outcomes[x].probs[None], unif_sbg[s, b])
+        idx = [categorical(st.outcomes[x].probs[None], unif_sbg[s, b])
                for b, x in enumerate(prompts_sb[s])]
         outs = [st.outcomes[x] for x in prompts_sb[s]]
         cols["r"].append(np.stack([o.rewards[i] for o, i in zip(outs, idx)]))
