@@ -2,7 +2,7 @@
 
 Each constructor is deterministic (fixed logits / seeds), so results are reproducible by name.
 The token families stay small enough for the exact multiset engine at the group sizes of
-:data:`oblr_theory.estimator_map.FAMILY_GROUP_SIZES` (``C(n+G−1, G)`` multisets for ``n``
+:data:`oblr_theory.exact_map.FAMILY_GROUP_SIZES` (``C(n+G−1, G)`` multisets for ``n``
 responses per prompt): ``length_mdp`` has ``n = 15``, ``sparse_mdp`` ``n = 40``.
 
 * ``hard_arm_bandit``: softmax bandit, 3 prompts x 4 arms; the best arm (reward 1) starts with

@@ -7,7 +7,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 from _common import COLORS, load, save
-from oblr_theory.estimator_map import shrinkage_rows
+from oblr_theory.exact_map import shrinkage_rows
 
 
 def main(results_dir: str, figures_dir: str) -> list[str]:

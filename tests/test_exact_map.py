@@ -1,15 +1,15 @@
-"""The exact estimator map and the shrinkage variant (T1, T2, T5; item 4 of issue 5)."""
+"""The exact estimator map (`oblr_theory.exact_map`) and the shrinkage variant (T1, T2, T5)."""
 
 import numpy as np
 import pytest
 
 from conftest import random_bandit, random_token_mdp
-from oblr_theory import estimator_map, estimators, exact
+from oblr_theory import estimators, exact, exact_map
 
 
 @pytest.fixture(scope="module")
 def rows():
-    return estimator_map.map_rows(random_bandit(3, X=2, K=3), "bandit", [2, 3, 5])
+    return exact_map.map_rows(random_bandit(3, X=2, K=3), "bandit", [2, 3, 5])
 
 
 def test_unbiased_estimators_have_zero_bias(rows):
@@ -35,7 +35,7 @@ def test_shrinkage_variance_is_exactly_quadratic_in_lambda(make):
     P, G = make(), 4
     V = {lam: exact.estimator_moments(P, estimators.get("optimal_loo_shrink", lam=lam), G).trace_var
          for lam in (0.0, 0.5, 1.0, 0.25, -0.7, 1.8)}
-    lam_star, v_star, a, b = estimator_map.shrinkage_quadratic(V[0.0], V[0.5], V[1.0])
+    lam_star, v_star, a, b = exact_map.shrinkage_quadratic(V[0.0], V[0.5], V[1.0])
     for lam in (0.25, -0.7, 1.8):
         assert V[lam] == pytest.approx(V[0.0] + a * lam + b * lam * lam, rel=1e-10)
     assert V[0.0] == pytest.approx(exact.estimator_moments(P, "rloo", G).trace_var, rel=1e-12)
@@ -61,9 +61,9 @@ def test_shrink_variant_is_unbiased_and_registry_conformant():
 
 
 def test_shrinkage_rows_and_errors(rows):
-    out = estimator_map.shrinkage_rows(rows)
+    out = exact_map.shrinkage_rows(rows)
     by = {r["group_size"]: r for r in out}
     assert np.isnan(by[2]["lam_star"])  # G = 2: both baselines are the other response's reward
     assert by[5]["v_lam_star"] <= min(by[5]["v_rloo"], by[5]["v_half"], by[5]["v_optimal_loo"]) * (1 + 1e-12)
     with pytest.raises(ValueError, match="convex"):
-        estimator_map.shrinkage_quadratic(1.0, 1.0, 1.0)
+        exact_map.shrinkage_quadratic(1.0, 1.0, 1.0)
