@@ -16,7 +16,7 @@ Both run through ``oblr_theory.bridge.step.OBLRPO.update`` on the same model, ba
 
 Timings are medians (and minima, robust to other load on a shared machine) over ``--repeats``
 interleaved rounds after ``--warmup`` rounds; on a GPU, each call is synchronised and the peak
-memory (``max_memory_allocated``) is recorded (null on a CPU). The target of ISSUE 7 is
+memory (``max_memory_allocated``) is recorded (null on a CPU). The target is
 ``oblr_po / grpo <= 1.3``. Prints one JSON document (strict: no NaN).
 
 ``dispatched_ops``: the operators one GRPO and one OBLR-PO update dispatch (``count_ops``; all,

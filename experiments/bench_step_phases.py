@@ -1,6 +1,6 @@
 """Where an update's host time goes: one GRPO and one OBLR-PO update (as in ``bench_step.py``, same
 model, batch and arguments) split into phases, with each phase's time and the operators it
-dispatches. A diagnostic for the cost target of ISSUE 7, not the target itself (``bench_step.py``).
+dispatches. A diagnostic for the update's cost target, not the target itself (``bench_step.py``).
 
 Phases are the update's own functions, timed by wrapping them for the run (restored afterwards).
 Times are *exclusive*: a phase called inside another (the forward hooks inside the forward, the

@@ -1,4 +1,4 @@
-"""OBLR-PO against reinforce, rloo, dr_grpo, grpo and opo on three toy families (issue 5, item 5).
+"""OBLR-PO against reinforce, rloo, dr_grpo, grpo and opo on three toy families.
 
     python experiments/comparison.py [--quick] [--out results] [--families a,b]
 

@@ -1,4 +1,4 @@
-"""The exact estimator map (issue 5, item 4) with Monte Carlo dots, and b* against the mean.
+"""The exact estimator map (:mod:`oblr_theory.exact_map`) with Monte Carlo dots, and b* against the mean.
 
     python experiments/estimator_map.py [--quick] [--out results]
 

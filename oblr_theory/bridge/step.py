@@ -68,7 +68,7 @@ def gc_paused():
     autograd nodes' wrappers), all freed by reference counting. While they live the
     collector's allocation counters still run, and every few updates they trigger a full
     collection, which traverses every object of the process (with a Hugging Face model and
-    its libraries loaded, ~4·10⁵): a stall of ~0.2 s on this CPU, longer than the update, at
+    its libraries loaded, ~4·10⁵): a stall that can be longer than the update itself, at
     random updates. An update creates no reference cycles (``tests/bridge/test_step.py``
     checks it), so pausing frees nothing later that it would have freed now.
     """

@@ -156,7 +156,7 @@ def _attach_symbolic(rows: list[Row]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="oblr-theory verify", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smaller samples and grids (about 30 s)")
+    p.add_argument("--quick", action="store_true", help="smaller samples and grids")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON (atomically)")
     p.add_argument("--seed", type=int, default=0, help="suite seed (any seed passes: the tests are calibrated)")
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
