@@ -102,13 +102,11 @@ class ExactState:
 def exact_state(problem) -> ExactState:
     """Enumerate every prompt's outcomes once and derive ``J``, ``∇J``, ``b* = m_rS/m_S`` (T3)."""
     outs = exact.all_outcomes(problem)
+    moms = [exact.outcome_moments(o) for o in outs]
     p = problem.prompt_probs
-    J = sum(px * (o.probs @ o.rewards) for px, o in zip(p, outs))
-    grad = sum(px * ((o.probs * o.rewards) @ o.scores) for px, o in zip(p, outs))
-    m_S = np.array([o.probs @ o.sq_norms for o in outs])
-    m_rS = np.array([o.probs @ (o.rewards * o.sq_norms) for o in outs])
-    mu = np.array([o.probs @ o.rewards for o in outs])
-    b_star = np.asarray(theory.optimal_baseline(m_rS, m_S, mu=mu))
+    J = sum(px * m["mu"] for px, m in zip(p, moms))
+    grad = sum(px * m["grad"] for px, m in zip(p, moms))
+    b_star = np.array([m["b_star"] for m in moms])
     modal = np.array([o.probs.max() for o in outs])
     return ExactState(float(J), np.asarray(grad, dtype=np.float64), b_star, modal, outs)
 

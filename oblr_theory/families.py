@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import theory
 from .problems import SoftmaxBandit, TokenMDP
 from .problems.rewards import _ended
 
@@ -126,10 +125,6 @@ def baseline_gap(problem) -> dict:
     ``m_S (μ − b*)²`` (the exact excess is that over ``G``)."""
     from . import exact
 
-    mu, bstar, excess = [], [], []
-    for o in exact.all_outcomes(problem):
-        m_S, m_rS, m = o.probs @ o.sq_norms, o.probs @ (o.rewards * o.sq_norms), o.probs @ o.rewards
-        b = theory.optimal_baseline(m_rS, m_S, mu=m)
-        mu.append(m), bstar.append(b), excess.append(m_S * (m - b) ** 2)
-    mu, bstar = np.array(mu), np.array(bstar)
-    return dict(mu=mu, b_star=bstar, gap=np.abs(bstar - mu), excess_times_G=np.array(excess))
+    pm = exact.prompt_moments(problem)
+    return dict(mu=pm.mu, b_star=pm.b_star, gap=np.abs(pm.b_star - pm.mu),
+                excess_times_G=pm.m_S * (pm.mu - pm.b_star) ** 2)
