@@ -195,7 +195,9 @@ def z_row(label, statement, problem, measured, std_error, predicted, threshold, 
     min_det = thr * se if defined else float("nan")
     why = ""
     if not defined:
-        passed, why = None, "untested: standard error undefined"
+        passed, why = None, ("untested: measured or predicted value undefined"
+                             if not (math.isfinite(m) and math.isfinite(pred))
+                             else "untested: standard error undefined (NaN, 0, or too few samples)")
     elif negative:
         passed = bool(abs(z) > thr)
     elif not min_det < scale:
