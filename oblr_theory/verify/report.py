@@ -241,7 +241,7 @@ def _fmt(x) -> str:
 
 
 COLUMNS = (("claim", 5), ("problem", 24), ("statement", 46), ("exact", 10), ("symbolic", 8),
-           ("estimate", 10), ("statistic", 10), ("threshold", 10), ("verdict", 7))
+           ("estimate", 10), ("statistic", 10), ("threshold", 10), ("verdict", 8))
 
 
 def format_table(rows: list[Row]) -> str:
