@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from .cliutil import csv_choices, writable_path
+
 __all__ = ["main", "FIGURES", "EXPERIMENTS", "repo_root"]
 
 #: The figure scripts of ``paper_figures/`` (module name -> what it draws).
@@ -53,10 +55,17 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="first produce small results")
     ap.add_argument("--results", default=None, help="results folder (default results/, results/quick/)")
     ap.add_argument("--figures", default=None, help="output folder (default figures/, figures/quick/)")
-    ap.add_argument("--only", default=None, help="comma-separated figure names")
+    ap.add_argument("--only", default=None, help=f"comma-separated figure names ({', '.join(FIGURES)})")
     args = ap.parse_args(argv)
+    try:  # refuse before any work
+        names = csv_choices(args.only, list(FIGURES), "--only") if args.only is not None else list(FIGURES)
+    except ValueError as exc:
+        ap.error(str(exc))
     results = args.results or ("results/quick" if args.quick else "results")
     out = args.figures or ("figures/quick" if args.quick else "figures")
+    for flag, folder in (("--figures", out), ("--results", results if args.quick else None)):
+        if folder is not None and (why := writable_path(str(Path(folder) / "x"))):
+            ap.error(f"{flag} {folder}: {why}")
     root = repo_root()
     if args.quick:
         for name in EXPERIMENTS:
@@ -64,10 +73,6 @@ def main(argv=None) -> int:
             _load(root / "experiments" / f"{name}.py").main(["--quick", "--out", results])
             print(f"experiment {name} --quick: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     sys.path.insert(0, str(root / "paper_figures"))
-    names = args.only.split(",") if args.only else list(FIGURES)
-    unknown = [n for n in names if n not in FIGURES]
-    if unknown:
-        raise SystemExit(f"unknown figure(s) {unknown}; known: {', '.join(FIGURES)}")
     failed = []
     for name in names:
         try:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import warnings
 
 from oblr_theory import cli, figures
 
@@ -9,7 +10,9 @@ from oblr_theory import cli, figures
 def test_smoke(tmp_path):
     """Quick experiments, then every figure as PNG and PDF; a second run resumes (no new rows)."""
     res, fig = str(tmp_path / "results"), str(tmp_path / "figures")
-    assert cli.main(["figures", "--quick", "--results", res, "--figures", fig]) == 0
+    with warnings.catch_warnings():  # no RuntimeWarning reaches the terminal
+        warnings.simplefilter("error", RuntimeWarning)
+        assert cli.main(["figures", "--quick", "--results", res, "--figures", fig]) == 0
     for name in figures.FIGURES:
         for ext in ("png", "pdf"):
             path = os.path.join(fig, f"{name}.{ext}")
