@@ -103,8 +103,8 @@ def test_z_row_outcomes():
     is not below the quantity's own size; a negative control passes when it rejects."""
     assert report.z_row("T", "s", "p", 1.1, 0.05, 1.0, 3.0).outcome == "holds"  # |z| = 2 < 3
     bad = report.z_row("T", "s", "p", 1.2, 0.05, 1.0, 3.0)  # |z| = 4
-    assert bad.outcome == "fails" and bad.verdict == "FAILS" and bad.statistic == pytest.approx(4.0)
-    assert bad.details["min_detectable"] == pytest.approx(0.15) and bad.details["z"] == pytest.approx(4.0)
+    assert bad.outcome == "fails" and bad.verdict == "FAILS" and bad.statistic == (1.2 - 1.0) / 0.05
+    assert bad.details["min_detectable"] == 3.0 * 0.05 and bad.details["z"] == (1.2 - 1.0) / 0.05
     for se, thr in ((float("nan"), 3.0), (0.0, 3.0), (0.05, float("nan"))):
         r = report.z_row("T", "s", "p", 1.1, se, 1.0, thr)
         assert r.passed is None and r.verdict == "untested" and "undefined" in r.note
