@@ -1,6 +1,7 @@
 """``oblr-theory verify``: every claim T1–T8, exactly, symbolically and by calibrated Monte Carlo.
 
-    oblr-theory verify [--quick] [--json PATH] [--seed N] [--alpha A] [--jobs J] [--only LABELS]
+    oblr-theory verify [--quick] [--json PATH] [--html PATH] [--seed N] [--alpha A] [--jobs J]
+                       [--only LABELS]
 
 ``--only`` takes theorem labels or claim-key prefixes; one that matches no claim is a usage error
 (exit 2) that lists the valid ones. ``--quick`` names the claims it drops (printed, and stored in
@@ -23,6 +24,7 @@ import multiprocessing as mp
 import os
 import platform
 import sys
+import textwrap
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -33,7 +35,7 @@ from .. import __version__
 from ..cliutil import int_range, interrupted, probability, writable_path
 from ..results import git_revision
 from ..stats import DEFAULT_ALPHA, DEFAULT_POWER
-from .report import Claim, Context, Row, format_table, write_json
+from .report import LINE_WIDTH, Claim, Context, Row, format_summary, format_table, write_json
 
 __all__ = ["main", "run_suite", "collect_claims", "select_claims", "claim_labels", "quick_dropped",
            "SuiteInterrupted", "CLAIM_MODULES"]
@@ -242,6 +244,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="smaller samples and grids, the slowest claims left out and named")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON (atomically)")
+    p.add_argument("--html", metavar="PATH",
+                   help="write the report as one self-contained HTML page (tables, figures)")
     p.add_argument("--seed", type=int_range(0), default=0,
                    help="suite seed >= 0 (any seed passes: the tests are calibrated)")
     p.add_argument("--alpha", type=probability, default=DEFAULT_ALPHA,
@@ -260,6 +264,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.json and (why := writable_path(args.json)):
         parser.error(f"--json {args.json}: {why}")
+    if args.html and (why := writable_path(args.html)):
+        parser.error(f"--html {args.html}: {why}")
     if args.only is not None:
         try:  # refuse before any work: a label that matches nothing is a typo, not a pass
             select_claims(collect_claims(args.quick, args.seed), args.only,
@@ -277,6 +283,7 @@ def main(argv=None) -> int:
         report = stop.report
     rows = report.pop("_rows")
     print(format_table(rows))
+    print("\n" + format_summary(rows))
     s, m = report["summary"], report["meta"]
     if args.json:
         write_json(args.json, report)
@@ -284,16 +291,22 @@ def main(argv=None) -> int:
         kept = f" (written to {args.json})" if args.json else ""
         return interrupted("oblr-theory verify", f"{s['claims_finished']} of {s['claims_total']} claims "
                                                  f"finished, their {s['rows']} rows kept above{kept}")
-    print(f"\n{s['rows']} rows ({s['by_kind']}); {m['num_tests']} calibrated tests at family-wise rate "
-          f"{m['alpha']:g} (per test {m['alpha_per_test']:.2e}); negative controls caught: "
-          f"{s['negative_controls_caught']}/{s['by_kind']['negative-control']}; seed {m['seed']}; "
-          f"{s['seconds']:.1f} s")
+    print("\n" + textwrap.fill(
+        f"{s['rows']} rows ({s['by_kind']}); {m['num_tests']} calibrated tests at family-wise rate "
+        f"{m['alpha']:g} (per test {m['alpha_per_test']:.2e}); negative controls caught: "
+        f"{s['negative_controls_caught']}/{s['by_kind']['negative-control']}; seed {m['seed']}; "
+        f"{s['seconds']:.1f} s", LINE_WIDTH, break_long_words=False, break_on_hyphens=False))
     if m["quick"]:
-        print(f"--quick left out: {', '.join(m['quick_dropped']) or 'nothing'}")
+        print(textwrap.fill(f"--quick left out: {', '.join(m['quick_dropped']) or 'nothing'}", LINE_WIDTH,
+                            subsequent_indent="  ", break_long_words=False, break_on_hyphens=False))
     if s["failed"]:
         print("FAILED:\n  " + "\n  ".join(s["failed"]))
     if s["untested"]:
         print("UNTESTED (the check could not decide; not counted as holding):\n  " + "\n  ".join(s["untested"]))
     if s["passed"]:
         print("all claims hold; all negative controls caught")
+    if args.html:
+        from .report_html import write_html
+
+        write_html(args.html, report, rows)
     return 0 if s["passed"] else 1
