@@ -302,7 +302,9 @@ def main(argv=None) -> int:
     if s["failed"]:
         print("FAILED:\n  " + "\n  ".join(s["failed"]))
     if s["untested"]:
-        print("UNTESTED (the check could not decide; not counted as holding):\n  " + "\n  ".join(s["untested"]))
+        print("UNTESTED (the check could not decide; not counted as holding):")
+        for u in s["untested"]:
+            print(textwrap.fill(u, LINE_WIDTH, initial_indent="  ", subsequent_indent="    "))
     if s["passed"]:
         print("all claims hold; all negative controls caught")
     if args.html:
