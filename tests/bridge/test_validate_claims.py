@@ -23,8 +23,13 @@ def test_jackknife_se_of_a_mean_is_the_standard_error():
     """For the mean the delete-one jackknife SE is exactly ``sd(x, ddof=1)/√M``."""
     x = np.random.default_rng(0).normal(size=23)
     full, se = VC.jackknife(lambda keep: {"mean": float(x[keep].mean())}, len(x))
-    assert full["mean"] == pytest.approx(x.mean(), rel=1e-14)
-    assert se["mean"] == pytest.approx(x.std(ddof=1) / np.sqrt(len(x)), rel=1e-12)
+    # M = 23 leave-one-out means of M - 1 terms, then their mean: |error| <= 2 M u mean|x|; the
+    # SE is from their deviations, of size sd/(M - 1), so relative to it that error is
+    # amplified by (M - 1) mean|x| / sd (plus M u for the sum of squares)
+    M, u = len(x), 2.0**-53
+    mean_abs, sd = float(np.abs(x).mean()), float(x.std(ddof=1))
+    assert full["mean"] == pytest.approx(x.mean(), rel=0, abs=2 * M * u * mean_abs)
+    assert se["mean"] == pytest.approx(sd / np.sqrt(M), rel=2 * M * u * (M - 1) * mean_abs / sd + M * u)
 
 
 def test_jackknife_se_is_nan_when_a_replicate_is_not_finite():
