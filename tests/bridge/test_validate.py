@@ -135,7 +135,8 @@ def test_validation_cli_passes_gram_method_device_and_dtype(monkeypatch, tmp_pat
     mod = _experiment()
     seen = []
     monkeypatch.setattr(mod, "run", lambda cfg, out, progress: seen.append(cfg) or
-                        {"reward_mean": 0.0, "verdict": {"tested": 0, "hold": 0, "fail": []}, "claims": []})
+                        {"reward_mean": 0.0, "claims": [],
+                         "verdict": dict(VC.tally([]), failed_rows=[], untested_rows=[])})
     mod.main(["--out", str(tmp_path), "--quiet", "--gram-method", "loop", "--device", "cpu",
               "--dtype", "float16"])
     mod.main(["--out", str(tmp_path), "--quiet"])
