@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for ISSUE 7 (torch bridge part 2), under 8 minutes on one H100/H200 (one deadline,
+# GPU check of the torch bridge, capped at 8 minutes on one H100/H200 (one deadline,
 # TOTAL_S, default 450 s, caps every stage; stages run in the order below, most important first):
 #   1. bench_step, bf16: OBLR-PO update vs GRPO update on the same batch, Qwen3-0.6B shape with the
 #      real Qwen3 vocabulary (151936), random weights; BF16_RUNS times (default 2, each a fresh

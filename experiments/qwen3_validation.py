@@ -1,4 +1,4 @@
-"""Theory against practice on a Qwen3 causal LM at a fixed θ (ISSUE 7, T1-T3, T5, T7, T8).
+"""Theory against practice on a Qwen3 causal LM at a fixed θ (T1-T3, T5, T7, T8).
 
 Runs offline on the built-in arithmetic task with a tiny Qwen3 (briefly pretrained, float64 on a
 CPU) by default; ``--model PATH`` uses a local Hugging Face checkpoint (safetensors; by default
@@ -100,7 +100,7 @@ def param_checksum(model) -> str:
 
 def _csv(rows: list[dict]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
@@ -173,7 +173,8 @@ def run(cfg: Config, out: str, progress: bool = True) -> dict:
     pre = V.precompute(*data, cfg.group_size, batch_grams)
     fn = lambda keep: V.statistics(pre, keep, cfg.ema_beta, cfg.eta_max)  # noqa: E731
     full, se = VC.jackknife(fn, cfg.groups, progress=progress)
-    claims = VC.analyse(full, se, cfg.group_size, cfg.alpha, exact_ref, n_batches=cfg.groups)
+    claims = VC.analyse(full, se, cfg.group_size, cfg.alpha, exact_ref, n_batches=cfg.groups,
+                        problem=cfg.model or "tiny Qwen3")
     report = {
         "experiment": "qwen3_validation",
         "config": ident,
@@ -183,30 +184,51 @@ def run(cfg: Config, out: str, progress: bool = True) -> dict:
         "statistics": full,
         "standard_errors": se,
         "exact_reference": exact_ref,
-        "claims": [asdict(c) for c in claims],
-        "verdict": {"tested": sum(c.holds is not None for c in claims),
-                    "hold": sum(bool(c.holds) for c in claims),
-                    "fail": [f"{c.section}:{c.estimator}:{c.quantity}" for c in claims if c.holds is False]},
+        "claims": [_row(c) for c in claims],
+        "verdict": dict(VC.tally(claims),
+                        failed_rows=[f"{c.claim}: {c.statement}" for c in claims if c.passed is False],
+                        untested_rows=[f"{c.claim}: {c.statement}" for c in claims
+                                       if c.passed is None and c.kind != "measurement"]),
     }
     # strict JSON: a non-finite number (a quantity with no prediction, an undefined z) is null
     atomic_write(os.path.join(out, "report.json"),
                  json.dumps(jsonable(report), indent=2, allow_nan=False))
-    atomic_write(os.path.join(out, "claims.csv"), _csv([asdict(c) for c in claims]))
+    atomic_write(os.path.join(out, "claims.csv"), _csv([_flat(_row(c)) for c in claims]))
     atomic_write(os.path.join(out, "statistics.csv"),
                  _csv([{"quantity": k, "value": v, "se": se.get(k, float("nan")), "seed": cfg.seed,
                         "git_revision": report["git_revision"]} for k, v in full.items()]))
     return report
 
 
+def _row(c) -> dict:
+    """A claim row as a dict with its verdict and outcome (non-finite numbers stay floats here;
+    the report's strict JSON writes them as null)."""
+    return {**asdict(c), "verdict": c.verdict, "outcome": c.outcome}
+
+
+def _flat(row: dict) -> dict:
+    """A report row for the CSV: ``details`` spread into ``details.<key>`` columns."""
+    d = dict(row)
+    details = d.pop("details")
+    return {**d, **{f"details.{k}": v for k, v in details.items()}}
+
+
 def summary(report: dict) -> str:
-    lines = [f"reward mean {report['reward_mean']:.3f}; claims tested {report['verdict']['tested']}, "
-             f"hold {report['verdict']['hold']}, fail {report['verdict']['fail']}"]
+    v = report["verdict"]
+    lines = [f"reward mean {report['reward_mean']:.3f}; claims tested {v['tested']}, hold {v['hold']}, "
+             f"fail {v['fail']}, untested {v['untested']} (+ {v['measured']} measured only)"]
+    num = lambda x: "nan" if x is None else f"{x:.4g}"  # noqa: E731
     for c in report["claims"]:
-        cmp = ">" if c["quantity"].startswith("negative control") else "<"
-        z = "" if c["z"] != c["z"] else f" z={c['z']:+.2f} (|z|{cmp}{c['threshold']:.2f}: {c['holds']})"
-        pred = "" if c["predicted"] != c["predicted"] else f" predicted {c['predicted']:.4g}"
-        lines.append(f"  [{c['section']}] {c['estimator']:>11} {c['quantity']}: "
-                     f"{c['measured']:.4g} ± {c['se']:.2g}{pred}{z}")
+        d = c["details"]
+        pred = "" if c["exact"] is None else f" predicted {c['exact']:.4g}"
+        cmp = ">" if c["kind"] == "negative-control" else "<"
+        test = "" if c["kind"] == "measurement" else (
+            f" |z|={num(c['statistic'])} ({cmp}{num(c['threshold'])}): {c['verdict']}")
+        note = f"  ({c['note']})" if c["note"] else ""
+        lines.append(f"  [{c['claim']}] {c['statement']}: {num(c['estimate'])} ± {num(d['se'])}{pred}{test}{note}")
+    for what, key in (("FAILED", "failed_rows"), ("untested (the test could not decide)", "untested_rows")):
+        if v[key]:
+            lines.append(f"{what}: " + "; ".join(v[key]))
     return "\n".join(lines)
 
 

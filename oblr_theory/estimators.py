@@ -353,7 +353,7 @@ def _optimal_loo_shrink(r, S, ell, lam):
     depends on the problem and on ``G``; the plug-in ratio ``b^w`` pays ``λ² tr Var(h)``, so the
     default ``λ = 1/2`` keeps half of the shift towards ``b* = m_rS/m_S`` (T3) for a quarter
     of the ratio's added variance: it beats ``optimal_loo`` whenever ``λ* < 3/4``. The exact
-    engine (``oblr_theory.estimator_map``) reports ``λ*`` and ``V(λ)`` against ``G``.
+    engine (``oblr_theory.exact_map``) reports ``λ*`` and ``V(λ)`` against ``G``.
     Valid for G ≥ 2, ``S ≥ 0``, any finite ``λ``.
     """
     if not np.isfinite(lam):

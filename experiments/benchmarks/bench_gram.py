@@ -19,7 +19,7 @@ peak resident set (VmHWM, reset through /proc/self/clear_refs, or ru_maxrss) abo
 before the call, each job in its own fresh process so that allocator caches don't hide peaks.
 Prints one JSON document (a list of results in ``--gpu`` mode, one per dtype).
 
-    python experiments/benchmarks/bench_gram.py                      # small Qwen3 on CPU, about a minute
+    python experiments/benchmarks/bench_gram.py                      # small Qwen3 on CPU
     python experiments/benchmarks/bench_gram.py --gpu    # Qwen3-0.6B shape, random weights, bf16 and fp32
 """
 

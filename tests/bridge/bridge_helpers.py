@@ -4,6 +4,8 @@ the built-in task with its tiny Qwen3, and sampled bandit outcomes."""
 import numpy as np
 import pytest
 
+from oblr_theory import montecarlo
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -76,16 +78,16 @@ def rel_err(x, y):
 
 
 def sampled_bandit(problem, M, G, seed):
-    """M·G i.i.d. outcomes per prompt: rewards, S, lengths (=1), scores' Gram, per prompt."""
+    """M·G i.i.d. outcomes per prompt (the library's sampler, ``montecarlo.sample_groups``):
+    rewards, S, lengths (=1), scores' Gram, per prompt."""
     rng = np.random.default_rng(seed)
     cols = {k: [] for k in ("r", "S", "ell", "gram")}
     for x in range(problem.num_prompts):
-        o = problem.outcomes(x)
-        idx = rng.choice(o.size, size=M * G, p=o.probs)
-        s = o.scores[idx]
-        cols["r"].append(o.rewards[idx])
-        cols["S"].append(o.sq_norms[idx])
-        cols["ell"].append(o.lengths[idx].astype(float))
+        g = montecarlo.sample_groups(problem, np.full(M, x), G, rng)  # M groups of G
+        s = g.scores.reshape(M * G, -1)
+        cols["r"].append(g.rewards.reshape(-1))
+        cols["S"].append(g.sq_norms.reshape(-1))
+        cols["ell"].append(g.lengths.reshape(-1).astype(float))
         cols["gram"].append(s @ s.T)
     return {k: np.stack(v) for k, v in cols.items()}
 

@@ -10,6 +10,7 @@ import pytest
 
 from oblr_theory import exact
 from oblr_theory.problems import SoftmaxBandit
+from oblr_theory.stats import bonferroni_z
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -65,7 +66,7 @@ def test_statistics_agree_with_the_exact_engine_on_a_bandit():
     fn = lambda keep: V.statistics(pre, keep)  # noqa: E731
     full, se = VC.jackknife(fn, M)
     names = ("reinforce", "rloo", "dr_grpo", "optimal_loo", "opo")
-    thr = VC.z_threshold(0.01, 2 * len(names))
+    thr = bonferroni_z(0.01, 2 * len(names))
     for name in names:
         ex = exact.estimator_moments(prob, name, G).prompt_trace_var.mean()
         z = (full[f"V_measured/{name}"] - ex) / se[f"V_measured/{name}"]
@@ -74,8 +75,8 @@ def test_statistics_agree_with_the_exact_engine_on_a_bandit():
             z = (full[f"V_predicted/{name}"] - ex) / se[f"V_predicted/{name}"]
             assert abs(z) < thr, (name, "predicted", z)
     rows = VC.analyse(full, se, G, alpha=0.01)
-    control = [r for r in rows if r.quantity.startswith("negative control")]
-    assert control and control[0].holds
+    control = [r for r in rows if r.kind == "negative-control"]
+    assert len(control) == 1 and control[0].passed is True
 
 
 def test_validation_experiment_end_to_end_and_resumes(tmp_path):
@@ -96,7 +97,7 @@ def test_validation_experiment_end_to_end_and_resumes(tmp_path):
         assert os.path.getsize(os.path.join(out, f)) > 0
     with open(os.path.join(out, "report.json")) as fh:  # strict JSON: non-finite numbers are null
         saved = json.load(fh, parse_constant=lambda c: pytest.fail(f"report.json holds {c}"))
-    assert any(c["predicted"] is None for c in saved["claims"])  # "measured only" rows
+    assert any(c["kind"] == "measurement" and c["exact"] is None for c in saved["claims"])
     assert saved["config"]["theta"] and saved["git_revision"] and saved["config"]["seed"] == 0
     # the enumeration's total probability: the bound derived in test_exact_lm.py is
     # 4 chain u max(1, |z|) + n u, with chain ≈ 900 for this tiny Qwen3 (float64): 4e-13 max(1, |z|),
@@ -134,7 +135,8 @@ def test_validation_cli_passes_gram_method_device_and_dtype(monkeypatch, tmp_pat
     mod = _experiment()
     seen = []
     monkeypatch.setattr(mod, "run", lambda cfg, out, progress: seen.append(cfg) or
-                        {"reward_mean": 0.0, "verdict": {"tested": 0, "hold": 0, "fail": []}, "claims": []})
+                        {"reward_mean": 0.0, "claims": [],
+                         "verdict": dict(VC.tally([]), failed_rows=[], untested_rows=[])})
     mod.main(["--out", str(tmp_path), "--quiet", "--gram-method", "loop", "--device", "cpu",
               "--dtype", "float16"])
     mod.main(["--out", str(tmp_path), "--quiet"])

@@ -12,6 +12,9 @@ constant). It rescales every estimator's gain alike, so rankings do not depend o
 For the shrinkage family ``optimal_loo_shrink(λ)`` the variance is exactly quadratic in ``λ``
 (control variate ``h = ĝ_optimal_loo − ĝ_rloo``, ``E h = 0``), so three exact evaluations
 (``λ = 0, 1/2, 1``) give ``V(λ) = V_0 + aλ + bλ²`` and the best ``λ* = −a/(2b)`` per ``G``.
+
+The script ``experiments/estimator_map.py`` runs it over the problem families and writes
+``estimator_map.jsonl``; ``paper_figures/`` read that file.
 """
 
 from __future__ import annotations

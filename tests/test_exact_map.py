@@ -1,10 +1,10 @@
-"""The exact estimator map and the shrinkage variant (T1, T2, T5)."""
+"""The exact estimator map (`oblr_theory.exact_map`) and the shrinkage variant (T1, T2, T5)."""
 
 import numpy as np
 import pytest
 
 from conftest import random_bandit, random_token_mdp
-from oblr_theory import estimator_map, estimators, exact
+from oblr_theory import estimators, exact, exact_map
 from tolerances import engine_tol, rounding_tol
 
 MAP_PROBLEM = lambda: random_bandit(3, X=2, K=3)  # noqa: E731
@@ -14,7 +14,7 @@ MAP_TOL = engine_tol(MAP_PROBLEM(), 5)
 
 @pytest.fixture(scope="module")
 def rows():
-    return estimator_map.map_rows(MAP_PROBLEM(), "bandit", [2, 3, 5])
+    return exact_map.map_rows(MAP_PROBLEM(), "bandit", [2, 3, 5])
 
 
 def lebesgue(lam, nodes=(0.0, 0.5, 1.0)):
@@ -59,7 +59,7 @@ def test_shrinkage_variance_is_exactly_quadratic_in_lambda(make):
     P, G = make(), 4
     V = {lam: exact.estimator_moments(P, estimators.get("optimal_loo_shrink", lam=lam), G).trace_var
          for lam in (0.0, 0.5, 1.0, 0.25, -0.7, 1.8)}
-    lam_star, v_star, a, b = estimator_map.shrinkage_quadratic(V[0.0], V[0.5], V[1.0])
+    lam_star, v_star, a, b = exact_map.shrinkage_quadratic(V[0.0], V[0.5], V[1.0])
     # the baseline λ·b_opt + (1 − λ)·b_rloo is at most (|λ| + |1 − λ|) ≤ 2.6 times the rewards' range
     tol = engine_tol(P, G, max_abs_b=2.6)
     for lam in (0.25, -0.7, 1.8):
@@ -90,11 +90,11 @@ def test_shrink_variant_is_unbiased_and_registry_conformant():
 
 
 def test_shrinkage_rows_and_errors(rows):
-    out = estimator_map.shrinkage_rows(rows)
+    out = exact_map.shrinkage_rows(rows)
     by = {r["group_size"]: r for r in out}
     assert np.isnan(by[2]["lam_star"])  # G = 2: both baselines are the other response's reward
     lam = by[5]["lam_star"]
     assert by[5]["v_lam_star"] <= min(by[5]["v_rloo"], by[5]["v_half"], by[5]["v_optimal_loo"]) + \
         engine_tol(MAP_PROBLEM(), 5, max_abs_b=abs(lam) + abs(1 - lam)) * (1 + lebesgue(lam))
     with pytest.raises(ValueError, match="convex"):
-        estimator_map.shrinkage_quadratic(1.0, 1.0, 1.0)
+        exact_map.shrinkage_quadratic(1.0, 1.0, 1.0)
