@@ -226,5 +226,5 @@ class _no_checkpointing:
 
     def __exit__(self, *exc):
         if self.was:
-            getattr(self.model, f"{self.prefix}_checkpointing_enable")(gradient_checkpointing_kwargs=self.kwargs)
+            getattr(self.model, f"{self.prefix}_checkpointing_enable")(self.kwargs)
         return False

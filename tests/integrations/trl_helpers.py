@@ -48,3 +48,27 @@ def base_kwargs(**over):
               lr_scheduler_type="constant", disable_tqdm=True, dataloader_num_workers=0)
     kw.update(over)
     return kw
+
+
+def answer_ids_reward(completion_ids, answer, **kwargs):
+    """TRL reward function: 1 iff the completion's tokens are exactly ``answer ⊕ <eos>`` (the
+    reward whose expectation :func:`oblr_theory.bridge.rollout.expected_task_reward` gives)."""
+    ct = CharTokenizer()
+    return [float(list(ids) == ct.encode(a) + [ct.eos_token_id]) for ids, a in zip(completion_ids, answer)]
+
+
+def dense_reward(completions, **kwargs):
+    """A deterministic reward with spread on random models: ``(Σ ord(c) mod 5) / 4``."""
+    return [float(sum(map(ord, c)) % 5) / 4 for c in completions]
+
+
+def capture(trainer_cls):
+    """A subclass of ``trainer_cls`` that keeps every ``_generate_and_score_completions`` output."""
+
+    class Capturing(trainer_cls):
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            self.captured = getattr(self, "captured", []) + [{k: v for k, v in out.items()}]
+            return out
+
+    return Capturing
