@@ -137,11 +137,11 @@ class OBLRPOTrainer(GRPOTrainer):
     def __init__(self, model, reward_funcs, args: OBLRPOConfig | None = None, **kwargs):
         if not isinstance(args, OBLRPOConfig):
             raise TypeError(f"args must be an OBLRPOConfig, got {type(args).__name__}")
-        super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
-        why = unsupported_reasons(args, self.accelerator.num_processes, self.is_deepspeed_enabled,
-                                  self.is_fsdp_enabled)
+        # checked before TRL builds anything (models, reference model, vLLM)
+        why = unsupported_reasons(args, args.world_size, bool(args.deepspeed), bool(args.fsdp))
         if why:
             raise ValueError("OBLRPOTrainer cannot run these settings: " + "; ".join(why))
+        super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
         self.oblrpo_estimator = estimators.get(args.estimator, **(args.estimator_params or {}))
         self.oblrpo_ema = EMASNR(args.snr_ema_beta)
         self.oblrpo_lr_factor = 1.0 if args.lr_rule == "constant" else None

@@ -112,7 +112,6 @@ def test_checkpointing_on_off_same_S_and_update(tmp_path):
 @pytest.mark.parametrize("over, needle", [
     (dict(loss_type="bnpo"), "loss_type='bnpo'"),
     (dict(beta=0.04), "beta"),
-    (dict(per_device_train_batch_size=6), "whole groups"),
     (dict(scale_rewards="none"), "scale_rewards"),
 ])
 def test_unsupported_settings_raise_at_construction(tmp_path, over, needle):
@@ -120,6 +119,17 @@ def test_unsupported_settings_raise_at_construction(tmp_path, over, needle):
     with pytest.raises(ValueError, match=needle):
         OBLRPOTrainer(model=tiny_model(), reward_funcs=dense_reward, args=args,
                       train_dataset=arithmetic_dataset(8), processing_class=char_tokenizer())
+
+
+def test_snr_refuses_groups_split_across_processes(tmp_path):
+    from oblr_theory.integrations.trl import unsupported_reasons
+
+    args = OBLRPOConfig(**base_kwargs(output_dir=str(tmp_path)))
+    assert unsupported_reasons(args, 2, False, False) == []
+    args.per_device_train_batch_size = 6  # 2 processes x 6 = 3 groups of 4: one group split
+    assert any("whole groups" in w for w in unsupported_reasons(args, 2, False, False))
+    args.lr_rule = "constant"  # advantages alone gather S, so split groups are fine
+    assert unsupported_reasons(args, 2, False, False) == []
 
 
 def test_config_rejects_bad_values(tmp_path):
