@@ -16,7 +16,7 @@ from .. import estimators
 from ..snr import SNRPieces, snr_fraction, snr_hat, snr_pieces_from_norms
 
 __all__ = ["SNR_LOSS_WEIGHTS", "sequence_weights", "group_advantages", "snr_pieces_dp",
-           "lr_factor", "diagnostics"]
+           "informative", "lr_factor", "diagnostics", "snr_metrics"]
 
 #: TRL ``loss_type`` -> the per-sequence weight ``λ_j`` of ``A_j s_j`` in TRL's on-policy gradient,
 #: up to one constant per generation batch (T7's SNR does not see that constant):
@@ -84,6 +84,18 @@ def snr_pieces_dp(sum_group_sq: float, mean_grad_sq: float, n_groups: int) -> SN
     return snr_pieces_from_norms(np.float64(sum_group_sq), np.float64(mean_grad_sq), int(n_groups))
 
 
+def informative(pieces: SNRPieces) -> bool:
+    """False for a batch with no gradient signal at all: every ``u_b = 0`` (e.g. every group's
+    rewards equal, so every advantage is 0), hence ``||ū||² = V̂ = 0`` and ``SNR̂ = 0/0``.
+
+    Such a batch says nothing about the SNR at ``θ`` (its step is a no-op for SGD), so it does
+    not enter T7's EMA; folding it in as ``SNR̂ = 0`` (:func:`oblr_theory.snr.snr_hat`'s rule at
+    ``V̂ = 0``) would set the T5 factor to 0 at the start of training, when sparse rewards make
+    such batches common, and keep it there.
+    """
+    return not (float(pieces.mean_sq_norm) == 0.0 and float(pieces.noise_var_hat) == 0.0)
+
+
 def lr_factor(snr: float, factor_min: float, factor_max: float) -> float:
     """T5's factor on the scheduled rate: ``clip(SNR/(1+SNR), factor_min, factor_max)``.
 
@@ -136,7 +148,8 @@ def diagnostics(rewards_n: torch.Tensor, sq_norms_n: torch.Tensor | None, length
 
 def snr_metrics(pieces: SNRPieces, snr_ema: float, factor: float) -> dict[str, float]:
     """The T7 pieces, the per-batch and smoothed SNR, and the T5 factor as host floats."""
-    return {"snr_batch": float(snr_hat(pieces)), "snr_ema": float(snr_ema),
+    batch = float(snr_hat(pieces)) if informative(pieces) else math.nan  # 0/0: undefined
+    return {"snr_batch": batch, "snr_ema": float(snr_ema),
             "grad_sq_norm_hat": float(pieces.grad_sq_norm_hat), "noise_var_hat": float(pieces.noise_var_hat),
             "trace_cov_hat": float(pieces.trace_cov_hat), "mean_sq_norm": float(pieces.mean_sq_norm),
             "n_groups": float(pieces.batch_size), "lr_factor": float(factor)}

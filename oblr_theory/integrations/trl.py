@@ -31,7 +31,8 @@ from trl import GRPOConfig, GRPOTrainer
 
 from .. import estimators
 from ..snr import EMASNR
-from ._trl_math import SNR_LOSS_WEIGHTS, diagnostics, lr_factor, snr_metrics, snr_pieces_dp
+from ._trl_math import (SNR_LOSS_WEIGHTS, diagnostics, informative, lr_factor, snr_metrics,
+                        snr_pieces_dp)
 from ._trl_pass import Comm, LocalBatch, oblrpo_generation
 
 __all__ = ["OBLRPOConfig", "OBLRPOTrainer", "AccelerateComm"]
@@ -200,8 +201,13 @@ class OBLRPOTrainer(GRPOTrainer):
         stats = diagnostics(rewards, res.sq_norms, res.lengths, G)
         if snr:
             pieces = snr_pieces_dp(res.sum_group_sq, res.mean_grad_sq, res.n_groups)
-            snr_ema = float(self.oblrpo_ema.update(pieces))
-            self.oblrpo_lr_factor = lr_factor(snr_ema, self.args.snr_factor_min, self.args.snr_factor_max)
+            if informative(pieces):
+                snr_ema = float(self.oblrpo_ema.update(pieces))
+                self.oblrpo_lr_factor = lr_factor(snr_ema, self.args.snr_factor_min,
+                                                  self.args.snr_factor_max)
+            elif self.oblrpo_lr_factor is None:  # nothing measured yet: the floor
+                self.oblrpo_lr_factor = self.args.snr_factor_min
+            snr_ema = float(self.oblrpo_ema.snr) if self.oblrpo_ema.steps else float("nan")
             stats.update(snr_metrics(pieces, snr_ema, self.oblrpo_lr_factor))
         for k, v in stats.items():
             self._metrics[mode][f"oblrpo/{k}"].append(v)
