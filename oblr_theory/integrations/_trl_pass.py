@@ -60,8 +60,8 @@ class LocalBatch:
 
 @dataclass
 class GenerationResult:
-    """Gathered (all processes, TRL order) ``sq_norms`` (None when no estimator or rule needs
-    them), ``advantages`` (float64), ``lengths``; this process's slice; the T7 sums (None unless
+    """Gathered (all processes, TRL order) ``sq_norms`` (computed for every estimator, for the
+    diagnostics), ``advantages`` (float64), ``lengths``; this process's slice; the T7 sums (None unless
     asked): ``sum_group_sq = Σ_b ||u_b||²`` and ``mean_grad_sq = ||ū||²`` over all ``n_groups``."""
 
     sq_norms: torch.Tensor | None
@@ -131,7 +131,6 @@ def oblrpo_generation(model, batch: LocalBatch, rewards_all: torch.Tensor, estim
     G = int(group_size)
     n = batch.input_ids.shape[0]
     local = slice(comm.rank * n, (comm.rank + 1) * n)
-    needs_S = "sq_norms" in estimator.needs
     ell = batch.lengths
     lengths_all = comm.gather(ell)
     snr = snr_loss_type is not None
@@ -149,8 +148,8 @@ def oblrpo_generation(model, batch: LocalBatch, rewards_all: torch.Tensor, estim
         A_loc = torch.zeros(n, dtype=torch.float64, device=ell.device)
         r_loc = rewards_all[local]
     else:
-        S_loc = _sq_norms_rows(model, batch, source, rows_per_pass) if (needs_S or source != "ghost") else None
-        S_all = comm.gather(S_loc) if S_loc is not None else None
+        S_loc = _sq_norms_rows(model, batch, source, rows_per_pass)  # also for the diagnostics
+        S_all = comm.gather(S_loc)
         A_all = group_advantages(estimator, rewards_all, S_all, lengths_all, G)
         A_loc, result_S = A_all[local], S_all
     if not snr:
