@@ -39,8 +39,8 @@ def child(kind: str, a) -> dict:
     from oblr_theory.bridge.models import TinyQwen3Spec, qwen3_shaped, tiny_qwen3
     from oblr_theory.bridge.task import ArithmeticTask, CharTokenizer
     from oblr_theory.integrations.trl import OBLRPOConfig, OBLRPOTrainer
-    from tests.integrations.trl_helpers import (arithmetic_dataset, base_kwargs, char_tokenizer,
-                                                dense_reward)
+    from oblr_theory.integrations.trl_task import arithmetic_dataset, hf_char_tokenizer
+    from tests.integrations.trl_helpers import base_kwargs, dense_reward
 
     ct = CharTokenizer()
     if a.gpu:
@@ -72,7 +72,7 @@ def child(kind: str, a) -> dict:
             return out
 
     tr = Timed(model=model, reward_funcs=dense_reward, args=cfg_cls(**kw),
-               train_dataset=arithmetic_dataset(4096, task=task), processing_class=char_tokenizer())
+               train_dataset=arithmetic_dataset(4096, task=task), processing_class=hf_char_tokenizer())
     if a.gpu:
         torch.cuda.reset_peak_memory_stats()
     tr.train()

@@ -1,43 +1,18 @@
-"""Offline fixtures for the TRL tests: a char-level tokenizer, a tiny seeded Qwen3, the built-in
-arithmetic task as an in-memory dataset, and its exact-match reward."""
+"""Offline fixtures for the TRL tests: a tiny seeded Qwen3, reward functions, CPU config keywords;
+the task's tokenizer and dataset come from :mod:`oblr_theory.integrations.trl_task`."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from oblr_theory.bridge.models import TinyQwen3Spec, tiny_qwen3
-from oblr_theory.bridge.task import ArithmeticTask, CharTokenizer, exact_match_reward
-
-
-def char_tokenizer():
-    """``PreTrainedTokenizerFast`` over a ``tokenizers`` WordLevel model, one token per
-    character, with the ids of :class:`CharTokenizer` (``<pad>`` 0, ``<eos>`` 1)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    ct = CharTokenizer()
-    vocab = {"<pad>": 0, "<eos>": 1, **{c: i + 2 for i, c in enumerate(ct.alphabet)}}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tk.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>")
+from oblr_theory.bridge.task import CharTokenizer
+from oblr_theory.integrations.trl_task import answer_ids_reward, arithmetic_dataset  # noqa: F401
+from oblr_theory.integrations.trl_task import hf_char_tokenizer as char_tokenizer  # noqa: F401
 
 
 def tiny_model(seed: int = 0, dtype=torch.float32, spec: TinyQwen3Spec = TinyQwen3Spec()):
     return tiny_qwen3(CharTokenizer(), spec=spec, seed=seed, dtype=dtype)
-
-
-def arithmetic_dataset(n: int, seed: int = 0, task: ArithmeticTask = ArithmeticTask(max_operand=4)):
-    from datasets import Dataset
-
-    probs = task.sample(n, np.random.default_rng(seed))
-    return Dataset.from_dict({"prompt": [p.prompt for p in probs], "answer": [p.answer for p in probs]})
-
-
-def exact_match(completions, answer, **kwargs):
-    """TRL reward function: 1 when the completion text is the answer."""
-    return [exact_match_reward(c, a) for c, a in zip(completions, answer)]
 
 
 def base_kwargs(**over):
@@ -48,13 +23,6 @@ def base_kwargs(**over):
               lr_scheduler_type="constant", disable_tqdm=True, dataloader_num_workers=0)
     kw.update(over)
     return kw
-
-
-def answer_ids_reward(completion_ids, answer, **kwargs):
-    """TRL reward function: 1 iff the completion's tokens are exactly ``answer ⊕ <eos>`` (the
-    reward whose expectation :func:`oblr_theory.bridge.rollout.expected_task_reward` gives)."""
-    ct = CharTokenizer()
-    return [float(list(ids) == ct.encode(a) + [ct.eos_token_id]) for ids, a in zip(completion_ids, answer)]
 
 
 def dense_reward(completions, **kwargs):
