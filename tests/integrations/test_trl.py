@@ -160,3 +160,40 @@ def test_lora_with_several_steps_and_iterations_per_generation(tmp_path):
     S = tr.oblrpo_last["sq_norms"]
     assert torch.isfinite(S).all() and (S > 0).all()
     assert tr.oblrpo_last["pieces"].batch_size == 2
+
+
+def _ddp_worker(rank, world, port, path):
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    args = OBLRPOConfig(**base_kwargs(output_dir=path, per_device_train_batch_size=4, max_steps=2,
+                                      ddp_backend="gloo"))
+    tr = OBLRPOTrainer(model=tiny_model(dtype=torch.float64), reward_funcs=dense_reward, args=args,
+                       train_dataset=arithmetic_dataset(64), processing_class=char_tokenizer())
+    tr.train()
+    last = tr.oblrpo_last
+    torch.save({"S": last["sq_norms"], "A": last["advantages"], "pieces": torch.tensor(last["pieces"][:4]),
+                "world": tr.accelerator.num_processes,
+                "params": torch.cat([p.detach().reshape(-1) for p in tr.model.parameters()])},
+               f"{path}/rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_full_trl_run_in_two_gloo_processes(tmp_path):
+    """accelerate's multi-CPU data parallelism (gloo), 2 steps, whole groups per process: both
+    ranks hold the same gathered S and advantages, the same T7 pieces and the same parameters.
+    (Equality with one process is tested on the integration's pass in test_trl_pass.py: TRL's
+    sampling differs between one and two processes.)"""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{k}.pt") for k in (0, 1))
+    assert r0["world"] == 2 and r0["S"].numel() == 8  # the gathered batch: 2 processes x 4
+    for key in ("S", "A", "pieces", "params"):
+        assert torch.equal(r0[key], r1[key]), key
