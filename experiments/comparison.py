@@ -125,9 +125,17 @@ def tune(out, family, spec, rev):
         at_edge = eta in (min(spec["etas"]), max(spec["etas"]))
         best[method] = dict(eta=eta, grid=list(spec["etas"]), at_edge=at_edge, setting=ids[method],
                             tune_score=float(score[eta]))
-        if at_edge:
-            tqdm.write(f"note: {family}/{method}: tuned η = {eta:g} is at the edge of the grid")
     return best
+
+
+def edge_note(tuned: dict) -> str | None:
+    """One line naming every (family, method) whose tuned η is the first or last grid point, or
+    ``None``: such a step is a bound of the search, not an interior optimum."""
+    at_edge = {f: [m for m, b in ms.items() if b.get("at_edge")] for f, ms in tuned.items()}
+    parts = [f"{f} ({len(ms)}/{len(tuned[f])}: {', '.join(ms)})" for f, ms in at_edge.items() if ms]
+    if not parts:
+        return None
+    return "note: tuned η at the edge of the grid for " + "; ".join(parts) + " (marked 'edge' in learning_curves.md)"
 
 
 def evaluate(out, family, spec, best, rev, quick):
@@ -166,6 +174,9 @@ def main(argv=None) -> int:
         tuned[family] = best
         atomic_write_text(tuned_path, json.dumps(tuned, indent=1))  # figures keep only these settings' rows
         evaluate(args.out, family, spec, best, rev, args.quick)
+    note = edge_note({f: tuned[f] for f in args.families.split(",")})
+    if note:
+        print(note, file=sys.stderr)
     return 0
 
 

@@ -1,6 +1,6 @@
 """oblr_theory: exact and statistical verification of policy-gradient estimators (OBLR-PO theory).
 
-The math is in THEORY.md (labels T1–T8); the estimator registry is :mod:`oblr_theory.estimators`.
+The math is in docs/theory.md (labels T1–T8); the estimator registry is :mod:`oblr_theory.estimators`.
 Torch is needed only by :mod:`oblr_theory.bridge`, imported lazily.
 """
 

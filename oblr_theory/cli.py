@@ -3,12 +3,18 @@
     oblr-theory verify  [--quick] [--json PATH] [--seed N]   every claim T1–T8 (oblr_theory.verify)
     oblr-theory derive  LABEL                                symbolic proof trace (oblr_theory.symbolic)
     oblr-theory figures [--quick]                            regenerate figures (oblr_theory.figures)
+
+Out-of-range options and unknown names are usage errors (exit 2, see :mod:`oblr_theory.cliutil`).
+Ctrl-C ends any command with one line on stderr and exit code 130; finished work is kept (verify's
+finished rows, the experiments' result files, which resume on the next run).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+
+from .cliutil import interrupted
 
 COMMANDS = {
     "verify": ("oblr_theory.verify", "check every claim (T1–T8) exactly, symbolically and by Monte Carlo"),
@@ -32,8 +38,11 @@ def main(argv=None) -> int:
     if command not in COMMANDS:
         print(f"oblr-theory: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    try:
+        module = importlib.import_module(COMMANDS[command][0])
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:
+        return interrupted(f"oblr-theory {command}", "finished results are kept")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The estimator registry (THEORY.md section 2): name -> advantage map ``A = f(r, S, ℓ)``.
+"""The estimator registry (docs/theory.md: The estimators): name -> advantage map ``A = f(r, S, ℓ)``.
 
 Every estimator of this project has the form (one convention everywhere)::
 
@@ -20,7 +20,7 @@ Zero-denominator rules (one per case, each keeps the estimator's expectation as 
   leave-one-out mean ``r̄_{−j}``. The fallback depends only on the other responses, so the
   estimator stays unbiased (T1).
 
-Token aggregation (THEORY.md section 6) is a parameter of every estimator,
+Token aggregation (docs/theory.md: Token aggregation) is a parameter of every estimator,
 ``aggregation=...``; it multiplies ``A_j`` by a length-dependent weight, so it is the same form:
 
 * ``"seq-mean-token-sum"`` (default): ``A_j`` unchanged, the true REINFORCE form;
@@ -140,7 +140,7 @@ class Estimator:
 def get(name: str, *, aggregation: str = "seq-mean-token-sum", max_length=None, **params) -> Estimator:
     """The estimator ``name`` with parameters ``params`` (unknown parameters are an error).
 
-    ``aggregation`` picks the token-level loss mode of THEORY.md section 6; ``max_length`` is the
+    ``aggregation`` picks the token-level loss mode (docs/theory.md: Token aggregation); ``max_length`` is the
     constant ``C`` of the ``"constant"`` mode (Dr.GRPO).
     """
     s = spec(name)
@@ -164,7 +164,7 @@ _REQUIRED = object()
 
 
 def _aggregate(adv, lengths, aggregation, max_length):
-    """Token aggregation as an advantage weight (THEORY.md section 6); see the module docstring."""
+    """Token aggregation as an advantage weight (docs/theory.md: Token aggregation); see the module docstring."""
     if aggregation == "seq-mean-token-sum":
         return adv
     if aggregation == "constant":

@@ -1,5 +1,5 @@
 """Exact oracles by enumeration: ``J``, ``∇J``, per-prompt moments, ``b*``, and the exact mean and
-variance of any registered estimator (THEORY.md section 4).
+variance of any registered estimator (docs/theory.md: Problems with exact answers).
 
 The estimator moments need no closed form. A group of ``G`` i.i.d. responses over ``n`` outcomes
 is, up to order, one of ``C(n+G−1, G)`` multisets ``c`` with multinomial probability
@@ -10,12 +10,16 @@ the group, so ``ĝ`` is a function of the multiset and
 
 with ``ĝ(c) = (1/G) Σ_j A_j s_{o_j}``. ``||ĝ(c) − m||²`` is evaluated through the Gram matrix
 ``K = s sᵀ`` of the outcomes, so the cost is ``O(M G²)`` for ``M`` multisets, whatever ``d``.
+Before enumerating, the engine states ``M`` and the working memory (:func:`check_enumeration`),
+refuses above :data:`MAX_MULTISETS` or :data:`MAX_BYTES` (naming the Monte Carlo route), and
+shows a progress bar from :data:`PROGRESS_MIN` multisets on.
 A batch of ``B`` i.i.d. prompts (one group each) has the same mean and, by the law of total
 variance (T2), ``V_batch = (1/B) Σ_x p_x (V_x + ||E ĝ_x − E ĝ||²)``.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from math import comb
 
@@ -25,14 +29,18 @@ from scipy.special import gammaln
 from . import estimators
 from .problems.base import Outcomes
 
-#: Largest number of multisets of one prompt's group that ``estimator_moments`` enumerates.
+#: Largest number of multisets of one prompt's group that the engine enumerates.
 MAX_MULTISETS = 20_000_000
+#: Largest working memory (bytes, see :func:`enumeration_bytes`) of one prompt's enumeration.
+MAX_BYTES = 4 << 30
+#: Enumerations of at least this many multisets (all prompts together) show a progress bar.
+PROGRESS_MIN = 1_000_000
 _CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
 class PromptMoments:
-    """Per-prompt moments (THEORY.md section 1), arrays over the X prompts.
+    """Per-prompt moments (docs/theory.md: Setting and notation), arrays over the X prompts.
 
     mu ``E[r]``, var_r ``Var(r)``, m_S ``E[S]``, m_rS ``E[rS]``, m_r2S ``E[r²S]``,
     grad (X, d) ``g_x = E[r s] = ∇J_x``, grad_sq_norm ``||g_x||²``, b_star ``m_rS / m_S`` (T3),
@@ -146,12 +154,37 @@ def num_multisets(n: int, G: int) -> int:
     return comb(n + G - 1, G)
 
 
-def multisets(n: int, G: int) -> np.ndarray:
-    """All non-decreasing index tuples of length G over ``range(n)``, shape ``(C(n+G−1, G), G)``."""
+def enumeration_bytes(M: int, G: int, extra_per_multiset: int = 0) -> int:
+    """Working memory of enumerating ``M`` multisets of size ``G``: the index rows (int32), the
+    weights and the advantages (float64, kept for the variance pass), one chunk's gathered Gram
+    blocks (float64), plus ``extra_per_multiset`` bytes per multiset for the caller's own arrays."""
+    return M * (4 * G + 8 + 8 * G + extra_per_multiset) + min(M, _CHUNK) * G * G * 8
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
+
+
+def check_enumeration(n: int, G: int, what: str = "", extra_per_multiset: int = 0) -> tuple[int, int]:
+    """``(M, bytes)`` of enumerating the multisets of ``G`` draws over ``n`` outcomes; refuses
+    (``ValueError`` naming the sizes and the Monte Carlo alternative) above :data:`MAX_MULTISETS`
+    multisets or :data:`MAX_BYTES` bytes."""
     M = num_multisets(n, G)
-    if M > MAX_MULTISETS:
-        raise ValueError(f"group_size={G} over {n} outcomes has {M:,} multisets (limit "
-                         f"{MAX_MULTISETS:,}); use a smaller problem or Monte Carlo")
+    mem = enumeration_bytes(M, G, extra_per_multiset)
+    if M > MAX_MULTISETS or mem > MAX_BYTES:
+        raise ValueError(
+            f"{what}group_size={G} over {n:,} outcomes has {M:,} multisets needing about {_bytes(mem)} "
+            f"(limits {MAX_MULTISETS:,} multisets, {_bytes(MAX_BYTES)}): too large to enumerate. Estimate by "
+            f"Monte Carlo instead: oblr_theory.montecarlo.sample_gradients (bandits, enumerable token MDPs) "
+            f"or oblr_theory.sequences (token MDPs too large to enumerate); or use a smaller group_size "
+            f"or problem")
+    return M, mem
+
+
+def multisets(n: int, G: int) -> np.ndarray:
+    """All non-decreasing index tuples of length G over ``range(n)``, shape ``(C(n+G−1, G), G)``;
+    refused above the limits of :func:`check_enumeration`."""
+    check_enumeration(n, G)
     rows = np.arange(n, dtype=np.int32)[:, None]
     for _ in range(G - 1):
         last = rows[:, -1]
@@ -179,8 +212,11 @@ def multiset_log_weights(idx_mg: np.ndarray, log_p: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def group_moments(out: Outcomes, estimator, group_size: int):
-    """Exact ``(E ĝ_x, V_x)`` of one group of ``group_size`` responses (multiset enumeration)."""
+def group_moments(out: Outcomes, estimator, group_size: int, progress=None):
+    """Exact ``(E ĝ_x, V_x)`` of one group of ``group_size`` responses (multiset enumeration).
+
+    ``progress``: an optional callable ``progress(n)``, called with the multisets done in each
+    chunk of each of the two passes (``2 M`` in all; e.g. a tqdm ``update``)."""
     keep = out.probs > 0  # zero-probability outcomes never appear in a group
     p, r, S, ell = out.probs[keep], out.rewards[keep], out.sq_norms[keep], out.lengths[keep]
     scores = out.scores[keep]
@@ -196,6 +232,8 @@ def group_moments(out: Outcomes, estimator, group_size: int):
         A = estimator.advantages(r[sl], sq_norms=S[sl], lengths=ell[sl])  # (m, G)
         advs.append(A)
         np.add.at(coef, sl.reshape(-1), (w[lo:lo + _CHUNK, None] * A).reshape(-1) / G)
+        if progress is not None:
+            progress(len(sl))
     mean = coef @ scores
     sm = scores @ mean  # (n,) s_i · m
     mm = mean @ mean
@@ -205,15 +243,20 @@ def group_moments(out: Outcomes, estimator, group_size: int):
         quad = np.einsum("mj,mjk,mk->m", A, gram[sl[:, :, None], sl[:, None, :]], A) / G**2
         dev2 = quad - 2.0 * np.einsum("mj,mj->m", A, sm[sl]) / G + mm  # ||ĝ(c) − m||²
         var += w[lo:lo + _CHUNK] @ np.maximum(dev2, 0.0)
+        if progress is not None:
+            progress(len(sl))
     return mean, float(var)
 
 
-def estimator_moments(problem, name, group_size, batch_size=1, **params) -> EstimatorMoments:
+def estimator_moments(problem, name, group_size, batch_size=1, progress=None, **params) -> EstimatorMoments:
     """Exact ``E ĝ``, ``∇J`` and ``V = tr Var(ĝ)`` of estimator ``name`` for a batch of
     ``batch_size`` i.i.d. prompts with one group of ``group_size`` each (T1, T2 without closed forms).
 
     ``name`` may also be an :class:`~oblr_theory.estimators.Estimator` (to pass an aggregation
     mode). For ``oracle_optimal`` the engine supplies each prompt's exact ``b*`` itself.
+    Every prompt's enumeration is checked against the limits first (:func:`check_enumeration`);
+    ``progress`` (``None``: from :data:`PROGRESS_MIN` multisets on) shows a tqdm bar on stderr
+    whose title states the multiset count and the memory.
     """
     if int(group_size) != group_size or group_size < 1:
         raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
@@ -223,6 +266,25 @@ def estimator_moments(problem, name, group_size, batch_size=1, **params) -> Esti
     est_name = name.name if isinstance(name, estimators.Estimator) else name
     estimators.spec(est_name)  # clear error for unknown names
     outs = all_outcomes(problem)
+    plan = [check_enumeration(int(np.count_nonzero(o.probs > 0)), group_size, f"prompt {x}: ")
+            for x, o in enumerate(outs)]
+    total, peak = sum(M for M, _ in plan), max(mem for _, mem in plan)
+    show = total >= PROGRESS_MIN if progress is None else bool(progress)
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(total=2 * total, unit="multiset", unit_scale=True, file=sys.stderr, leave=False,
+                   desc=f"exact {est_name} G={group_size}: {total:,} multisets, ~{_bytes(peak)}")
+    try:
+        return _estimator_moments(problem, outs, name, est_name, group_size, batch_size, params,
+                                  None if bar is None else bar.update)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _estimator_moments(problem, outs, name, est_name, group_size, batch_size, params, progress):
     moments = prompt_moments(problem)
     means, variances = [], []
     for x, out in enumerate(outs):
@@ -232,7 +294,7 @@ def estimator_moments(problem, name, group_size, batch_size=1, **params) -> Esti
             est = estimators.get(est_name, **{**params, "b_star": moments.b_star[x]})
         else:
             est = estimators.get(est_name, **params)
-        m, v = group_moments(out, est, group_size)
+        m, v = group_moments(out, est, group_size, progress)
         means.append(m)
         variances.append(v)
     prompt_mean, prompt_var = np.array(means), np.array(variances)

@@ -1,6 +1,7 @@
 """Vectorised Monte Carlo: sampled groups, analytic scores and per-group gradient estimates.
 
-The sampled counterpart of :mod:`oblr_theory.exact` (THEORY.md sections 1, 4, 5). A group is
+The sampled counterpart of :mod:`oblr_theory.exact` (docs/theory.md:
+Setting and notation, Problems with exact answers, What verified means). A group is
 ``G`` i.i.d. responses to one prompt; every estimator is ``ĝ_x = (1/G) Σ_j A_j s_j`` with the
 advantages of the registry (:mod:`oblr_theory.estimators`), so one sampler serves all of them.
 

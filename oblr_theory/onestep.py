@@ -62,6 +62,9 @@ def unit_law(problem, name, group_size, **params) -> Law:
     for x in range(problem.num_prompts):
         out = problem.outcomes(x)
         keep = out.probs > 0
+        # values (M, d) and the gathered scores (M, G, d) on top of the engine's own arrays
+        exact.check_enumeration(int(keep.sum()), group_size, f"unit_law prompt {x}: ",
+                                extra_per_multiset=8 * (group_size + 1) * problem.dim)
         idx = exact.multisets(int(keep.sum()), group_size)
         probs, scores = out.probs[keep], out.scores[keep]
         w = np.exp(exact.multiset_log_weights(idx, np.log(probs)))
@@ -79,7 +82,10 @@ def batch_law(law: Law, batch_size: int) -> Law:
     if B < 1 or B != batch_size:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if N**B > MAX_SUPPORT:
-        raise ValueError(f"batch_size={B} over {N} units gives {N**B:,} tuples (limit {MAX_SUPPORT:,})")
+        raise ValueError(f"batch_size={B} over {N} units gives {N**B:,} tuples, about "
+                         f"{N**B * (law.values.shape[1] + 1) * 8 / 2**30:.3g} GiB (limit {MAX_SUPPORT:,} tuples); "
+                         f"estimate E J(θ+ηĝ) by Monte Carlo instead (oblr_theory.montecarlo.sample_gradients) "
+                         f"or use a smaller batch_size or group_size")
     if B == 1:
         return law
     idx = np.array(list(itertools.product(range(N), repeat=B)))  # (N^B, B)

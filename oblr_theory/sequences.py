@@ -1,5 +1,5 @@
 """Token-MDP sequences with analytic scores, sampled or replayed: the sampler of
-:mod:`oblr_theory.montecarlo` (THEORY.md sections 1 and 5, T8).
+:mod:`oblr_theory.montecarlo` (docs/theory.md: Setting and notation, What verified means, T8).
 
 All ``n`` sequences advance together, one step at a time (no Python loop over samples). At step
 ``t`` the active rows of the parameter tables give the logits (``problem.param_rows`` /

@@ -1,4 +1,4 @@
-"""Calibrated statistical tests of Monte Carlo output against exact values (THEORY.md section 5).
+"""Calibrated statistical tests of Monte Carlo output against exact values (docs/theory.md: What verified means).
 
 Every threshold comes from a stated false-failure rate and the sample's own variance, never a
 bare tolerance (TFP's statistical-testing discipline):

@@ -1,4 +1,4 @@
-"""Closed forms of theorems T1-T8 (see THEORY.md section 3) as plain functions of moments.
+"""Closed forms of theorems T1-T8 (see docs/theory.md) as plain functions of moments.
 
 Every function is pure, float64, and broadcasts over arrays of per-prompt moments (shape
 ``(X,)``) unless a vector argument is documented. Moment arguments come in the order of

@@ -1,21 +1,20 @@
-"""Shared helpers of the figure scripts: read result files, save PNG + PDF. Never simulates."""
+"""Shared helpers of the figure scripts: read result files; the style is oblr_theory.plotstyle.
+
+Each script exposes ``build(results_dir) -> (fig, caption)`` (the figure and its caption, which
+says what is drawn, on which problem, with how many seeds and what the bands are) and
+``main(results_dir, figures_dir, dpi=PAPER_DPI, formats=("png", "pdf"))`` (and the caption ``.txt``). Never simulates.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from oblr_theory.plotstyle import PAPER_DPI, save
 
-COLORS = {
-    "reinforce": "#7f7f7f", "constant": "#bcbd22", "dr_grpo": "#8c564b", "grpo": "#d62728",
-    "rloo": "#1f77b4", "opo": "#ff7f0e", "opo_loo": "#ffbb78", "optimal": "#98df8a",
-    "optimal_loo": "#2ca02c", "optimal_loo_shrink": "#17becf", "oracle_optimal": "#000000",
-    "rloo+snr": "#9467bd", "oblr_po": "#2ca02c", "oblr_po_shrink": "#17becf",
-}
+__all__ = ["load", "nan", "seeds_text", "write"]
 
 
 def load(results_dir: str, name: str) -> list[dict]:
@@ -27,18 +26,22 @@ def load(results_dir: str, name: str) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def save(fig, figures_dir: str, stem: str) -> list[str]:
-    """Write ``stem.png`` and ``stem.pdf``; returns their paths."""
-    os.makedirs(figures_dir, exist_ok=True)
-    paths = [os.path.join(figures_dir, f"{stem}.{ext}") for ext in ("png", "pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    return paths
-
-
 def nan(x):
     """``None`` (a non-finite value in the JSON) as NaN."""
-    import numpy as np
-
     return np.array([np.nan if v is None else v for v in x], dtype=float)
+
+
+def seeds_text(seeds) -> str:
+    """``"4 seeds (0–3)"``: how many seeds and which."""
+    s = sorted(set(int(v) for v in seeds))
+    if not s:
+        return "no seeds"
+    span = f"{s[0]}–{s[-1]}" if s == list(range(s[0], s[-1] + 1)) and len(s) > 1 else ", ".join(map(str, s))
+    return f"{len(s)} seed{'s' if len(s) > 1 else ''} ({span})"
+
+
+def write(build, results_dir: str, figures_dir: str, stem: str, dpi: int = PAPER_DPI,
+          formats=("png", "pdf")) -> list[str]:
+    """``build(results_dir)`` saved as ``stem`` (PNG, PDF, caption)."""
+    fig, caption = build(results_dir)
+    return save(fig, figures_dir, stem, caption, dpi=dpi, formats=formats)

@@ -1,45 +1,77 @@
-"""OBLR-PO against the baselines: exact J(θ_t) per family, mean and 10–90% band over the
-evaluation seeds, each method at its tuned step size (reads comparison.jsonl and tuned.json);
-also writes the summary table learning_curves.md (steps to 90% of J*, final J, spread, collapse)."""
+"""OBLR-PO against the baselines on the problem families of ``experiments/comparison.py``: the
+exact objective ``J(θ_t)`` along training, each method at the step size tuned on separate
+tuning seeds (10000+) and evaluated on seeds 0..n−1 (common random numbers).
+
+Top row: the constant-step baselines and OBLR-PO (``oblr_po``: optimal_loo baseline + SNR step).
+Bottom row: its ablations (the SNR rule alone, ``rloo+snr``; the baseline alone with a constant
+step, ``optimal_loo`` and ``optimal_loo_shrink``) and ``oblr_po_shrink``, with ``oblr_po`` again
+for reference. Lines: mean over evaluation seeds; bands: ± 1 standard error of that mean (the
+seed-to-seed spread, 10–90%, is in learning_curves.md). Dotted: 90% of the optimum ``J*``.
+Also writes learning_curves.md: tuned η (``edge`` when at the end of the grid), final J, runs
+reaching 90% of J* and the steps they took, collapse. Reads comparison.jsonl and tuned.json.
+"""
 
 from __future__ import annotations
 
 import os
 
 import numpy as np
-import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
 
-from _common import COLORS, load, nan, save
+from _common import load, nan, seeds_text
+from oblr_theory.plotstyle import DOUBLE, PAPER_DPI, figure, integer_ticks, legend_below, save, style
 
-#: Ablations of OBLR-PO (the SNR rule alone; the baseline alone), drawn dashed.
-ABLATIONS = ("rloo+snr", "optimal_loo", "optimal_loo_shrink")
+#: The rows of the figure: baselines, and OBLR-PO's ablations (``oblr_po`` is in both).
+ROWS = (("reinforce", "rloo", "dr_grpo", "grpo", "opo", "oblr_po"),
+        ("rloo+snr", "optimal_loo", "optimal_loo_shrink", "oblr_po_shrink", "oblr_po"))
 
 
-def main(results_dir: str, figures_dir: str) -> list[str]:
+def build(results_dir: str):
     rows = tuned_rows(results_dir)
     fams = list(dict.fromkeys(r["family"] for r in rows))
-    fig, axes = plt.subplots(1, len(fams), figsize=(5.2 * len(fams), 4.2), squeeze=False)
-    for ax, fam in zip(axes[0], fams):
+    fig, axes = figure(DOUBLE, 4.4, 2, len(fams), sharex="col")
+    drawn = {}
+    for j, fam in enumerate(fams):
         sub = [r for r in rows if r["family"] == fam]
-        for method in dict.fromkeys(r["method"] for r in sub):
-            runs = [r for r in sub if r["method"] == method]
-            t = np.array(runs[0]["curve_steps"])
-            y = np.array([nan(r["curve"]) for r in runs])
-            c = COLORS.get(method)
-            lw = 2.4 if method.startswith("oblr") else 1.2
-            ls = "--" if method in ABLATIONS else "-"
-            ax.plot(t, y.mean(0), color=c, lw=lw, ls=ls, label=f"{method} (η={runs[0]['eta']:g}, n={len(runs)})")
-            ax.fill_between(t, np.percentile(y, 10, 0), np.percentile(y, 90, 0), color=c, alpha=0.12)
-        ax.axhline(0.9 * sub[0]["optimum"], color="k", ls=":", lw=0.8, label="90% of J*")
-        ax.set(title=fam, xlabel="step (symlog)", ylabel="J(θ_t) (exact)")
-        ax.set_xscale("symlog", linthresh=10)
-        ax.set_xlim(left=0)
-        ax.legend(fontsize=6.5, loc="lower right")
-    fig.suptitle("Tuned on seeds 10000+, evaluated on seeds 0..n−1 (mean, 10–90% band)", fontsize=10)
-    paths = save(fig, figures_dir, "learning_curves")
+        for i, group in enumerate(ROWS):
+            ax = axes[i, j]
+            for method in group:
+                runs = [r for r in sub if r["method"] == method]
+                if not runs:
+                    continue
+                t = np.array(runs[0]["curve_steps"])
+                y = np.array([nan(r["curve"]) for r in runs])
+                st = style(method)
+                m = y.mean(0)
+                se = y.std(0, ddof=1) / np.sqrt(len(runs)) if len(runs) > 1 else np.zeros_like(m)
+                ax.plot(t, m, **st.kw(markevery=max(1, len(t) // 5)))
+                ax.fill_between(t, m - se, m + se, color=st.color, alpha=0.15, lw=0)
+                drawn[method] = st
+            ax.axhline(0.9 * sub[0]["optimum"], color="k", ls=":", lw=0.8)
+            integer_ticks(ax, "x")
+        axes[0, j].set_title(fam)
+        axes[1, j].set_xlabel("step t")
+    axes[0, 0].set_ylabel("J(θ_t), baselines")
+    axes[1, 0].set_ylabel("J(θ_t), ablations")
+    names = [m for g in ROWS for m in g if m in drawn]
+    names = list(dict.fromkeys(names))
+    handles = [Line2D([], [], **drawn[m].kw()) for m in names] + [Line2D([], [], color="k", ls=":", lw=0.8)]
+    legend_below(fig, handles, names + ["90% of J*"], ncol=6)
+    edge = sorted({f"{r['family']}/{r['method']}" for r in rows if r.get("eta_at_edge")})
+    caption = (__doc__.strip() + f"\n\nEvaluation: {seeds_text(r['seed'] for r in rows)} per (family, "
+               f"method); G = {rows[0]['group_size']}, B = {rows[0]['batch_size']}, {rows[0]['steps']} steps."
+               + (f" Tuned η at the edge of the grid for {len(edge)} of "
+                  f"{len({(r['family'], r['method']) for r in rows})} (family, method) pairs: a bound of the search, "
+                  "not an interior optimum." if edge else ""))
+    return fig, caption
+
+
+def main(results_dir: str, figures_dir: str, dpi: int = PAPER_DPI, formats=("png", "pdf")) -> list[str]:
+    fig, caption = build(results_dir)
+    paths = save(fig, figures_dir, "learning_curves", caption, dpi=dpi, formats=formats)
     table = os.path.join(figures_dir, "learning_curves.md")
     with open(table, "w") as fh:
-        fh.write(summary_table(rows))
+        fh.write(summary_table(tuned_rows(results_dir)))
     return paths + [table]
 
 
@@ -50,7 +82,8 @@ def _tuned(results_dir):
     path = os.path.join(results_dir, "tuned.json")
     if not os.path.exists(path):
         return None
-    tuned = json.load(open(path))
+    with open(path) as fh:
+        tuned = json.load(fh)
     return {f: {m: (v if isinstance(v, dict) else dict(eta=v)) for m, v in ms.items()} for f, ms in tuned.items()}
 
 

@@ -6,6 +6,15 @@ import pytest
 from oblr_theory import exact
 from oblr_theory.problems import SoftmaxBandit, TokenMDP
 from oblr_theory.problems import rewards as R
+from tolerances import U, gamma, logp_tol, rounding_tol
+from tolerances import problem_shape as _shape
+
+
+def fd_tol(f_max, h, third, slope, theta_max, n_ops):
+    """Central difference ``(f(θ+h) − f(θ−h)) / 2h`` against the derivative: truncation
+    ``third · h²/6`` (``third`` bounds the third derivative), the two evaluations' rounding
+    ``γ_n f_max / h``, and rounding θ ± h (a step off by ≤ u|θ|, times |f'| ≤ ``slope``, over h)."""
+    return third * h * h / 6 + gamma(n_ops) * f_max / h + U * (theta_max + h) * slope / h
 
 
 def _fd(f, theta, h=1e-6):
@@ -20,8 +29,10 @@ def _fd(f, theta, h=1e-6):
 def test_probabilities_sum_to_one(small_problem):
     for x in range(small_problem.num_prompts):
         o = small_problem.outcomes(x)
-        assert o.probs.sum() == pytest.approx(1.0, abs=1e-13)
-        np.testing.assert_allclose(np.exp(o.log_probs), o.probs, rtol=1e-13)
+        # each probability is exp of a log-probability (relative error e^δ − 1), summed over n
+        rel = np.expm1(logp_tol(small_problem))
+        assert abs(o.probs.sum() - 1) <= rel + gamma(o.size) * (1 + rel)
+        np.testing.assert_allclose(np.exp(o.log_probs), o.probs, rtol=2 * rel + 2 * U, atol=0)
 
 
 def test_scores_match_finite_differences_of_log_prob(small_problem):
@@ -29,35 +40,56 @@ def test_scores_match_finite_differences_of_log_prob(small_problem):
     for x in range(small_problem.num_prompts):
         fd = _fd(lambda t: small_problem.with_theta(t).outcomes(x).log_probs, theta)
         o = small_problem.outcomes(x)
-        np.testing.assert_allclose(o.scores, fd, atol=1e-8)
-        np.testing.assert_allclose(o.sq_norms, (o.scores ** 2).sum(1), rtol=1e-12)
+        H, V, k = _shape(small_problem)
+        # log π(y) = Σ_t (z_t[y_t] − logsumexp z_t), θ_i entering ≤ H logits with coefficient 1:
+        # |∂_i log π| ≤ H, and |∂³_i log π| ≤ H · max Bernoulli third cumulant (1/(6√3) < 0.1)
+        f_max = float(np.abs(o.log_probs).max()) + 1
+        tol = fd_tol(f_max, 1e-6, 0.1 * H, H, float(np.abs(theta).max()), H * (V + k + 8))
+        np.testing.assert_allclose(o.scores, fd, rtol=0, atol=tol)
+        # a d-term sum of squares; a bandit's S is the closed form 1 − 2π_a + ||π||² (terms ≤ 4)
+        np.testing.assert_allclose(o.sq_norms, (o.scores ** 2).sum(1), rtol=0,
+                                   atol=rounding_tol(small_problem.dim + 8, 4 * max(1.0, float(o.sq_norms.max()))))
 
 
 def test_score_has_mean_zero(small_problem):
     """E[s | x] = 0, the identity behind T1."""
     for x in range(small_problem.num_prompts):
         o = small_problem.outcomes(x)
-        np.testing.assert_allclose(o.probs @ o.scores, 0, atol=1e-13)
+        # n-term sums of p·s with |s| ≤ H, plus each probability's own rounding
+        H = _shape(small_problem)[0]
+        tol = (gamma(o.size) + np.expm1(logp_tol(small_problem))) * H
+        np.testing.assert_allclose(o.probs @ o.scores, 0, rtol=0, atol=tol)
 
 
 def test_gradient_matches_finite_differences_of_objective(small_problem):
     fd = _fd(lambda t: np.array([exact.objective(small_problem.with_theta(t))]), small_problem.theta)[0]
-    np.testing.assert_allclose(exact.gradient(small_problem), fd, atol=1e-8)
+    H, V, k = _shape(small_problem)
+    # J = Σ_y π(y) r(y), r ∈ [0, 1]: |∂_i J| ≤ H, |∂³_i J| ≤ H³ + 3H² + H (score powers and their
+    # derivatives, |∂_i s_i| ≤ H/4, |∂²_i s_i| ≤ 0.1H); J sums n = #responses products
+    n = small_problem.outcomes(0).size
+    tol = fd_tol(1.0, 1e-6, H**3 + 3 * H**2 + H, H, float(np.abs(small_problem.theta).max()),
+                 n + H * (V + k + 8))
+    np.testing.assert_allclose(exact.gradient(small_problem), fd, rtol=0, atol=tol)
 
 
 def test_bandit_closed_forms():
     b = SoftmaxBandit([0.3, -1.0, 2.0], [1.0, 0.0, 0.5])
     pi = b.policy(0)
     o = b.outcomes(0)
-    np.testing.assert_allclose(o.sq_norms, 1 - 2 * pi + pi @ pi, rtol=1e-14)
-    np.testing.assert_allclose(exact.gradient(b), pi * (b.rewards[0] - pi @ b.rewards[0]), atol=1e-15)
+    # K = 3 terms of size ≤ 2 per side, a few operations each
+    np.testing.assert_allclose(o.sq_norms, 1 - 2 * pi + pi @ pi, rtol=0, atol=rounding_tol(16, 2.0))
+    np.testing.assert_allclose(exact.gradient(b), pi * (b.rewards[0] - pi @ b.rewards[0]), rtol=0,
+                               atol=rounding_tol(16, 1.0))
 
 
 def test_bandit_hessian_matches_finite_differences():
     rng = np.random.default_rng(5)
     b = SoftmaxBandit(rng.normal(size=(2, 3)), rng.uniform(size=(2, 3)), prompt_probs=[0.4, 0.6])
     fd = _fd(lambda t: exact.gradient(b.with_theta(t)), b.theta)
-    np.testing.assert_allclose(b.hessian(), fd, atol=1e-8)
+    # f = ∇J (|f| ≤ 1, |f'| ≤ L ≤ 5/2); its second derivative (J's fourth) is a sum of products of
+    # ≤ 4 factors (δ − π) of size ≤ 1 times r ∈ [0, 1], at most 4! terms
+    tol = fd_tol(1.0, 1e-6, 24.0, b.smoothness_bound(), float(np.abs(b.theta).max()), 64)
+    np.testing.assert_allclose(b.hessian(), fd, rtol=0, atol=tol)
     assert np.abs(np.linalg.eigvalsh(b.hessian())).max() <= b.smoothness_bound()
 
 
@@ -87,7 +119,11 @@ def test_tabular_martingale_orthogonality_per_sample():
                 z = m.step_logits(rows)[0]
                 pi = np.exp(z - z.max()); pi /= pi.sum()
                 per_step[i] += 1 - 2 * pi[seqs[i, t]] + pi @ pi
-        assert np.allclose(per_step, o.sq_norms, rtol=1e-12) == holds
+        # H = 3 steps of a few ops on terms ≤ 2 against a d-term squared norm of terms ≤ H·2
+        tol = rounding_tol(m.dim + 3 * (m.vocab_size + 8), 4.0 * m.horizon**2)
+        assert np.allclose(per_step, o.sq_norms, rtol=0, atol=tol) == holds
+        if not holds:  # the shared case misses by far more than rounding
+            assert np.abs(per_step - o.sq_norms).max() > 2 * tol
 
 
 def test_rewards_builtins():

@@ -3,7 +3,7 @@
 For inputs of shape ``(B, G, T)`` (``B`` prompts, a group of ``G`` responses each), the score of
 response ``j`` of prompt ``b`` is
 
-    s_bj = ∇_θ Σ_{t ∈ completion} log π_θ(y_t | y_<t)          (THEORY.md section 1)
+    s_bj = ∇_θ Σ_{t ∈ completion} log π_θ(y_t | y_<t)          (docs/theory.md: Setting and notation)
 
 over every parameter with ``requires_grad``. ``score_gram`` returns ``K[b, i, j] = s_bi · s_bj``;
 the diagonal is ``S_bj = ||s_bj||²``, the weight of the gradient-weighted baseline

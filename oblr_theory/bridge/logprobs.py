@@ -9,7 +9,7 @@ Inputs have shape ``(B, G, T)``: ``B`` prompts, each with a group of ``G`` respo
   pass through the network; they are only excluded from the sum.
 
 The sequence log-probability is ``log π(y | x) = Σ_{t ∈ completion} log π(y_t | y_<t)``, whose
-gradient is the score ``s = ∇_θ log π(y | x)`` of THEORY.md section 1.
+gradient is the score ``s = ∇_θ log π(y | x)`` of docs/theory.md: Setting and notation.
 
 Position ids are computed from the attention mask (``cumsum − 1``), so the padding side and the
 amount of padding do not change any result.

@@ -11,7 +11,7 @@ One update, for a batch of ``B`` prompts with a group of ``G`` completions each:
    diagonal is ``S_bj``; proxies ``length`` / ``logit`` for comparison);
 4. advantages ``A = f(r, S, ℓ)`` from the registry (:mod:`oblr_theory.estimators`);
 5. the surrogate ``L(θ) = −(1/(BG)) Σ_bj A_bj log π_θ(y_bj | x_b)``, whose gradient is
-   ``−ĝ`` with ``ĝ = (1/(BG)) Σ_bj A_bj s_bj`` (THEORY.md section 1: the batch estimate);
+   ``−ĝ`` with ``ĝ = (1/(BG)) Σ_bj A_bj s_bj`` (the batch estimate, docs/theory.md: Setting and notation);
 6. the T7 SNR from the per-group gradients ``u_b = (1/G) Σ_j A_bj s_bj``, EMA-smoothed, and the
    T5 step ``η = clip(η_max · SNR/(1+SNR), η_min, η_max)``;
 7. an SGD or AdamW step with that learning rate.

@@ -1,5 +1,5 @@
 """The surrogate loss of one update and its T7 statistics, on torch tensors: the loss whose
-gradient is ``−ĝ`` (THEORY.md section 1), the per-group gradient norms ``||u_b||²`` from the
+gradient is ``−ĝ`` (docs/theory.md: Setting and notation), the per-group gradient norms ``||u_b||²`` from the
 within-group Gram, ``||ĝ||²`` from the gradients (also sharded ones), the T7 pieces they give, and
 the T3 plug-in baseline. Used by :mod:`oblr_theory.bridge.step` (one update) and its tests.
 """
@@ -27,7 +27,7 @@ def surrogate_loss(seq_logp_bg: torch.Tensor, advantages_bg: torch.Tensor) -> to
     """``L = −(1/(BG)) Σ_bj A_bj log π(y_bj|x_b)``; ``−∇L = ĝ = (1/(BG)) Σ_bj A_bj s_bj``.
 
     The advantages are constants (detached): the estimator's gradient is the score-function
-    form of THEORY.md section 1, also for ``optimal``-type estimators whose ``A`` depends on
+    form of docs/theory.md (Setting and notation), also for ``optimal``-type estimators whose ``A`` depends on
     ``θ`` through ``S``.
     """
     if seq_logp_bg.shape != advantages_bg.shape:

@@ -2,7 +2,7 @@
 
 Prompts look like ``"12+7="``; the answer is the decimal result (``"19"``); a completion earns
 reward 1 when its text, up to the end-of-sequence token, equals the answer exactly, and 0
-otherwise (an RLVR reward in ``{0, 1}``, THEORY.md section 1). Everything runs offline:
+otherwise (an RLVR reward in ``{0, 1}``, docs/theory.md: Setting and notation). Everything runs offline:
 :class:`CharTokenizer` is a matching character tokenizer with ``<pad>`` and ``<eos>`` tokens, so
 the scripts need no downloads.
 

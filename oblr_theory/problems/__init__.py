@@ -1,4 +1,4 @@
-"""Exact, enumerable toy problems: softmax bandits and token MDPs (THEORY.md section 4)."""
+"""Exact, enumerable toy problems: softmax bandits and token MDPs (docs/theory.md: Problems with exact answers)."""
 
 from . import rewards
 from .bandit import SoftmaxBandit

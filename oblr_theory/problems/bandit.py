@@ -1,4 +1,4 @@
-"""Softmax bandits (THEORY.md section 4): one or several prompts, K arms each, exact everything."""
+"""Softmax bandits (docs/theory.md: Problems with exact answers): one or several prompts, K arms each, exact everything."""
 
 from __future__ import annotations
 

@@ -39,7 +39,8 @@ def check_enumerable(n_outcomes: int, dim: int, what: str) -> None:
         raise ValueError(
             f"{what} is too large to enumerate: {n_outcomes:,} outcomes per prompt x {dim:,} "
             f"parameters (limits: {MAX_OUTCOMES:,} outcomes and {MAX_SCORE_ENTRIES:,} score "
-            f"entries); use Monte Carlo (oblr_theory.montecarlo) or a smaller problem")
+            f"entries); use Monte Carlo instead (oblr_theory.montecarlo for bandits, "
+            f"oblr_theory.sequences for token MDPs) or a smaller problem")
 
 
 def check_prompt_probs(prompt_probs, num_prompts: int) -> np.ndarray:

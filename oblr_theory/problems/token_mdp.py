@@ -1,4 +1,4 @@
-"""Token MDPs (THEORY.md section 4): autoregressive toy policies with a verifiable reward.
+"""Token MDPs (docs/theory.md: Problems with exact answers): autoregressive toy policies with a verifiable reward.
 
 Vocabulary ``{0, …, V−1}`` with token 0 = EOS. A response is sampled token by token; it stops on
 EOS (its length counts the EOS) or after ``H`` tokens (truncated). Per prompt there are

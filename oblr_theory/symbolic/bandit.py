@@ -5,7 +5,7 @@ The score and the gradient are obtained by differentiating ``log softmax(z)`` an
 such derivative is a homogeneous function of degree 0 of ``w = exp(z)``, so it may be
 evaluated at ``w = pi`` with ``pi_K = 1 - pi_1 - ... - pi_{K-1}``. A group of ``G`` draws is
 enumerated over the ``C(K+G-1, G)`` multisets with multinomial weights, and each estimator's
-advantages are computed from its definition (THEORY.md section 2).
+advantages are computed from its definition (docs/theory.md: The estimators).
 """
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def _loo(weights, values, j):
 
 
 def advantages(bandit: SymbolicBandit, name: str, arms, *, eps=0, bessel: bool = False):
-    """Advantages ``A_j`` of THEORY.md section 2 for the group ``arms`` (sympy expressions).
+    """Advantages ``A_j`` (docs/theory.md: The estimators) for the group ``arms`` (sympy expressions).
 
     grpo: ``(r_j - mean) / (std + eps)``; std population (``bessel=False``) or Bessel; when all
     arms coincide the rewards are all equal and ``A = 0`` (the zero-std rule).

@@ -65,7 +65,7 @@ def derive_variance(name: str) -> sp.Expr:
 
 
 def _targets():
-    """THEORY.md section 3's stated closed forms, the statements to be proved."""
+    """The stated closed forms of docs/theory.md (T2), the statements to be proved."""
     G, mu, v, mS, mrS, mr2S, gsq, b = (SYM.G, SYM.mu, SYM.var_r, SYM.m_S, SYM.m_rS,
                                        SYM.m_r2S, SYM.gsq, SYM.b)
     fixed = lambda bb: (mr2S - 2 * bb * mrS + bb ** 2 * mS - gsq) / G
@@ -96,7 +96,7 @@ def derive_t2_general(trace: ProofTrace) -> None:
     for name in LINEAR:
         derived[name] = derive_variance(name)
         trace.show(f"V[{name}]", derived[name])
-        trace.zero(f"V[{name}] equals THEORY.md's closed form for symbolic G", derived[name] - tg[name])
+        trace.zero(f"V[{name}] equals docs/theory.md's closed form for symbolic G", derived[name] - tg[name])
     trace.zero("V[dr_grpo] = ((G-1)/G)^2 V[rloo]",
                derived["dr_grpo"] - ((SYM.G - 1) / SYM.G) ** 2 * derived["rloo"])
     diff = derived["rloo"] - derived["constant"].subs(SYM.b, SYM.mu)

@@ -1,4 +1,4 @@
-"""Claims T1, T2, T3 and T8 (and THEORY.md section 6) on bandits and token MDPs.
+"""Claims T1, T2, T3 and T8 (and docs/theory.md: Token aggregation) on bandits and token MDPs.
 
 Three kinds of evidence per claim:
 

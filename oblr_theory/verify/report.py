@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -22,7 +23,8 @@ from ..results import atomic_write_text, jsonable
 from ..stats import TestResult
 
 __all__ = ["Context", "Claim", "Row", "KINDS", "exact_row", "fact_row", "test_row", "format_table",
-           "write_json"]
+           "format_legend", "format_summary", "theorem_summary", "strength_text", "gaps_text", "outcome", "verdict", "write_json",
+           "THEOREM_TITLES", "TABLE_COLUMNS", "LINE_WIDTH"]
 
 KINDS = ("exact", "monte-carlo", "negative-control", "symbolic")
 
@@ -163,25 +165,217 @@ def _fmt(x) -> str:
     return f"{x:.4g}" if 1e-3 <= abs(x) < 1e5 else f"{x:.2e}"
 
 
-COLUMNS = (("claim", 5), ("problem", 24), ("statement", 46), ("exact", 10), ("symbolic", 8),
-           ("estimate", 10), ("statistic", 10), ("threshold", 10), ("verdict", 7))
+def _num(x, width: int = 8) -> str:
+    """A number in at most ``width`` characters (fewer significant digits, then compact exponent)."""
+    if x is None or isinstance(x, str):
+        return _fmt(x)
+    x = float(x)
+    if x == 0 or not math.isfinite(x):
+        return _fmt(x)
+    for digits in (4, 3, 2):
+        text = f"{x:.{digits}g}"
+        if len(text) <= width:
+            return text
+    mant, exp = f"{x:.0e}".split("e")
+    return f"{mant}e{int(exp)}"
 
 
-def format_table(rows: list[Row]) -> str:
-    """Fixed-width table: claim, problem, statement, exact, symbolic, estimate, statistic, threshold, verdict."""
-    def cell(text, width):
-        text = str(text)
-        return text if len(text) <= width else text[:width - 1] + "…"
+#: Theorem labels of docs/theory.md (section 3; S6 = section 6, token aggregation).
+THEOREM_TITLES = {
+    "T1": "unbiasedness", "T2": "exact variance", "T3": "optimal baseline", "T4": "one-step loss bound",
+    "T5": "SNR learning rate", "T6": "convergence", "T7": "SNR estimation", "T8": "token-level facts",
+    "S6": "token aggregation (peers' loss modes)", "meta": "runner consistency",
+}
+#: The columns of the printed table: (header, width, what it holds).
+TABLE_COLUMNS = (
+    ("problem", 15, "the problem the claim is checked on (docs/theory.md section 4)"),
+    ("statement", 29, "the claim; a negative control states a FALSE claim that the test must reject"),
+    ("exact", 8, "the exact value (enumeration or closed form; a vector by its norm)"),
+    ("estimate", 8, "what is compared with it: Monte Carlo estimate or second exact engine"),
+    ("stat", 8, "test statistic: max |z| over coordinates (Monte Carlo) or |difference| (exact)"),
+    ("thresh", 8, "its threshold: Bonferroni z* from the family-wise rate, or the float64 tolerance"),
+    ("detect", 8, "minimum detectable effect at the stated power: absolute bias per coordinate, or a "
+                  "relative error (%); — for exact rows"),
+    ("verdict", 8, "holds / FAILS; negative control: caught / MISSED; symbolic: proved / FAILED; "
+                   "untested: not run here"),
+)
+#: Width of every printed line.
+LINE_WIDTH = 100
 
-    head = "  ".join(f"{name:<{w}}" for name, w in COLUMNS)
-    lines = [head, "-" * len(head)]
+
+def _get(r, key, default=None):
+    """A field of a :class:`Row` or of its JSON dict."""
+    if isinstance(r, dict):
+        return r.get(key, default)
+    return getattr(r, key, default)
+
+
+def outcome(r) -> str:
+    """``holds`` / ``fails`` / ``untested`` (``passed is None``: the claim was not checked)."""
+    out = _get(r, "outcome")
+    if out in ("holds", "fails", "untested"):
+        return out
+    passed = _get(r, "passed")
+    return "untested" if passed is None else ("holds" if passed else "fails")
+
+
+def verdict(r) -> str:
+    """The verdict word of a row (``untested`` where no check ran)."""
+    if outcome(r) == "untested":
+        return "untested"
+    v = _get(r, "verdict")
+    if isinstance(v, str):
+        return v
+    ok = outcome(r) == "holds"
+    kind = _get(r, "kind")
+    if kind == "negative-control":
+        return "caught" if ok else "MISSED"
+    if kind == "symbolic":
+        return "proved" if ok else "FAILED"
+    return "holds" if ok else "FAILS"
+
+
+def detectable(r) -> str:
+    """The row's minimum detectable effect (``—`` for exact and symbolic rows)."""
+    d = _get(r, "details") or {}
+    if "relative_detectable_error" in d:
+        return f"{100 * float(d['relative_detectable_error']):.2g}%"
+    if "min_detectable_bias" in d:
+        return _num(d["min_detectable_bias"])
+    return "—"
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    return textwrap.wrap(str(text), width, break_long_words=True, break_on_hyphens=False) or [""]
+
+
+def _table_lines(rows) -> list[str]:
+    cells = []
     for r in rows:
-        vals = {"claim": r.claim, "problem": r.problem, "statement": r.statement, "exact": _fmt(r.exact),
-                "symbolic": r.symbolic, "estimate": _fmt(r.estimate), "statistic": _fmt(r.statistic),
-                "threshold": _fmt(r.threshold), "verdict": r.verdict}
-        lines.append("  ".join(f"{cell(vals[name], w):<{w}}" for name, w in COLUMNS))
-        if r.note and r.kind == "negative-control":
-            lines.append(f"{'':<7}↳ {r.note}")
+        cells.append({"problem": _wrap(_get(r, "problem"), 15), "statement": _wrap(_get(r, "statement"), 29),
+                      "exact": [_num(_get(r, "exact"))], "estimate": [_num(_get(r, "estimate"))],
+                      "stat": [_num(_get(r, "statistic"))], "thresh": [_num(_get(r, "threshold"))],
+                      "detect": [detectable(r)], "verdict": [verdict(r)]})
+    lines = []
+    for r, c in zip(rows, cells):
+        height = max(len(v) for v in c.values())
+        for i in range(height):
+            lines.append(" ".join(f"{(c[name][i] if i < len(c[name]) else ''):<{w}}"
+                                  for name, w, _ in TABLE_COLUMNS).rstrip())
+        note = _get(r, "note") or ""
+        if note and _get(r, "kind") != "symbolic":
+            lines += textwrap.wrap(note, LINE_WIDTH, initial_indent="    ↳ ", subsequent_indent="      ")
+    return lines
+
+
+def format_legend() -> str:
+    """What each column of the table holds."""
+    lines = ["Columns:"]
+    for name, _, what in TABLE_COLUMNS:
+        lines += textwrap.wrap(what, LINE_WIDTH, initial_indent=f"  {name:<9} ", subsequent_indent=" " * 12)
+    return "\n".join(lines)
+
+
+def _labels(rows) -> list[str]:
+    return list(dict.fromkeys(_get(r, "claim") for r in rows))
+
+
+def format_table(rows) -> str:
+    """The rows grouped by theorem, at most :data:`LINE_WIDTH` columns: the column legend, then per
+    theorem a header and its rows (problem and statement wrapped, never cut); each row's note
+    below it (``↳``). Accepts :class:`Row` objects or their JSON dicts; ``passed is None`` is
+    shown as ``untested``."""
+    head = " ".join(f"{name:<{w}}" for name, w, _ in TABLE_COLUMNS).rstrip()
+    lines = [format_legend(), ""]
+    for label in _labels(rows):
+        sub = [r for r in rows if _get(r, "claim") == label]
+        title = f"{label}: {THEOREM_TITLES.get(label, '')}".rstrip(": ")
+        lines += [f"== {title} ({len(sub)} rows) ".ljust(LINE_WIDTH, "="), head, "-" * len(head)]
+        lines += _table_lines(sub)
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def theorem_summary(rows, label: str) -> dict:
+    """Per theorem: rows by kind and outcome, how strong the checks are, what was not checked."""
+    sub = [r for r in rows if _get(r, "claim") == label]
+    by = lambda kind: [r for r in sub if _get(r, "kind") == kind]  # noqa: E731
+    ex, mc, neg, sym = by("exact"), by("monte-carlo"), by("negative-control"), by("symbolic")
+    out = dict(label=label, title=THEOREM_TITLES.get(label, ""), rows=len(sub),
+               holds=sum(outcome(r) == "holds" for r in sub), fails=sum(outcome(r) == "fails" for r in sub),
+               untested=[f"{_get(r, 'problem')}: {_get(r, 'statement')}" for r in sub if outcome(r) == "untested"],
+               exact=len(ex), monte_carlo=len(mc), negative=len(neg), caught=sum(outcome(r) == "holds" for r in neg),
+               symbolic=("proved" if sym and all(outcome(r) == "holds" for r in sym) else
+                         "FAILED" if sym else "none"))
+
+    def ratio(r):  # two-sided statistic against its threshold (a one-sided negative statistic is left out)
+        st, t = _get(r, "statistic"), _get(r, "threshold")
+        if st is None or t in (None, 0) or outcome(r) == "untested" or float(st) < 0:
+            return None
+        return float(st) / float(t)
+
+    def engine(r):  # closed form vs engine: |difference| / float64 tolerance
+        d = _get(r, "details") or {}
+        return ratio(r) if set(d) == {"max_abs_error"} and d["max_abs_error"] == _get(r, "statistic") else None
+
+    mc_ratios = [x for x in map(ratio, mc) if x is not None and math.isfinite(x)]
+    ex_ratios = [x for x in map(engine, ex) if x is not None and math.isfinite(x)]
+    out["worst_stat_over_threshold"] = max(mc_ratios) if mc_ratios else None
+    out["worst_error_over_tolerance"] = max(ex_ratios) if ex_ratios else None
+    rel = [float((_get(r, "details") or {})["relative_detectable_error"]) for r in mc
+           if "relative_detectable_error" in (_get(r, "details") or {})]
+    out["relative_detectable"] = (min(rel), max(rel)) if rel else None
+    bias = [float((_get(r, "details") or {})["bias_over_detectable"]) for r in neg
+            if "bias_over_detectable" in (_get(r, "details") or {})]
+    out["negative_bias_over_detectable"] = min(bias) if bias else None
+    gaps = []
+    if not mc:
+        gaps.append("no Monte Carlo test (exact checks only)")
+    if mc and not neg:
+        gaps.append("no negative control")
+    if out["symbolic"] == "none":
+        gaps.append("no symbolic derivation")
+    out["gaps"] = gaps
+    return out
+
+
+def strength_text(s: dict) -> str:
+    """How strong a theorem's checks are, from :func:`theorem_summary`."""
+    parts = []
+    if s["worst_stat_over_threshold"] is not None:
+        parts.append(f"Monte Carlo: largest stat/thresh {s['worst_stat_over_threshold']:.2g}")
+    if s["worst_error_over_tolerance"] is not None:
+        parts.append(f"exact: largest error/tolerance {s['worst_error_over_tolerance']:.2g}")
+    if s["relative_detectable"]:
+        lo, hi = s["relative_detectable"]
+        parts.append(f"detects relative errors of {100 * lo:.2g}–{100 * hi:.2g}%")
+    if s["negative_bias_over_detectable"] is not None:
+        parts.append(f"false claims ≥ {s['negative_bias_over_detectable']:.2g}x the detectable bias")
+    return "; ".join(parts)
+
+
+def gaps_text(s: dict) -> str:
+    """What a theorem's rows did not check, from :func:`theorem_summary`."""
+    gaps = s["gaps"] + [f"untested: {u}" for u in s["untested"]]
+    return "; ".join(gaps) if gaps else "nothing listed"
+
+
+def format_summary(rows) -> str:
+    """One short block per theorem (fits one screen): rows and outcomes, how strong the checks are
+    (largest statistic/threshold, detectable effects, how far negative controls were from the
+    detection limit), and what was not checked."""
+    lines = ["Summary per theorem (a true claim holds while stat/thresh ≤ 1; a negative control must be "
+             "rejected):"]
+    for label in _labels(rows):
+        s = theorem_summary(rows, label)
+        head = (f"{label} {s['title']}: {s['rows']} rows, {s['holds']} hold, {s['fails']} fail"
+                + (f", {len(s['untested'])} untested" if s["untested"] else ""))
+        parts = [f"{s['exact']} exact", f"{s['monte_carlo']} Monte Carlo",
+                 f"{s['caught']}/{s['negative']} negative controls caught", f"symbolic {s['symbolic']}"]
+        strength = strength_text(s)
+        text = head + "; " + ", ".join(parts) + "." + (f" Strength: {strength}." if strength else "")
+        text += f" Not checked: {gaps_text(s)}."
+        lines += textwrap.wrap(text, LINE_WIDTH, initial_indent="  ", subsequent_indent="      ")
     return "\n".join(lines)
 
 
