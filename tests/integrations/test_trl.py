@@ -197,3 +197,21 @@ def test_full_trl_run_in_two_gloo_processes(tmp_path):
     assert r0["world"] == 2 and r0["S"].numel() == 8  # the gathered batch: 2 processes x 4
     for key in ("S", "A", "pieces", "params"):
         assert torch.equal(r0[key], r1[key]), key
+
+
+def test_t5_factor_scales_the_scheduled_rate_of_the_step(tmp_path):
+    """SGD without momentum: the step with lr_rule='snr' is the constant-rate step times the
+    factor (same samples, same advantages, same clipped gradient); the scheduled rate is
+    restored after the step."""
+    m0 = tiny_model(dtype=torch.float64)
+    init = {n: p.detach().clone() for n, p in m0.named_parameters()}
+    m_c, m_s = copy.deepcopy(m0), copy.deepcopy(m0)
+    const = _run(OBLRPOTrainer, OBLRPOConfig, m_c, tmp_path / "c", lr_rule="constant")
+    snr = _run(OBLRPOTrainer, OBLRPOConfig, m_s, tmp_path / "s", snr_factor_min=0.3, snr_factor_max=0.9)
+    assert torch.equal(const.captured[0]["completion_ids"], snr.captured[0]["completion_ids"])
+    f = snr.oblrpo_lr_factor
+    assert 0.3 <= f <= 0.9
+    d_c, d_s = _delta(m_c, init), _delta(m_s, init)
+    assert d_c.abs().max() > 0
+    assert (d_s - f * d_c).abs().max() <= 1e-12 * d_c.abs().max()
+    assert all(g["lr"] == 0.1 and "oblrpo_scheduled_lr" not in g for g in snr.optimizer.param_groups)
