@@ -18,7 +18,8 @@ pytestmark = pytest.mark.torch
 def test_sequence_weights():
     ell = torch.tensor([1, 2, 4, 0])
     assert torch.equal(sequence_weights("dapo", ell), torch.ones(4, dtype=torch.float64))
-    assert torch.equal(sequence_weights("grpo", ell), torch.tensor([1.0, 0.5, 0.25, 0.0], dtype=torch.float64))
+    expected = torch.tensor([1.0, 0.5, 0.25, 0.0], dtype=torch.float64)
+    assert torch.equal(sequence_weights("grpo", ell), expected)
     with pytest.raises(ValueError, match="bnpo"):
         sequence_weights("bnpo", ell)
 

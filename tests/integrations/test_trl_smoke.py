@@ -22,7 +22,8 @@ from oblr_theory.bridge.rollout import expected_task_reward  # noqa: E402
 from oblr_theory.bridge.task import ArithmeticTask, CharTokenizer  # noqa: E402
 from oblr_theory.integrations.trl import OBLRPOConfig, OBLRPOTrainer  # noqa: E402
 
-from .trl_helpers import answer_ids_reward, arithmetic_dataset, base_kwargs, char_tokenizer, tiny_model  # noqa: E402
+from .trl_helpers import (answer_ids_reward, arithmetic_dataset, base_kwargs,  # noqa: E402
+                          char_tokenizer, tiny_model)
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
