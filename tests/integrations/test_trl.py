@@ -140,7 +140,6 @@ def test_config_rejects_bad_values(tmp_path):
             OBLRPOConfig(**base_kwargs(output_dir=str(tmp_path), **bad))
 
 
-@pytest.mark.slow
 def test_lora_with_several_steps_and_iterations_per_generation(tmp_path):
     """LoRA adapters (peft), steps_per_generation = 2, num_iterations = 2: runs; S is over the
     adapters only (it equals the ghost S of the adapter parameters on the captured batch)."""
