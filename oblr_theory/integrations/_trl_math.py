@@ -84,16 +84,21 @@ def snr_pieces_dp(sum_group_sq: float, mean_grad_sq: float, n_groups: int) -> SN
     return snr_pieces_from_norms(np.float64(sum_group_sq), np.float64(mean_grad_sq), int(n_groups))
 
 
-def informative(pieces: SNRPieces) -> bool:
-    """False for a batch with no gradient signal at all: every ``u_b = 0`` (e.g. every group's
-    rewards equal, so every advantage is 0), hence ``||ū||² = V̂ = 0`` and ``SNR̂ = 0/0``.
+def informative(advantages_n: torch.Tensor, rewards_n: torch.Tensor) -> bool:
+    """False for a batch with no gradient signal: every advantage is 0 (e.g. every group's
+    rewards equal, for any baseline estimator), hence every ``u_b = 0``, ``||ū||² = V̂ = 0`` and
+    ``SNR̂ = 0/0``. "0" allows the estimator's rounding: ``max |A| ≤ 64 u max(1, max |r|)``
+    with ``u`` the float64 unit roundoff (an estimator's baseline is a few operations on the
+    rewards, e.g. ``Σ S_k c / Σ S_k`` for equal rewards ``c`` is ``c`` up to a few ulps).
 
     Such a batch says nothing about the SNR at ``θ`` (its step is a no-op for SGD), so it does
     not enter T7's EMA; folding it in as ``SNR̂ = 0`` (:func:`oblr_theory.snr.snr_hat`'s rule at
     ``V̂ = 0``) would set the T5 factor to 0 at the start of training, when sparse rewards make
     such batches common, and keep it there.
     """
-    return not (float(pieces.mean_sq_norm) == 0.0 and float(pieces.noise_var_hat) == 0.0)
+    A = advantages_n.detach().to(torch.float64).abs().max()
+    scale = max(1.0, float(rewards_n.detach().to(torch.float64).abs().max()))
+    return bool(A > 64 * torch.finfo(torch.float64).eps / 2 * scale)
 
 
 def lr_factor(snr: float, factor_min: float, factor_max: float) -> float:
@@ -148,7 +153,8 @@ def diagnostics(rewards_n: torch.Tensor, sq_norms_n: torch.Tensor | None, length
 
 def snr_metrics(pieces: SNRPieces, snr_ema: float, factor: float) -> dict[str, float]:
     """The T7 pieces, the per-batch and smoothed SNR, and the T5 factor as host floats."""
-    batch = float(snr_hat(pieces)) if informative(pieces) else math.nan  # 0/0: undefined
+    batch = float(snr_hat(pieces)) if float(pieces.noise_var_hat) > 0 or float(pieces.mean_sq_norm) > 0 \
+        else math.nan  # 0/0: undefined
     return {"snr_batch": batch, "snr_ema": float(snr_ema),
             "grad_sq_norm_hat": float(pieces.grad_sq_norm_hat), "noise_var_hat": float(pieces.noise_var_hat),
             "trace_cov_hat": float(pieces.trace_cov_hat), "mean_sq_norm": float(pieces.mean_sq_norm),

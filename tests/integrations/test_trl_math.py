@@ -32,9 +32,17 @@ def test_lr_factor_is_t5_fraction_clipped():
 
 
 def test_no_signal_batch_is_not_informative():
-    assert not informative(snr_pieces_dp(0.0, 0.0, 4))
+    est = estimators.get("optimal_loo")
+    S = torch.tensor([0.3, 1.7, 2.9, 0.1], dtype=torch.float64)
+    for c in (0.0, 1.0, 0.7):  # equal rewards: A = 0 up to rounding (0.7: a few ulps)
+        r = torch.full((4,), c, dtype=torch.float64)
+        A = group_advantages(est, r, S, torch.ones(4), 4)
+        assert not informative(A, r)
+        if c == 0.7:
+            assert (A != 0).any()  # rounding left nonzero advantages: the tolerance is exercised
+    r = torch.tensor([0.7, 0.7, 0.7, 0.7 + 1e-9], dtype=torch.float64)  # a real, tiny spread
+    assert informative(group_advantages(est, r, S, torch.ones(4), 4), r)
     p = snr_pieces_dp(4.0, 0.5, 4)  # Σ̂ = (4 − 2)/3, V̂ = Σ̂/4, ||∇J||² = 0.5 − V̂
-    assert informative(p)
     assert np.isclose(p.noise_var_hat, 2 / 12) and np.isclose(p.grad_sq_norm_hat, 0.5 - 2 / 12)
 
 
