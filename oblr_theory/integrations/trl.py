@@ -202,7 +202,7 @@ class OBLRPOTrainer(GRPOTrainer):
         if snr:
             pieces = snr_pieces_dp(res.sum_group_sq, res.mean_grad_sq, res.n_groups)
             if informative(res.advantages, rewards):
-                self.oblrpo_ema.update(pieces)
+                snr_ema = float(self.oblrpo_ema.update(pieces))
                 self.oblrpo_lr_factor = lr_factor(snr_ema, self.args.snr_factor_min,
                                                   self.args.snr_factor_max)
             elif self.oblrpo_lr_factor is None:  # nothing measured yet: the floor
