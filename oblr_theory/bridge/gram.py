@@ -50,6 +50,7 @@ from torch import nn
 
 from . import _ghost_math as gm
 from ._hooks import GhostRecorder
+from .checks import check_score_inputs
 from .logprobs import check_inputs, forward_logprobs, logit_proxy_from_logits
 
 __all__ = ["ScoreGram", "score_gram", "METHODS"]
@@ -336,6 +337,7 @@ def score_gram(
     trainable parameter the ghost method cannot account for.
     """
     _check_model(model, method)
+    check_score_inputs(model, input_ids, attention_mask, completion_mask, method)
     if keep_factors and method != "ghost":
         raise ValueError(f"keep_factors=True needs method='ghost', got method={method!r}")
     if diagonal_only and method != "ghost":

@@ -47,6 +47,7 @@ import torch
 
 from .. import _ops, estimators
 from ..snr import EMASNR, snr_hat, snr_lr
+from .checks import check_update
 from .gram import NonFiniteWeights, score_gram
 from .logprobs import sequence_logprobs
 from .rollout import Rollout, sample_rollout
@@ -275,6 +276,7 @@ class OBLRPO:
         a GPU the host issues the weighted pass while the device still runs the ghost pass.
         Python's cyclic garbage collector is paused meanwhile (:func:`gc_paused`).
         """
+        check_update(self.model, rollout)
         with gc_paused():
             return self._update(rollout, apply)
 

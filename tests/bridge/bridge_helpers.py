@@ -97,3 +97,30 @@ TASK = ArithmeticTask()
 def task_model64():
     """The tiny Qwen3 of the built-in task's tokenizer, float64, seeded, in eval mode."""
     return tiny_qwen3(TOK, seed=3, dtype=torch.float64).eval()
+
+
+# ------------------------------------------------------------------ tolerances from the arithmetic
+from tolerances import U as U64  # noqa: E402  (float64 unit roundoff; the core tests' bounds)
+
+
+def chain_length(model, T):
+    """Terms summed along the longest chain of accumulations in one forward pass of a decoder LM
+    at ``T`` positions: per layer the attention projections (3 × hidden: q/k/v in, o out), the
+    scores and the mixing (head_dim, T), the MLP (hidden, intermediate); then the output layer
+    (hidden) and the softmax's normaliser (vocab). A backward pass has the same chain reversed."""
+    c = model.config
+    h = getattr(c, "hidden_size", None) or c.n_embd
+    L = getattr(c, "num_hidden_layers", None) or c.n_layer
+    heads = getattr(c, "num_attention_heads", None) or c.n_head
+    hd = getattr(c, "head_dim", None) or h // heads
+    inter = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * h
+    return L * (3 * h + hd + T + h + inter) + h + c.vocab_size
+
+
+def roundoff_tol(n, condition=1.0, u=U64):
+    """Bound on the relative error of a computation whose accumulations sum ``n`` terms along its
+    longest chain: ``γ_n · condition``, ``γ_n = n u / (1 − n u)`` (``tests/tolerances.gamma`` for
+    float64; ``u`` = 2⁻²⁴ for float32), where ``condition = Σ|terms| / |result|`` covers
+    cancellation (Higham, Accuracy and Stability of Numerical Algorithms, §3.1). Any summation
+    order obeys it, so it holds whatever CPU kernels (ATEN_CPU_CAPABILITY) run."""
+    return n * u / (1 - n * u) * condition
