@@ -40,7 +40,8 @@ def child(kind: str, a) -> dict:
     from oblr_theory.bridge.task import ArithmeticTask, CharTokenizer
     from oblr_theory.integrations.trl import OBLRPOConfig, OBLRPOTrainer
     from oblr_theory.integrations.trl_task import arithmetic_dataset, hf_char_tokenizer
-    from tests.integrations.trl_helpers import base_kwargs, dense_reward
+    from oblr_theory.integrations.trl_task import char_sum_reward as dense_reward
+    from oblr_theory.integrations.trl_task import cpu_config_kwargs as base_kwargs
 
     ct = CharTokenizer()
     if a.gpu:

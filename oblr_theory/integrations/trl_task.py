@@ -9,7 +9,7 @@ import numpy as np
 
 from ..bridge.task import ArithmeticTask, CharTokenizer
 
-__all__ = ["hf_char_tokenizer", "arithmetic_dataset", "answer_ids_reward"]
+__all__ = ["hf_char_tokenizer", "arithmetic_dataset", "answer_ids_reward", "cpu_config_kwargs", "char_sum_reward"]
 
 
 def hf_char_tokenizer():
@@ -41,3 +41,19 @@ def answer_ids_reward(completion_ids, answer, **kwargs):
     :func:`oblr_theory.bridge.rollout.expected_task_reward`), else 0."""
     ct = CharTokenizer()
     return [float(list(ids) == ct.encode(a) + [ct.eos_token_id]) for ids, a in zip(completion_ids, answer)]
+
+
+def cpu_config_kwargs(**over):
+    """``GRPOConfig`` keywords for a small offline CPU run: no logging, saving or downloads, SGD at a
+    constant rate (``over`` replaces any of them). Shared by the tests and the TRL benchmark."""
+    kw = dict(output_dir="unused", use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
+              per_device_train_batch_size=8, num_generations=4, max_completion_length=3,
+              max_steps=1, learning_rate=0.1, optim="sgd", seed=0, bf16=False, fp16=False,
+              lr_scheduler_type="constant", disable_tqdm=True, dataloader_num_workers=0)
+    kw.update(over)
+    return kw
+
+
+def char_sum_reward(completions, **kwargs):
+    """A deterministic TRL reward with spread on random models: ``(Σ ord(c) mod 5) / 4``."""
+    return [float(sum(map(ord, c)) % 5) / 4 for c in completions]
