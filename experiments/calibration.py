@@ -36,7 +36,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from oblr_theory.results import atomic_write_text  # noqa: E402
-from oblr_theory.verify import git_revision, run_suite  # noqa: E402
+from oblr_theory.results import git_revision  # noqa: E402
+from oblr_theory.verify import run_suite  # noqa: E402
 
 FIELDS = ("config", "git_revision", "seed", "key", "claim", "problem", "statement", "kind", "statistic",
           "threshold", "p_value", "passed", "bias_over_detectable", "num_tests", "alpha_per_test")

@@ -1,4 +1,4 @@
-"""OBLR-PO against reinforce, rloo, dr_grpo, grpo and opo on three toy families (issue 5, item 5).
+"""OBLR-PO against reinforce, rloo, dr_grpo, grpo and opo on three toy families.
 
     python experiments/comparison.py [--quick] [--out results] [--families a,b]
 
@@ -6,7 +6,7 @@ Protocol. Every method is an (estimator, learning-rate rule) pair. Its one step-
 (the constant ``η`` of a constant rule, or ``η_max`` of the SNR rule) is tuned by the *same*
 procedure for every method: a geometric grid ``FULL["etas"]``, TUNING seeds ``10000+i``, score
 = mean of the exact ``J(θ_t)`` over the run (area under the learning curve), ties to the smaller
-step. The tuned setting is then evaluated on separate EVALUATION seeds ``0..S−1``; nothing is
+step. The tuned setting is then evaluated on separate EVALUATION seeds ``0..eval_seeds−1``; nothing is
 tuned on them. The same seed gives every method the same random stream (common random numbers).
 
 Methods. Constant-step baselines ``reinforce``, ``rloo``, ``dr_grpo``, ``grpo``, ``opo``;

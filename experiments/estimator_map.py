@@ -1,4 +1,4 @@
-"""The exact estimator map (issue 5, item 4) with Monte Carlo dots, and b* against the mean.
+"""The exact estimator map (:mod:`oblr_theory.exact_map`) with Monte Carlo dots, and b* against the mean.
 
     python experiments/estimator_map.py [--quick] [--out results]
 
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from oblr_theory import estimator_map, estimators, exact, families, montecarlo, theory  # noqa: E402
+from oblr_theory import estimators, exact, exact_map, families, montecarlo, theory  # noqa: E402
 from oblr_theory.results import ResultStore, git_revision, problem_fingerprint  # noqa: E402
 
 QUICK = {"hard_arm_bandit": (2, 3, 4, 6, 8), "length_mdp": (2, 3, 4), "sparse_mdp": (2, 3)}
@@ -29,14 +29,14 @@ MC_GROUPS = {"hard_arm_bandit": (2, 4, 8, 16), "length_mdp": (2, 4, 8), "sparse_
 
 def run_map(out, quick, rev):
     store = ResultStore(os.path.join(out, "estimator_map.jsonl"))
-    sizes = QUICK if quick else estimator_map.FAMILY_GROUP_SIZES
+    sizes = QUICK if quick else exact_map.FAMILY_GROUP_SIZES
     for fam, Gs in sizes.items():
         problem = families.make(fam)
         fp = problem_fingerprint(problem, estimators.names())
         store.prune_family(fam, fp)
         todo = [G for G in Gs if not store.done(f"{fam}/{fp}/G={G}/{estimators.names()[-1]}")]
         for G in tqdm(todo, desc=f"map {fam}", leave=False):
-            rows = estimator_map.map_rows(problem, fam, [G])
+            rows = exact_map.map_rows(problem, fam, [G])
             store.add([dict(r, key=f"{fam}/{fp}/G={G}/{r['estimator']}", setting=fp, quick=quick, rev=rev)
                        for r in rows])
 

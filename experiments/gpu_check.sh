@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for ISSUE 7 (torch bridge part 2), under 8 minutes on one H100/H200 (one deadline,
+# GPU check of the torch bridge, capped at 8 minutes on one H100/H200 (one deadline,
 # TOTAL_S, default 450 s, caps every stage; stages run in the order below, most important first):
 #   1. bench_step, bf16: OBLR-PO update vs GRPO update on the same batch, Qwen3-0.6B shape with the
 #      real Qwen3 vocabulary (151936), random weights; BF16_RUNS times (default 2, each a fresh
@@ -55,7 +55,7 @@ bench() {  # bench DTYPE RUN_INDEX
   local rounds=(); [[ "$dt" == "bfloat16" ]] && rounds=("${BF16_ROUNDS[@]}")
   echo "== bench_step ($tag)"
   t=$(limit "$T_BENCH"); [[ "$t" == 0 ]] && { skip "bench_step $tag"; return; }
-  timeout "$t" python experiments/bench_step.py "${SHAPE[@]}" "${BENCH[@]}" "${rounds[@]}" --device "$DEV" --dtype "$dt" \
+  timeout "$t" python experiments/benchmarks/bench_step.py "${SHAPE[@]}" "${BENCH[@]}" "${rounds[@]}" --device "$DEV" --dtype "$dt" \
     "${prof[@]}" > "$OUT_DIR/bench_step_$tag.json" 2> "$OUT_DIR/bench_step_$tag.log" || { echo "bench_step $tag failed (see log)"; status=1; }
   python - "$OUT_DIR/bench_step_$tag.json" <<'PY' || true
 import json, sys
@@ -89,7 +89,7 @@ t=$(limit "${T_PHASES:-90}")
 if [[ "$t" == 0 ]]; then
   skip bench_step_phases
 else
-  timeout "$t" python experiments/bench_step_phases.py "${SHAPE[@]}" "${BENCH[@]}" --repeats 3 --warmup 1 \
+  timeout "$t" python experiments/benchmarks/bench_step_phases.py "${SHAPE[@]}" "${BENCH[@]}" --repeats 3 --warmup 1 \
     --device "$DEV" --dtype "$PH_DT" > "$OUT_DIR/bench_step_phases.json" 2> "$OUT_DIR/bench_step_phases.log" \
     || { echo "bench_step_phases failed (see log)"; status=1; }
 fi

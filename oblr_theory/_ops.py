@@ -78,6 +78,50 @@ def any_(x) -> bool:
     return bool(x.any())
 
 
+def isnan(x):
+    return x.isnan() if is_torch(x) else np.isnan(x)
+
+
+def isinf(x):
+    return x.isinf() if is_torch(x) else np.isinf(x)
+
+
+def zeros_like(x):
+    return ones_like(x) * 0.0
+
+
+def as_float(x):
+    """Python numbers and lists become float64 numpy arrays; a float array or tensor passes
+    through, an integer one becomes float64."""
+    if is_torch(x):
+        return x if x.is_floating_point() else x.double()
+    a = np.asarray(x)
+    return a if a.dtype.kind == "f" else a.astype(np.float64)
+
+
+def check_finite(x, name: str):
+    """Raise ``ValueError`` naming ``name`` if ``x`` holds NaN or inf."""
+    ok = x.isfinite() if is_torch(x) else np.isfinite(x)
+    if not bool(ok.all()):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+
+
+def clip_min0(x):
+    """``max(x, 0)`` elementwise (``+0.0``, never ``-0.0``)."""
+    return where(x > 0, x, zeros_like(x))
+
+
+def plain(x):
+    """numpy 0-d arrays as numpy scalars (torch tensors unchanged)."""
+    return x if is_torch(x) else np.asarray(x)[()]
+
+
+def safe_ratio(num, den, at_zero_den):
+    """``num / den`` where ``den > 0``, ``at_zero_den`` elsewhere (no division by zero)."""
+    ok = den > 0
+    return where(ok, num / where(ok, den, ones_like(den)), at_zero_den)
+
+
 def check_array(name: str, x, like=None, nonneg: bool = False, values: bool = True):
     """Validate an input array: float dtype, finite, shape of ``like`` (if given), ``>= 0`` if asked.
 
@@ -95,9 +139,7 @@ def check_array(name: str, x, like=None, nonneg: bool = False, values: bool = Tr
         raise ValueError(f"{name} must be the same array type as rewards (numpy or torch)")
     if not values:
         return x
-    finite = x.isfinite() if is_torch(x) else np.isfinite(x)
-    if not bool(finite.all()):
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    check_finite(x, name)
     if nonneg and bool((x < 0).any()):
         raise ValueError(f"{name} must be >= 0, got a minimum of {float(x.min())}")
     return x

@@ -1,6 +1,6 @@
 """Training loops on the toy problems: any registered estimator x any learning-rate rule (T4–T7).
 
-One step of ascent on ``J``, for ``S`` seeds at once::
+One step of ascent on ``J``, for ``N`` seeds at once::
 
     prompts x_b ~ p,  G responses per prompt ~ π_θ(·|x_b)            (b = 1..B)
     u_b = (1/G) Σ_j A_j s_j          (per-group gradient, registry advantages)
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import estimators, exact, snr, theory
+from .montecarlo import categorical
 from .problems import SoftmaxBandit
 
 __all__ = ["RunConfig", "Trajectory", "run", "LR_RULES", "exact_state"]
@@ -69,10 +70,10 @@ class RunConfig:
 
 @dataclass
 class Trajectory:
-    """Arrays over seeds ``S`` and steps ``T``: objective / grad_sq_norm ``(S, T+1)``;
-    lr, snr_hat, exact_var, exact_snr ``(S, T)`` (NaN where not computed); modal_prob ``(S, X)``
-    (the final policy's largest response probability per prompt); theta ``(S, d)`` final;
-    thetas ``(S, T+1, d)`` the whole path when ``run(..., keep_theta=True)``, else None."""
+    """Arrays over seeds ``N`` and steps ``T``: objective / grad_sq_norm ``(N, T+1)``;
+    lr, snr_hat, exact_var, exact_snr ``(N, T)`` (NaN where not computed); modal_prob ``(N, X)``
+    (the final policy's largest response probability per prompt); theta ``(N, d)`` final;
+    thetas ``(N, T+1, d)`` the whole path when ``run(..., keep_theta=True)``, else None."""
 
     seeds: np.ndarray
     objective: np.ndarray
@@ -101,76 +102,68 @@ class ExactState:
 def exact_state(problem) -> ExactState:
     """Enumerate every prompt's outcomes once and derive ``J``, ``∇J``, ``b* = m_rS/m_S`` (T3)."""
     outs = exact.all_outcomes(problem)
+    moms = [exact.outcome_moments(o) for o in outs]
     p = problem.prompt_probs
-    J = sum(px * (o.probs @ o.rewards) for px, o in zip(p, outs))
-    grad = sum(px * ((o.probs * o.rewards) @ o.scores) for px, o in zip(p, outs))
-    m_S = np.array([o.probs @ o.sq_norms for o in outs])
-    m_rS = np.array([o.probs @ (o.rewards * o.sq_norms) for o in outs])
-    mu = np.array([o.probs @ o.rewards for o in outs])
-    b_star = np.where(m_S > 0, m_rS / np.where(m_S > 0, m_S, 1.0), mu)
+    J = sum(px * m["mu"] for px, m in zip(p, moms))
+    grad = sum(px * m["grad"] for px, m in zip(p, moms))
+    b_star = np.array([m["b_star"] for m in moms])
     modal = np.array([o.probs.max() for o in outs])
     return ExactState(float(J), np.asarray(grad, dtype=np.float64), b_star, modal, outs)
 
 
 # ------------------------------------------------------------------------------- sampling
-def _inverse_cdf(probs_nk, u_n):
-    """Index ``k`` with ``cdf_{k−1} ≤ u < cdf_k`` per row (clamped against round-off)."""
-    cdf = np.cumsum(probs_nk, axis=-1)
-    return np.minimum((u_n[..., None] >= cdf).sum(-1), probs_nk.shape[-1] - 1)
-
-
 def _draw(rngs, problem, B, G):
-    """Per seed: prompts (S, B) and uniforms (S, B, G) from each seed's own generator."""
+    """Per seed: prompts (N, B) and uniforms (N, B, G) from each seed's own generator."""
     prompts = np.stack([r.choice(problem.num_prompts, size=B, p=problem.prompt_probs) for r in rngs])
     unif = np.stack([r.random((B, G)) for r in rngs])
     return prompts, unif
 
 
-def _bandit_batch(problem: SoftmaxBandit, theta_sd, prompts_sb, unif_sbg):
+def _bandit_batch(problem: SoftmaxBandit, theta_nd, prompts_nb, unif_nbg):
     """Vectorised over seeds: rewards, S and scores of the sampled arms, plus exact facts.
 
-    Returns rewards (S,B,G), sq_norms (S,B,G), coef (S,B,G,K) with ``s_j = e_{a_j} − π_{x_b}`` in
-    block ``x_b``, J (S,), grad (S,d), b_star (S,X), modal (S,X).
+    Returns rewards (N,B,G), sq_norms (N,B,G), coef (N,B,G,K) with ``s_j = e_{a_j} − π_{x_b}`` in
+    block ``x_b``, J (N,), grad (N,d), b_star (N,X), modal (N,X).
     """
-    S = theta_sd.shape[0]
+    N = theta_nd.shape[0]
     X, K = problem.num_prompts, problem.num_arms
-    z = theta_sd.reshape(S, X, K)
+    z = theta_nd.reshape(N, X, K)
     pi = np.exp(z - z.max(-1, keepdims=True))
-    pi /= pi.sum(-1, keepdims=True)  # (S, X, K)
+    pi /= pi.sum(-1, keepdims=True)  # (N, X, K)
     r = problem.rewards  # (X, K)
     Jx = np.einsum("sxk,xk->sx", pi, r)
     J = Jx @ problem.prompt_probs
-    grad = (problem.prompt_probs[None, :, None] * pi * (r[None] - Jx[..., None])).reshape(S, -1)
-    sq_all = 1.0 - 2.0 * pi + (pi * pi).sum(-1, keepdims=True)  # (S, X, K): S(a), T8
+    grad = (problem.prompt_probs[None, :, None] * pi * (r[None] - Jx[..., None])).reshape(N, -1)
+    sq_all = theory.bandit_sq_norms(pi)  # (N, X, K): S(a) = 1 − 2π_a + ||π||², T8
     m_S, m_rS = (pi * sq_all).sum(-1), (pi * sq_all * r[None]).sum(-1)
-    b_star = np.where(m_S > 0, m_rS / np.where(m_S > 0, m_S, 1.0), Jx)
-    pi_b = np.take_along_axis(pi, prompts_sb[..., None], axis=1)  # (S, B, K)
-    arms = _inverse_cdf(pi_b[:, :, None, :], unif_sbg)  # (S, B, G)
-    rewards = r[prompts_sb[..., None], arms]
-    sq = np.take_along_axis(np.take_along_axis(sq_all, prompts_sb[..., None], axis=1), arms, axis=2)
-    coef = np.eye(K)[arms] - pi_b[:, :, None, :]  # (S, B, G, K)
+    b_star = np.asarray(theory.optimal_baseline(m_rS, m_S, mu=Jx))
+    pi_b = np.take_along_axis(pi, prompts_nb[..., None], axis=1)  # (N, B, K)
+    arms = categorical(pi_b[:, :, None, :], unif_nbg)  # (N, B, G)
+    rewards = r[prompts_nb[..., None], arms]
+    sq = np.take_along_axis(np.take_along_axis(sq_all, prompts_nb[..., None], axis=1), arms, axis=2)
+    coef = np.eye(K)[arms] - pi_b[:, :, None, :]  # (N, B, G, K)
     return rewards, sq, coef, J, grad, b_star, pi.max(-1)
 
 
-def _bandit_group_gradients(problem, prompts_sb, adv_sbg, coef_sbgk):
-    """``u_b = (1/G) Σ_j A_j (e_{a_j} − π)`` placed in prompt ``x_b``'s block, (S, B, d)."""
-    S, B, G, K = coef_sbgk.shape
-    blk = np.einsum("sbg,sbgk->sbk", adv_sbg, coef_sbgk) / G
-    onehot = np.eye(problem.num_prompts)[prompts_sb]  # (S, B, X)
-    return (onehot[..., None] * blk[:, :, None, :]).reshape(S, B, -1)
+def _bandit_group_gradients(problem, prompts_nb, adv_nbg, coef_nbgk):
+    """``u_b = (1/G) Σ_j A_j (e_{a_j} − π)`` placed in prompt ``x_b``'s block, (N, B, d)."""
+    N, B, G, K = coef_nbgk.shape
+    blk = np.einsum("nbg,nbgk->nbk", adv_nbg, coef_nbgk) / G
+    onehot = np.eye(problem.num_prompts)[prompts_nb]  # (N, B, X)
+    return (onehot[..., None] * blk[:, :, None, :]).reshape(N, B, -1)
 
 
-def _generic_batch(problem, theta_sd, prompts_sb, unif_sbg):
+def _generic_batch(problem, theta_nd, prompts_nb, unif_nbg):
     """Token MDPs (any enumerable problem): per seed, enumerate then sample from the outcomes."""
-    S = theta_sd.shape[0]
-    cols = {k: [] for k in ("r", "S", "ell", "scores", "J", "grad", "b", "modal")}
-    for s in range(S):
-        st = exact_state(problem.with_theta(theta_sd[s]))
-        idx = [_inverse_cdf(st.outcomes[x].probs[None], unif_sbg[s, b])
-               for b, x in enumerate(prompts_sb[s])]
-        outs = [st.outcomes[x] for x in prompts_sb[s]]
+    N = theta_nd.shape[0]
+    cols = {k: [] for k in ("r", "sq", "ell", "scores", "J", "grad", "b", "modal")}
+    for s in range(N):
+        st = exact_state(problem.with_theta(theta_nd[s]))
+        idx = [categorical(st.outcomes[x].probs[None], unif_nbg[s, b])
+               for b, x in enumerate(prompts_nb[s])]
+        outs = [st.outcomes[x] for x in prompts_nb[s]]
         cols["r"].append(np.stack([o.rewards[i] for o, i in zip(outs, idx)]))
-        cols["S"].append(np.stack([o.sq_norms[i] for o, i in zip(outs, idx)]))
+        cols["sq"].append(np.stack([o.sq_norms[i] for o, i in zip(outs, idx)]))
         cols["ell"].append(np.stack([o.lengths[i] for o, i in zip(outs, idx)]))
         cols["scores"].append(np.stack([o.scores[i] for o, i in zip(outs, idx)]))  # (B, G, d)
         for k, v in (("J", st.objective), ("grad", st.grad), ("b", st.b_star), ("modal", st.modal_prob)):
@@ -206,16 +199,16 @@ def run(problem, cfg: RunConfig, seeds, progress=None, keep_theta: bool = False)
     if cfg.lr_rule == "oracle":
         cfg = replace(cfg, exact_every=1)
         L = _smoothness(problem, cfg)
-    S, T, B, G = len(seeds), cfg.num_steps, cfg.batch_size, cfg.group_size
+    N, T, B, G = len(seeds), cfg.num_steps, cfg.batch_size, cfg.group_size
     rngs = [np.random.default_rng(np.random.SeedSequence(int(s))) for s in seeds]
     est = estimators.get(cfg.estimator, **{k: v for k, v in cfg.estimator_params.items()})  \
         if cfg.estimator != "oracle_optimal" else None
-    theta = np.tile(problem.theta, (S, 1))
+    theta = np.tile(problem.theta, (N, 1))
     bandit = isinstance(problem, SoftmaxBandit)
-    out = {k: np.full((S, T + 1), np.nan) for k in ("objective", "grad_sq_norm")}
-    out.update({k: np.full((S, T), np.nan) for k in ("lr", "snr_hat", "exact_var", "exact_snr")})
+    out = {k: np.full((N, T + 1), np.nan) for k in ("objective", "grad_sq_norm")}
+    out.update({k: np.full((N, T), np.nan) for k in ("lr", "snr_hat", "exact_var", "exact_snr")})
     ema = snr.EMASNR(cfg.ema_beta)
-    path = np.empty((S, T + 1, theta.shape[1])) if keep_theta else None
+    path = np.empty((N, T + 1, theta.shape[1])) if keep_theta else None
     for t in range(T + 1):
         if keep_theta:
             path[:, t] = theta
@@ -225,22 +218,22 @@ def run(problem, cfg: RunConfig, seeds, progress=None, keep_theta: bool = False)
             ell = np.ones_like(r)
         else:
             d = _generic_batch(problem, theta, prompts, unif)
-            r, sq, ell, J, grad, b_star, modal = d["r"], d["S"], d["ell"], d["J"], d["grad"], d["b"], d["modal"]
+            r, sq, ell, J, grad, b_star, modal = d["r"], d["sq"], d["ell"], d["J"], d["grad"], d["b"], d["modal"]
         out["objective"][:, t], out["grad_sq_norm"][:, t] = J, np.einsum("sd,sd->s", grad, grad)
         if t == T:
             break
         e = est if est is not None else estimators.get(
             "oracle_optimal", b_star=np.take_along_axis(b_star, prompts, axis=1)[..., None])
-        adv = e.advantages(r, sq_norms=sq, lengths=ell)  # (S, B, G)
+        adv = e.advantages(r, sq_norms=sq, lengths=ell)  # (N, B, G)
         if bandit:
             u = _bandit_group_gradients(problem, prompts, adv, coef)
         else:
             u = np.einsum("sbg,sbgd->sbd", adv, d["scores"]) / G
-        ghat = u.mean(axis=1)  # (S, d)
+        ghat = u.mean(axis=1)  # (N, d)
         snr_t = ema.update(snr.snr_pieces(u))
         out["snr_hat"][:, t] = snr_t
         if cfg.exact_every and t % cfg.exact_every == 0:
-            for s in range(S):
+            for s in range(N):
                 mean, var = _exact_moments(problem, theta[s], cfg)
                 out["exact_var"][s, t] = var
                 out["exact_snr"][s, t] = grad[s] @ grad[s] / var if var > 0 else np.inf

@@ -95,6 +95,14 @@ class Estimator:
     aggregation: str = "seq-mean-token-sum"
     max_length: float | None = None
 
+    def __post_init__(self):
+        # the one check of every parameter, whether built by get() or directly
+        for key, value in self.params.items():
+            if value is not _REQUIRED:
+                _check_param(f"estimator {self.name!r}", key, value)
+        if self.max_length is not None:
+            _check_param(f"estimator {self.name!r}", "max_length", self.max_length)
+
     @property
     def needs(self) -> tuple[str, ...]:
         extra = () if self.aggregation in ("seq-mean-token-sum", "constant") else ("lengths",)
@@ -151,13 +159,39 @@ def get(name: str, *, aggregation: str = "seq-mean-token-sum", max_length=None, 
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation={aggregation!r} is not one of {AGGREGATIONS}")
     if aggregation == "constant":
-        if max_length is None or not np.isfinite(max_length) or max_length <= 0:
+        if max_length is None:
+            raise ValueError("aggregation='constant' needs max_length > 0, got None")
+        _check_param(f"estimator {name!r}", "max_length", max_length)
+        if max_length <= 0:
             raise ValueError(f"aggregation='constant' needs max_length > 0, got {max_length!r}")
     merged = {**s.defaults, **params}
     missing = [k for k, v in merged.items() if v is _REQUIRED]
     if missing:
         raise ValueError(f"estimator {name!r} needs parameter(s) {missing}")
     return Estimator(name, merged, aggregation, max_length)
+
+
+def _check_param(owner: str, key: str, value) -> None:
+    """Refuse a parameter that is not a finite real number (or an array of them): NaN, inf,
+    None, bool, str, complex. Raises ValueError naming the parameter; nothing is coerced."""
+    ok_scalar = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_))
+    if ok_scalar:
+        if not np.isfinite(value):
+            raise ValueError(f"{owner} parameter {key}={value!r} must be finite (not NaN or inf)")
+        return
+    if _ops.is_torch(value) or isinstance(value, np.ndarray):
+        kind = str(value.dtype)
+        real = not (value.is_complex() or kind == "torch.bool") if _ops.is_torch(value) \
+            else value.dtype.kind in "iuf"
+        if not real:
+            raise ValueError(f"{owner} parameter {key} must hold real numbers, got dtype {kind}")
+        finite = value.isfinite() if _ops.is_torch(value) else np.isfinite(value)
+        if not bool(finite.all()):
+            raise ValueError(f"{owner} parameter {key} must be finite (it holds NaN or inf)")
+        return
+    raise ValueError(f"{owner} parameter {key}={value!r} must be a finite real number, "
+                     f"got {type(value).__name__}")
 
 
 _REQUIRED = object()
@@ -321,7 +355,7 @@ def _optimal_loo_shrink(r, S, ell, lam):
     depends on the problem and on ``G``; the plug-in ratio ``b^w`` pays ``λ² tr Var(h)``, so the
     default ``λ = 1/2`` keeps half of the shift towards ``b* = m_rS/m_S`` (T3) for a quarter
     of the ratio's added variance: it beats ``optimal_loo`` whenever ``λ* < 3/4``. The exact
-    engine (``oblr_theory.estimator_map``) reports ``λ*`` and ``V(λ)`` against ``G``.
+    engine (``oblr_theory.exact_map``) reports ``λ*`` and ``V(λ)`` against ``G``.
     Valid for G ≥ 2, ``S ≥ 0``, any finite ``λ``.
     """
     if not np.isfinite(lam):

@@ -26,7 +26,7 @@ from math import comb
 import numpy as np
 from scipy.special import gammaln
 
-from . import estimators
+from . import estimators, theory
 from .problems.base import Outcomes
 
 #: Largest number of multisets of one prompt's group that the engine enumerates.
@@ -43,8 +43,8 @@ class PromptMoments:
     """Per-prompt moments (docs/theory.md: Setting and notation), arrays over the X prompts.
 
     mu ``E[r]``, var_r ``Var(r)``, m_S ``E[S]``, m_rS ``E[rS]``, m_r2S ``E[r²S]``,
-    grad (X, d) ``g_x = E[r s] = ∇J_x``, grad_sq_norm ``||g_x||²``, b_star ``m_rS / m_S`` (T3),
-    m_len ``E[ℓ]``, prompt_probs ``p_x``.
+    grad (X, d) ``g_x = E[r s] = ∇J_x``, grad_sq_norm ``||g_x||²``, b_star ``m_rS / m_S`` (T3;
+    ``μ`` where ``m_S = 0``), m_len ``E[ℓ]``, prompt_probs ``p_x``.
     """
 
     mu: np.ndarray
@@ -102,27 +102,28 @@ def gradient(problem) -> np.ndarray:
     return m.prompt_probs @ m.grad
 
 
+def outcome_moments(outcomes: Outcomes, probs=None) -> dict:
+    """One prompt's exact moments from its enumerated outcomes (T2, T3): ``mu = E r``,
+    ``var_r = Var r``, ``m_S = E S``, ``m_rS = E[rS]``, ``m_r2S = E[r²S]``, ``grad = E[r s] = ∇J_x``
+    (d,), ``grad_sq_norm = ||∇J_x||²``, ``m_len = E ℓ`` and ``b_star`` (T3, with its ``m_S = 0``
+    rule: :func:`oblr_theory.theory.optimal_baseline`). ``probs`` replaces ``outcomes.probs``
+    (e.g. renormalised)."""
+    p = outcomes.probs if probs is None else np.asarray(probs, dtype=np.float64)
+    r, S = outcomes.rewards, outcomes.sq_norms
+    mu, m_S, m_rS = p @ r, p @ S, p @ (r * S)
+    grad = (p * r) @ outcomes.scores
+    return dict(mu=mu, var_r=p @ (r - mu) ** 2, m_S=m_S, m_rS=m_rS, m_r2S=p @ (r * r * S), grad=grad,
+                grad_sq_norm=grad @ grad, m_len=p @ outcomes.lengths,
+                b_star=theory.optimal_baseline(m_rS, m_S, mu=mu))
+
+
 def prompt_moments(problem) -> PromptMoments:
-    """Exact per-prompt moments ``μ, σ², m_S, m_rS, m_r2S, g_x, ||g_x||², b*`` (T2, T3)."""
-    cols = {k: [] for k in ("mu", "var_r", "m_S", "m_rS", "m_r2S", "grad", "m_len")}
-    for o in all_outcomes(problem):
-        p, r, S = o.probs, o.rewards, o.sq_norms
-        mu = p @ r
-        for k, v in (("mu", mu), ("var_r", p @ (r - mu) ** 2), ("m_S", p @ S), ("m_rS", p @ (r * S)),
-                     ("m_r2S", p @ (r * r * S)), ("grad", (p * r) @ o.scores), ("m_len", p @ o.lengths)):
-            cols[k].append(v)
-    a = {k: np.array(v) for k, v in cols.items()}
-    b_star = _b_star(a["mu"], a["m_S"], a["m_rS"])
-    return PromptMoments(a["mu"], a["var_r"], a["m_S"], a["m_rS"], a["m_r2S"], a["grad"],
-                         np.einsum("xd,xd->x", a["grad"], a["grad"]), b_star, a["m_len"],
-                         np.asarray(problem.prompt_probs, dtype=np.float64))
-
-
-def _b_star(mu, m_S, m_rS):
-    """T3: ``b* = m_rS / m_S``; where ``m_S = 0`` (a deterministic policy: every ``s = 0`` and
-    every baseline gives ``V = 0``) the rule is ``b* = μ``."""
-    ok = m_S > 0
-    return np.where(ok, m_rS / np.where(ok, m_S, 1.0), mu)
+    """Exact per-prompt moments ``μ, σ², m_S, m_rS, m_r2S, g_x, ||g_x||², b*`` (T2, T3), stacked
+    over the prompts (:func:`outcome_moments`)."""
+    rows = [outcome_moments(o) for o in all_outcomes(problem)]
+    a = {k: np.array([m[k] for m in rows]) for k in rows[0]}
+    return PromptMoments(a["mu"], a["var_r"], a["m_S"], a["m_rS"], a["m_r2S"], a["grad"], a["grad_sq_norm"],
+                         a["b_star"], a["m_len"], np.asarray(problem.prompt_probs, dtype=np.float64))
 
 
 def optimal_baseline(problem) -> np.ndarray:

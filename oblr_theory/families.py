@@ -2,7 +2,7 @@
 
 Each constructor is deterministic (fixed logits / seeds), so results are reproducible by name.
 The token families stay small enough for the exact multiset engine at the group sizes of
-:data:`oblr_theory.estimator_map.FAMILY_GROUP_SIZES` (``C(n+G−1, G)`` multisets for ``n``
+:data:`oblr_theory.exact_map.FAMILY_GROUP_SIZES` (``C(n+G−1, G)`` multisets for ``n``
 responses per prompt): ``length_mdp`` has ``n = 15``, ``sparse_mdp`` ``n = 40``.
 
 * ``hard_arm_bandit``: softmax bandit, 3 prompts x 4 arms; the best arm (reward 1) starts with
@@ -125,10 +125,6 @@ def baseline_gap(problem) -> dict:
     ``m_S (μ − b*)²`` (the exact excess is that over ``G``)."""
     from . import exact
 
-    mu, bstar, excess = [], [], []
-    for o in exact.all_outcomes(problem):
-        m_S, m_rS, m = o.probs @ o.sq_norms, o.probs @ (o.rewards * o.sq_norms), o.probs @ o.rewards
-        b = m_rS / m_S if m_S > 0 else m
-        mu.append(m), bstar.append(b), excess.append(m_S * (m - b) ** 2)
-    mu, bstar = np.array(mu), np.array(bstar)
-    return dict(mu=mu, b_star=bstar, gap=np.abs(bstar - mu), excess_times_G=np.array(excess))
+    pm = exact.prompt_moments(problem)
+    return dict(mu=pm.mu, b_star=pm.b_star, gap=np.abs(pm.b_star - pm.mu),
+                excess_times_G=pm.m_S * (pm.mu - pm.b_star) ** 2)

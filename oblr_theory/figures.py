@@ -58,7 +58,7 @@ def _load(path: Path):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="oblr-theory figures", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="first produce small results (about a minute)")
+    ap.add_argument("--quick", action="store_true", help="first produce small results")
     ap.add_argument("--results", default=None, help="results folder (default results/, results/quick/)")
     ap.add_argument("--figures", default=None, help="output folder (default figures/, figures/quick/)")
     ap.add_argument("--only", default=None, help=f"comma-separated figure names ({', '.join(FIGURES)})")

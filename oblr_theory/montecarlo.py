@@ -28,7 +28,7 @@ from .sequences import (SequenceScores, _check_prompts, _check_rng, _rollout, sa
 
 __all__ = ["GroupSample", "SequenceScores", "sample_groups", "group_gradients", "sample_gradients",
            "iter_groups", "paired_gradients", "draw_prompts", "score_sequences", "sample_sequences",
-           "MAX_CHUNK_ENTRIES"]
+           "categorical", "MAX_CHUNK_ENTRIES"]
 
 #: Largest number of float64 score entries (``B·G·d``) that one chunk materialises (32 MB).
 MAX_CHUNK_ENTRIES = 4_000_000
@@ -68,11 +68,13 @@ def _check_problem(problem):
     return problem
 
 
-def _inverse_cdf(probs_nv: np.ndarray, u_n: np.ndarray) -> np.ndarray:
-    """Categorical draws ``y = #{v : u > F(v)}`` with ``F`` the row-wise CDF (clipped to ``V−1``
-    against the rounding of ``F(V−1)`` below 1)."""
+def categorical(probs_nv: np.ndarray, u_n: np.ndarray) -> np.ndarray:
+    """Categorical draws by inverse CDF from uniforms ``u ∈ [0, 1)``: ``y = #{v : F(v) ≤ u}``, the
+    ``y`` with ``F(y−1) ≤ u < F(y)`` (``F`` the CDF along the last axis of ``probs``), so a
+    zero-probability category is never drawn; clipped to ``V−1`` against the rounding of
+    ``F(V−1)`` below 1. ``probs`` (..., V) broadcasts against ``u`` (...)."""
     cdf = np.cumsum(probs_nv, axis=-1)
-    return np.minimum((u_n[..., None] > cdf).sum(axis=-1), probs_nv.shape[-1] - 1)
+    return np.minimum((u_n[..., None] >= cdf).sum(axis=-1), probs_nv.shape[-1] - 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,7 +87,7 @@ def _bandit_sequences(problem: SoftmaxBandit, prompts_n: np.ndarray, rng) -> Seq
     K, n = problem.num_arms, len(prompts_n)
     logp_nk = log_softmax(problem.logits[prompts_n])
     pi_nk = np.exp(logp_nk)
-    arms = _inverse_cdf(pi_nk, rng.random(n))
+    arms = categorical(pi_nk, rng.random(n))
     gain_nk = -pi_nk
     gain_nk[np.arange(n), arms] += 1.0
     scores = np.zeros((n, problem.dim))

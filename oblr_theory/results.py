@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import tempfile
 
 import numpy as np
@@ -15,10 +16,13 @@ __all__ = ["ResultStore", "git_revision", "jsonable", "problem_fingerprint", "at
 
 
 def git_revision() -> str:
-    """The checkout's commit (``git rev-parse HEAD``), or ``unknown`` outside git."""
-    from .verify import git_revision as rev
-
-    return rev()
+    """The checkout's ``git rev-parse HEAD`` (``"unknown"`` outside a git checkout)."""
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def jsonable(x, nonfinite=None):

@@ -7,7 +7,7 @@ All ``n`` sequences advance together, one step at a time (no Python loop over sa
 is enumerated, so problems far too large for the exact engine (``V = 16, H = 12``) are sampled as
 easily as small ones. Finished sequences drop out of the step loop, the softmax is computed once
 per distinct combination of table rows, and scores are written whole rows at a time (see
-:func:`_rollout`; ``experiments/bench_montecarlo.py``). Randomness comes only from the
+:func:`_rollout`; ``experiments/benchmarks/bench_montecarlo.py``). Randomness comes only from the
 ``np.random.Generator`` passed in.
 """
 
@@ -178,9 +178,10 @@ class _StepSums:
 
 
 def _draw_tokens(cdf_vc: np.ndarray, col_m: np.ndarray, u_m: np.ndarray) -> np.ndarray:
-    """Categorical draws ``y = #{v < V−1 : u > F(v)}`` with ``F`` column ``col_m`` of ``cdf_vc``.
+    """Categorical draws ``y = #{v < V−1 : F(v) ≤ u}`` with ``F`` column ``col_m`` of ``cdf_vc``
+    (the rule of :func:`oblr_theory.montecarlo.categorical`: a zero-probability token is never drawn).
 
-    ``F`` is non-decreasing, so ``{v : u > F(v)}`` is a prefix and its length is found by binary
+    ``F`` is non-decreasing, so ``{v : F(v) ≤ u}`` is a prefix and its length is found by binary
     search: ``⌈log2 V⌉`` gathers of ``m`` numbers instead of ``V`` passes over (V, m).
     """
     W, C = cdf_vc.shape  # W = V − 1 thresholds
@@ -188,8 +189,8 @@ def _draw_tokens(cdf_vc: np.ndarray, col_m: np.ndarray, u_m: np.ndarray) -> np.n
     y_m = np.zeros(len(u_m), dtype=np.int64)
     step = 1 << (W.bit_length() - 1) if W else 0
     while step:
-        probe_m = np.minimum(y_m + step, W)  # candidate count: is u > F(probe − 1)?
-        y_m = np.where(u_m > cdf_flat[(probe_m - 1) * C + col_m], probe_m, y_m)
+        probe_m = np.minimum(y_m + step, W)  # candidate count: is u ≥ F(probe − 1)?
+        y_m = np.where(u_m >= cdf_flat[(probe_m - 1) * C + col_m], probe_m, y_m)
         step >>= 1
     return y_m
 

@@ -1,7 +1,7 @@
 """Gradient signal-to-noise ratio (T7) and the learning-rate rules it governs (T5).
 
 Array-generic: every function runs unchanged on numpy arrays and torch tensors (torch is never
-imported here; see :mod:`oblr_theory._ops` for the dispatch style), so the toy dynamics and
+imported here; every array operation goes through :mod:`oblr_theory._ops`), so the toy dynamics and
 the torch bridge share one source.
 
 The unit of independence is the **prompt group** (T7): from ``B ≥ 2`` i.i.d. per-group
@@ -51,49 +51,6 @@ class SNRPieces(NamedTuple):
     batch_size: int
 
 
-# -------------------------------------------------------------------------------- helpers
-def _as_array(x, name: str):
-    """Python numbers and lists become float64 numpy arrays; arrays/tensors pass through."""
-    if _ops.is_torch(x):
-        return x if x.is_floating_point() else x.double()
-    a = np.asarray(x)
-    return a if a.dtype.kind == "f" else a.astype(np.float64)
-
-
-def _isnan(x):
-    return x.isnan() if _ops.is_torch(x) else np.isnan(x)
-
-
-def _isinf(x):
-    return x.isinf() if _ops.is_torch(x) else np.isinf(x)
-
-
-def _check_finite(x, name: str):
-    ok = x.isfinite() if _ops.is_torch(x) else np.isfinite(x)
-    if not bool(ok.all()):
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-
-
-def _zeros_like(x):
-    return _ops.ones_like(x) * 0.0
-
-
-def _clip_min0(x):
-    """``max(x, 0)`` elementwise, generic (``+0.0``, never ``-0.0``)."""
-    return _ops.where(x > 0, x, _zeros_like(x))
-
-
-def _plain(x):
-    """numpy 0-d arrays as numpy scalars (torch tensors unchanged)."""
-    return x if _ops.is_torch(x) else np.asarray(x)[()]
-
-
-def _safe_ratio(num, den, at_zero_den):
-    """``num / den`` where ``den > 0``, ``at_zero_den`` elsewhere (no division by zero)."""
-    ok = den > 0
-    return _ops.where(ok, num / _ops.where(ok, den, _ops.ones_like(den)), at_zero_den)
-
-
 # -------------------------------------------------------------------------------- T7 pieces
 def snr_pieces_from_gram(gram_bb) -> SNRPieces:
     """T7 from the Gram matrix ``K_bc = <u_b, u_c>`` of ``B ≥ 2`` i.i.d. per-group gradients.
@@ -111,13 +68,13 @@ def snr_pieces_from_gram(gram_bb) -> SNRPieces:
 
     Valid only if: the ``u_b`` are i.i.d. (one per prompt group, prompts i.i.d.), ``B ≥ 2``.
     """
-    K = _as_array(gram_bb, "gram_bb")
+    K = _ops.as_float(gram_bb)
     if K.ndim < 2 or K.shape[-1] != K.shape[-2]:
         raise ValueError(f"gram_bb must have shape (..., B, B), got {tuple(K.shape)}")
     B = int(K.shape[-1])
     if B < 2:
         raise ValueError(f"gram_bb must come from B >= 2 per-group gradients, got B = {B}")
-    _check_finite(K, "gram_bb")
+    _ops.check_finite(K, "gram_bb")
     return snr_pieces_from_norms(K.diagonal(0, -2, -1).sum(-1), K.sum((-2, -1)) / B**2, B)
 
 
@@ -134,12 +91,13 @@ def snr_pieces_from_norms(sum_sq_norms, mean_sq_norm, batch_size: int) -> SNRPie
     B = int(batch_size)
     if B < 2:
         raise ValueError(f"batch_size must be >= 2 per-group gradients for T7, got {batch_size!r}")
-    trace, mean_sq = _as_array(sum_sq_norms, "sum_sq_norms"), _as_array(mean_sq_norm, "mean_sq_norm")
-    _check_finite(trace, "sum_sq_norms")
-    _check_finite(mean_sq, "mean_sq_norm")
-    trace_cov = _clip_min0((trace - B * mean_sq) / (B - 1))  # Σ̂
+    trace, mean_sq = _ops.as_float(sum_sq_norms), _ops.as_float(mean_sq_norm)
+    _ops.check_finite(trace, "sum_sq_norms")
+    _ops.check_finite(mean_sq, "mean_sq_norm")
+    trace_cov = _ops.clip_min0((trace - B * mean_sq) / (B - 1))  # Σ̂
     noise_var = trace_cov / B  # V̂
-    return SNRPieces(_plain(mean_sq - noise_var), _plain(noise_var), _plain(trace_cov), _plain(mean_sq), B)
+    plain = _ops.plain
+    return SNRPieces(plain(mean_sq - noise_var), plain(noise_var), plain(trace_cov), plain(mean_sq), B)
 
 
 def snr_pieces(u_bd) -> SNRPieces:
@@ -148,10 +106,10 @@ def snr_pieces(u_bd) -> SNRPieces:
 
     Valid only if: as :func:`snr_pieces_from_gram` (one row per i.i.d. prompt group).
     """
-    U = _as_array(u_bd, "u_bd")
+    U = _ops.as_float(u_bd)
     if U.ndim < 2:
         raise ValueError(f"u_bd must have shape (..., B, d), got {tuple(U.shape)}")
-    _check_finite(U, "u_bd")
+    _ops.check_finite(U, "u_bd")
     return snr_pieces_from_gram(U @ U.swapaxes(-1, -2))
 
 
@@ -163,10 +121,10 @@ def snr_hat(pieces: SNRPieces):
 
     Valid only if: ``pieces`` from :func:`snr_pieces_from_gram`. Biased as a ratio (T7).
     """
-    num = _clip_min0(_as_array(pieces.grad_sq_norm_hat, "grad_sq_norm_hat"))
-    den = _as_array(pieces.noise_var_hat, "noise_var_hat")
+    num = _ops.clip_min0(_ops.as_float(pieces.grad_sq_norm_hat))
+    den = _ops.as_float(pieces.noise_var_hat)
     inf = _ops.ones_like(num) * float("inf")
-    return _plain(_safe_ratio(num, den, _ops.where(num > 0, inf, _zeros_like(num))))
+    return _ops.plain(_ops.safe_ratio(num, den, _ops.where(num > 0, inf, _ops.zeros_like(num))))
 
 
 class EMASNR:
@@ -202,8 +160,8 @@ class EMASNR:
 
     def update(self, pieces: SNRPieces):
         """Fold in one batch's pieces and return the smoothed ``SNR_t``."""
-        n = _as_array(pieces.grad_sq_norm_hat, "grad_sq_norm_hat")
-        v = _as_array(pieces.noise_var_hat, "noise_var_hat")
+        n = _ops.as_float(pieces.grad_sq_norm_hat)
+        v = _ops.as_float(pieces.noise_var_hat)
         b = self.beta
         self.num = (1 - b) * n if self.num is None else b * self.num + (1 - b) * n
         self.den = (1 - b) * v if self.den is None else b * self.den + (1 - b) * v
@@ -235,8 +193,8 @@ class EMASNR:
 
 # -------------------------------------------------------------------------------- T5 rules
 def _check_snr(snr):
-    s = _as_array(snr, "snr")
-    if bool(_isnan(s).any()) or bool((s < 0).any()):
+    s = _ops.as_float(snr)
+    if bool(_ops.isnan(s).any()) or bool((s < 0).any()):
         raise ValueError("snr must be >= 0 (inf allowed), got NaN or a negative value")
     return s
 
@@ -247,8 +205,8 @@ def snr_fraction(snr):
     Valid only if: ``SNR ≥ 0`` (inf allowed).
     """
     s = _check_snr(snr)
-    fin = _ops.where(_isinf(s), _zeros_like(s), s)
-    return _plain(_ops.where(_isinf(s), _ops.ones_like(s), fin / (1 + fin)))
+    fin = _ops.where(_ops.isinf(s), _ops.zeros_like(s), s)
+    return _ops.plain(_ops.where(_ops.isinf(s), _ops.ones_like(s), fin / (1 + fin)))
 
 
 def constant_lr(snr, eta):
@@ -260,7 +218,7 @@ def constant_lr(snr, eta):
     """
     if not (np.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be finite and >= 0, got {eta!r}")
-    return _plain(_ops.ones_like(_check_snr(snr)) * eta)
+    return _ops.plain(_ops.ones_like(_check_snr(snr)) * eta)
 
 
 def oracle_lr(snr, L):
@@ -273,7 +231,7 @@ def oracle_lr(snr, L):
     """
     if not (np.isfinite(L) and L > 0):
         raise ValueError(f"L must be finite and > 0, got {L!r}")
-    return _plain(snr_fraction(snr) / L)
+    return _ops.plain(snr_fraction(snr) / L)
 
 
 def snr_lr(snr, eta_max, eta_min=0.0):
@@ -287,4 +245,4 @@ def snr_lr(snr, eta_max, eta_min=0.0):
     if not (np.isfinite(eta_max) and np.isfinite(eta_min) and 0 <= eta_min <= eta_max):
         raise ValueError(f"need finite 0 <= eta_min <= eta_max, got eta_min={eta_min!r}, eta_max={eta_max!r}")
     eta = eta_max * snr_fraction(snr)
-    return _plain(_ops.where(eta < eta_min, _ops.ones_like(eta) * eta_min, eta))
+    return _ops.plain(_ops.where(eta < eta_min, _ops.ones_like(eta) * eta_min, eta))

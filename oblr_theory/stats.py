@@ -40,12 +40,19 @@ def _check_rate(name: str, value: float) -> float:
     return float(value)
 
 
-def bonferroni_z(alpha: float, num_comparisons: int = 1) -> float:
-    """Two-sided threshold ``z* = Φ⁻¹(1 − α/(2m))`` for ``m`` comparisons at family rate ``α``."""
+def bonferroni_z(alpha: float, num_comparisons: int = 1, df: int | None = None) -> float:
+    """Two-sided threshold ``z* = Φ⁻¹(1 − α/(2m))`` for ``m`` comparisons at family rate ``α``;
+    with ``df`` the Student-t quantile ``t_df⁻¹(1 − α/(2m))`` (a studentised statistic whose
+    standard error has ``df`` degrees of freedom, e.g. a jackknife over ``M`` batches: ``M − 1``)."""
     alpha = _check_rate("alpha", alpha)
     if int(num_comparisons) != num_comparisons or num_comparisons < 1:
         raise ValueError(f"num_comparisons must be an integer >= 1, got {num_comparisons!r}")
-    return float(sps.norm.isf(alpha / (2.0 * num_comparisons)))
+    q = alpha / (2.0 * num_comparisons)
+    if df is None:
+        return float(sps.norm.isf(q))
+    if isinstance(df, bool) or int(df) != df or df < 1:
+        raise ValueError(f"df must be an integer >= 1 (degrees of freedom), got {df!r}")
+    return float(sps.t.isf(q, int(df)))
 
 
 def detectable_shift(std_error, alpha: float, num_comparisons: int = 1, power: float = DEFAULT_POWER):

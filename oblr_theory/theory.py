@@ -197,12 +197,23 @@ def var_batch(prompt_probs, prompt_means, prompt_vars, batch_size):
 
 
 # ----------------------------------------------------------------------------- T3
-def optimal_baseline(m_rS, m_S):
+def optimal_baseline(m_rS, m_S, mu=None):
     """T3: the variance-optimal constant baseline ``b* = E[r S] / E[S] = m_rS / m_S``.
-    Valid only if: ``m_S > 0`` (some response has a non-zero score).
+
+    Where ``m_S = 0`` every score of the prompt is zero (a deterministic policy), ``V(b) = 0``
+    for every ``b`` and T3 has no unique minimiser; the rule there is ``b* = mu`` (the mean
+    reward), applied when ``mu`` is given. Without ``mu`` a zero ``m_S`` is refused.
+    Broadcasts over arrays of per-prompt moments.
+    Valid only if: ``m_S >= 0`` (a mean of squared norms), and ``m_S > 0`` when ``mu`` is None.
     """
-    m_S = _arr(m_S, "m_S", positive=True)
-    return _out(_arr(m_rS, "m_rS") / m_S)
+    m_rS = _arr(m_rS, "m_rS")
+    if mu is None:
+        m_S = _arr(m_S, "m_S", positive=True)
+        return _out(m_rS / m_S)
+    m_S = _arr(m_S, "m_S", nonneg=True)
+    mu = _arr(mu, "mu")
+    ok = m_S > 0
+    return _out(np.where(ok, m_rS / np.where(ok, m_S, 1.0), mu))
 
 
 def variance_gap(m_S, baseline, b_star, group_size):

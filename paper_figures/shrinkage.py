@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from _common import load, write
-from oblr_theory.estimator_map import shrinkage_rows
+from oblr_theory.exact_map import shrinkage_rows
 from oblr_theory.plotstyle import DOUBLE, PAPER_DPI, figure, integer_ticks, legend_below, na_note, style
 
 #: Line styles and markers of the problem families in the λ* panel (black: they are not estimators).

@@ -74,8 +74,8 @@ def test_multiset_weights_sum_to_one():
 
 
 def test_smoke_ten_armed_bandit_group_of_eight():
-    """Smoke: the issue's size runs (24,310 multisets); its speed is measured by
-    experiments/bench_exact.py, not here."""
+    """Smoke: a ten-armed bandit with G = 8 runs (24,310 multisets); its speed is measured by
+    experiments/benchmarks/bench_exact.py, not here."""
     b = random_bandit(3, K=10)
     m = exact.estimator_moments(b, "optimal_loo", 8)
     assert exact.num_multisets(10, 8) == 24_310

@@ -1,4 +1,4 @@
-"""The toy families of the comparison (issue 5, item 5): each has the property its docstring claims."""
+"""The toy families of the comparison: each has the property its docstring claims."""
 
 import importlib.util
 from pathlib import Path

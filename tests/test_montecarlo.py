@@ -116,3 +116,18 @@ def test_clear_errors():
         mc.score_sequences(P, np.array([0]), np.zeros((1, 2), dtype=int))
     with pytest.raises(ValueError, match="unknown estimator"):
         mc.sample_gradients(P, "nope", 2, 1, 1, rng)
+
+
+def test_categorical_is_the_inverse_cdf_and_never_draws_a_zero_probability_category():
+    """``y = #{v : F(v) ≤ u}`` (ties at ``u = F(v)`` move past v), clipped to ``V−1``; at ``u = 0``
+    and at every tie a zero-probability category is skipped; frequencies match ``probs``."""
+    probs = np.array([0.0, 0.25, 0.0, 0.75, 0.0])
+    F = np.cumsum(probs)
+    u = np.array([0.0, 0.1, 0.25, 0.5, 1 - 1e-16])
+    y = mc.categorical(probs, u)
+    np.testing.assert_array_equal(y, [1, 1, 3, 3, 3])
+    np.testing.assert_array_equal(y, np.minimum((u[:, None] >= F).sum(-1), 4))
+    draws = mc.categorical(probs, np.random.default_rng(0).random(40_000))
+    assert set(np.unique(draws)) == {1, 3}
+    # binomial count of category 1: |z| < 5 fails with probability < 1e-6
+    assert abs((draws == 1).sum() - 10_000) < 5 * np.sqrt(40_000 * 0.25 * 0.75)

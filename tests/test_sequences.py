@@ -139,7 +139,8 @@ def test_policy_columns_do_not_change_the_sample(monkeypatch):
 
 
 def test_draw_tokens_counts_thresholds_below_u():
-    """Binary search equals the definition ``y = #{v < V−1 : u > F(v)}``, ties and F ≥ 1 included."""
+    """Binary search equals the definition ``y = #{v < V−1 : F(v) ≤ u}`` (the rule of
+    ``montecarlo.categorical``), ties and F ≥ 1 included."""
     rng = np.random.default_rng(0)
     for V in (2, 3, 5, 16, 17):
         pi = rng.dirichlet(np.ones(V) * 0.3, size=7).T  # (V, C)
@@ -147,8 +148,8 @@ def test_draw_tokens_counts_thresholds_below_u():
         cdf[-1, 0] = 1.0 + 1e-16 if V > 2 else cdf[-1, 0]
         key = rng.integers(0, 7, 4000)
         u = rng.random(4000)
-        u[:50] = cdf[rng.integers(0, V - 1, 50), key[:50]]  # exact ties: u == F(v) is not counted
-        want = (u > cdf[:, key]).sum(axis=0)
+        u[:50] = cdf[rng.integers(0, V - 1, 50), key[:50]]  # exact ties: u == F(v) is counted
+        want = (u >= cdf[:, key]).sum(axis=0)
         np.testing.assert_array_equal(sq._draw_tokens(cdf, key, u), want)
 
 

@@ -34,6 +34,12 @@ def test_bonferroni_threshold_and_power():
     # α/(2m) is exact for these α, m (a power of 2 times the decimal), so the calls are identical
     assert stats.bonferroni_z(0.05) == sps.norm.isf(0.025)
     assert stats.bonferroni_z(1e-6, 10) == pytest.approx(sps.norm.isf(5e-8), rel=rounding_tol(2), abs=0)
+    # Student t with df: 0.05/(2·3) is the same division as 0.05/6, so the calls are identical
+    assert stats.bonferroni_z(0.05, 3, df=15) == sps.t.isf(0.05 / 6, 15)
+    assert stats.bonferroni_z(0.05, 3, df=15) > stats.bonferroni_z(0.05, 3)  # t's heavier tails
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="df"):
+            stats.bonferroni_z(0.05, 1, df=bad)
     mde = stats.detectable_shift(1.0, 0.05, 1, power=0.5)  # at power 1/2 the shift is z* itself
     assert mde == pytest.approx(sps.norm.isf(0.025), rel=rounding_tol(2), abs=0)  # Φ⁻¹(1/2) = 0 (±u)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from oblr_theory import estimators, exact, theory
+from oblr_theory.problems import SoftmaxBandit
 
 from conftest import random_bandit, random_token_mdp
 from tolerances import engine_tol, rounding_tol
@@ -135,6 +136,34 @@ def test_t3_optimal_baseline_gap_and_mean_excess(problem):
     v_mu = np.array([exact.estimator_moments(problem, "constant", G, b=mu).prompt_trace_var[x]
                      for x, mu in enumerate(pm.mu)])
     close(v_mu - v_star, theory.mean_baseline_excess(pm.m_rS, pm.m_S, pm.mu, G), tol)
+
+
+def test_t3_optimal_baseline_falls_back_to_the_mean_where_m_S_is_zero():
+    """``b* = m_rS/m_S`` where ``m_S > 0``; ``b* = mu`` where ``m_S = 0`` (given ``mu``); refused
+    without ``mu`` or with a negative ``m_S``."""
+    b = theory.optimal_baseline([0.6, 0.3, 0.0], [2.0, 0.0, 0.5], mu=[0.1, 0.4, 0.7])
+    np.testing.assert_array_equal(b, [0.3, 0.4, 0.0])
+    assert theory.optimal_baseline(0.6, 2.0) == 0.3
+    assert theory.optimal_baseline(0.0, 0.0, mu=0.25) == 0.25
+    with pytest.raises(ValueError, match="m_S"):
+        theory.optimal_baseline([0.6, 0.0], [2.0, 0.0])
+    with pytest.raises(ValueError, match="m_S"):
+        theory.optimal_baseline(0.6, -1.0, mu=0.1)
+    with pytest.raises(ValueError, match="mu"):
+        theory.optimal_baseline(0.6, 0.0, mu=np.nan)
+
+
+def test_t3_zero_m_S_on_a_deterministic_prompt_gives_the_mean_and_zero_variance():
+    """A prompt whose policy is one-hot (``exp(-1000)`` underflows to 0) has every ``s = 0``, so
+    ``m_S = 0``: the engine's ``b*`` is the prompt's mean reward and its ``V`` is 0."""
+    prob = SoftmaxBandit(np.array([[1000.0, 0.0, 0.0], [0.3, -0.2, 0.1]]),
+                         np.array([[0.7, 0.1, 0.4], [1.0, 0.0, 0.5]]))
+    pm = exact.prompt_moments(prob)
+    assert pm.m_S[0] == 0.0 and pm.m_S[1] > 0
+    assert pm.b_star[0] == pm.mu[0] == 0.7
+    assert pm.b_star[1] == pm.m_rS[1] / pm.m_S[1]  # the same division
+    v = exact.estimator_moments(prob, "oracle_optimal", 3).prompt_trace_var
+    assert v[0] == 0.0 and v[1] > 0
 
 
 @pytest.mark.parametrize("param", ["tabular", "loglinear"])

@@ -75,6 +75,56 @@ def test_failing_claim_or_missed_control_fails_the_suite(tmp_path, monkeypatch):
     assert not rep["summary"]["passed"]
 
 
+def test_an_untested_row_is_listed_and_fails_the_exit_code(tmp_path, monkeypatch, capsys):
+    """A row that could not decide (``passed=None``) is not a pass: the summary lists it, the run
+    does not print "all claims hold", and the exit code is 1."""
+    mods = _module(tmp_path, monkeypatch, """
+        from oblr_theory.verify.report import Claim, fact_row, z_row
+
+        def claims(quick, seed):
+            return [Claim("ok", "T3", "toy", lambda ctx: [fact_row("T3", "fact", "toy", 1.0, True)]),
+                    Claim("no_se", "T3", "toy", num_tests=1, run=
+                          lambda ctx: [z_row("T3", "no SE", "toy", 1.0, float("nan"), 1.0, 3.0)])]
+    """)
+    rep = verify.run_suite(quick=True, modules=mods)
+    assert not rep["summary"]["passed"] and rep["summary"]["failed"] == []
+    assert rep["summary"]["untested"] == ["T3 | toy | no SE"]
+    assert {r["key"]: r["outcome"] for r in rep["rows"]} == {"ok": "holds", "no_se": "untested"}
+    collect = verify.collect_claims
+    monkeypatch.setattr(verify, "collect_claims", lambda quick, seed, modules: collect(quick, seed, mods))
+    assert verify.main(["--quick", "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "UNTESTED" in out and "no SE" in out and "all claims hold" not in out
+
+
+def test_z_row_outcomes():
+    """holds / fails for a decisive test; untested when the SE is undefined or zero, the
+    threshold is NaN (too few samples), or the smallest detectable deviation (threshold × SE)
+    is not below the quantity's own size; a negative control passes when it rejects."""
+    assert report.z_row("T", "s", "p", 1.1, 0.05, 1.0, 3.0).outcome == "holds"  # |z| = 2 < 3
+    bad = report.z_row("T", "s", "p", 1.2, 0.05, 1.0, 3.0)  # |z| = 4
+    assert bad.outcome == "fails" and bad.verdict == "FAILS" and bad.statistic == (1.2 - 1.0) / 0.05
+    assert bad.details["min_detectable"] == 3.0 * 0.05 and bad.details["z"] == (1.2 - 1.0) / 0.05
+    for se, thr in ((float("nan"), 3.0), (0.0, 3.0), (0.05, float("nan"))):
+        r = report.z_row("T", "s", "p", 1.1, se, 1.0, thr)
+        assert r.passed is None and r.verdict == "untested" and "undefined" in r.note
+    weak = report.z_row("T", "s", "p", 0.1, 0.05, 0.1, 3.0)  # detects only >= 0.15, quantity 0.1
+    assert weak.passed is None and "untested" in weak.note
+    assert report.z_row("T", "s", "p", 0.1, 0.05, 0.0, 3.0, scale=1.0).outcome == "holds"
+    assert report.z_row("T", "s", "p", 0.1, 0.05, 0.1, 3.0, scale=0.15).passed is None  # not below: untested
+    neg = report.z_row("T", "s", "p", 2.0, 0.1, 1.0, 3.0, negative=True)
+    assert neg.passed is True and neg.verdict == "caught"
+    assert report.z_row("T", "s", "p", 1.1, 0.1, 1.0, 3.0, negative=True).verdict == "MISSED"
+    m = report.measured_row("T", "s", "p", 0.3, 0.1)
+    assert m.kind == "measurement" and m.passed is None and m.verdict == "measured"
+    t = report.tally([bad, weak, neg, m])
+    assert t == {"tested": 2, "hold": 1, "fail": 1, "untested": 1, "measured": 1}
+    with pytest.raises(ValueError, match="passed"):
+        report.Row("T", "s", "p", "measurement", None, 0.3, None, None, True)
+    with pytest.raises(ValueError, match="passed"):
+        report.Row("T", "s", "p", "exact", None, 0.3, None, None, 1)
+
+
 def test_claim_generators_depend_on_seed_and_key():
     a = verify.claim_rng(0, "x").random()
     assert a == verify.claim_rng(0, "x").random()

@@ -158,21 +158,43 @@ def default_mesh_device(backend: str) -> str | None:
     return "cpu" if backend == "gloo" else None
 
 
-def shard_fsdp(model: torch.nn.Module, layer_attr: str = "model.layers", **kwargs) -> torch.nn.Module:
-    """FSDP2: ``fully_shard`` every decoder layer (``model.model.layers[i]``) and then the root
-    (embedding, tied head, final norm); ``kwargs`` go to ``fully_shard`` (``mesh``,
-    ``reshard_after_forward``, ...). Without ``mesh``, a one-dimensional mesh over the default
-    group's ranks on :func:`default_mesh_device` (a CPU mesh under gloo). Use it through
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's repeated blocks, found by class name in its ``_no_split_modules``: the
+    Hugging Face attribute listing the block classes that must stay on one device (a decoder
+    layer: ``Qwen3DecoderLayer``, ``GPT2Block``, ...). Outermost matches only, in model order.
+    Raises ValueError when the model declares none or none of its modules matches (then pass
+    ``layers`` to :func:`shard_fsdp` yourself)."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no _no_split_modules to find its decoder "
+                         "layers by; pass layers=[...] (the modules to shard one by one)")
+    found, inside = [], set()
+    for mod in model.modules():
+        if id(mod) in inside:
+            continue
+        if type(mod).__name__ in names:
+            found.append(mod)
+            inside.update(id(m) for m in mod.modules())
+    if not found:
+        raise ValueError(f"no module of {type(model).__name__} is one of its _no_split_modules "
+                         f"{sorted(names)}; pass layers=[...] (the modules to shard one by one)")
+    return found
+
+
+def shard_fsdp(model: torch.nn.Module, layers=None, **kwargs) -> torch.nn.Module:
+    """FSDP2: ``fully_shard`` every layer of ``layers`` and then the root (embedding, tied
+    head, final norm); ``kwargs`` go to ``fully_shard`` (``mesh``, ``reshard_after_forward``,
+    ...). ``layers`` None: the decoder layers :func:`decoder_layers` finds from the model's
+    ``_no_split_modules``. Without ``mesh``, a one-dimensional mesh over the default group's
+    ranks on :func:`default_mesh_device` (a CPU mesh under gloo). Use it through
     :func:`fsdp_oblrpo` for OBLR-PO updates."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    layers = decoder_layers(model) if layers is None else list(layers)
     device = default_mesh_device(dist.get_backend()) if dist.is_initialized() else None
     if "mesh" not in kwargs and device is not None:
         kwargs["mesh"] = init_device_mesh(device, (dist.get_world_size(),))
-    layers = model
-    for a in layer_attr.split("."):
-        layers = getattr(layers, a)
     for layer in layers:
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
@@ -189,7 +211,7 @@ def full_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
     return [p.full_tensor().detach() if _is_dtensor(p) else p.detach().clone() for p in model.parameters()]
 
 
-def fsdp_oblrpo(model: torch.nn.Module, config: StepConfig, layer_attr: str = "model.layers",
+def fsdp_oblrpo(model: torch.nn.Module, config: StepConfig, layers=None,
                 **fsdp_kwargs) -> OBLRPO:
     """OBLR-PO with the model sharded by FSDP2 (:func:`shard_fsdp`).
 
@@ -198,14 +220,16 @@ def fsdp_oblrpo(model: torch.nn.Module, config: StepConfig, layer_attr: str = "m
     - Gradient, single pass (``config.single_pass`` None or True): ``weighted_gradients`` forms
       each rank's full local gradient from the kept ghost factors, one parameter at a time, and
       averages it over the ranks into the parameter's shards (a reduce-scatter,
-      ``_records.average_into_shards``), as FSDP's backward would. Two passes
+      ``per_sample.kernels.average_into_shards``), as FSDP's backward would. Two passes
       (``single_pass=False``): the surrogate's backward through the FSDP modules; FSDP
       reduce-scatters and averages. Either way ``p.grad`` is this rank's shard of ``−ĝ``.
     - T7: ``Σ_b ||u_b||²`` and ``B`` with :func:`all_reduce_sum`, ``||ĝ||²`` with
       :func:`oblr_theory.bridge.surrogate.grad_sq_norm` (it reads the DTensor shards); the optimizer
       steps the shards.
 
-    Without a process group it is ``OBLRPO(model, config)`` (nothing sharded). A model that is
+    ``layers``: the modules sharded one by one (None: :func:`decoder_layers`, from the model's
+    ``_no_split_modules``). Without a process group it is ``OBLRPO(model, config)`` (nothing
+    sharded). A model that is
     already an FSDP module is not sharded again (then ``fsdp_kwargs`` must be empty). The device
     mesh must span the default group's ranks (:func:`shard_fsdp`'s default: on the CPU under
     gloo, else ``fully_shard``'s), over which the groups are split. Every rank must call
@@ -224,7 +248,7 @@ def fsdp_oblrpo(model: torch.nn.Module, config: StepConfig, layer_attr: str = "m
             raise ValueError(f"model is already sharded by FSDP; fsdp_kwargs {sorted(fsdp_kwargs)} "
                              "would be ignored")
     else:
-        shard_fsdp(model, layer_attr=layer_attr, **fsdp_kwargs)
+        shard_fsdp(model, layers=layers, **fsdp_kwargs)
     fsdp_modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
 
     def reshard() -> None:  # the root keeps forward's unsharded parameters after a forward
@@ -235,7 +259,7 @@ def fsdp_oblrpo(model: torch.nn.Module, config: StepConfig, layer_attr: str = "m
     plain = [n for n, p in model.named_parameters() if p.requires_grad and not _is_dtensor(p)]
     if plain:
         raise ValueError(f"parameters {plain[:3]} are not FSDP-sharded; every trainable parameter "
-                         f"must belong to a fully_shard module (layer_attr={layer_attr!r})")
+                         "must belong to a fully_shard module (pass layers=[...] covering them)")
     # before every update, so that the ghost pass registers (and writes the single pass's
     # gradients into) the sharded parameters the optimizer holds
     return OBLRPO(model, config, reduce=all_reduce_sum, prepare=reshard)

@@ -78,11 +78,8 @@ def exact_reference(model, tok, task, problems, horizon: int, group_size: int,
         o = _lm_outcomes(model, tok, task, prob, horizon)
         dev.append(abs(o.probs.sum() - 1))
         p = o.probs / o.probs.sum()
-        g = (p * o.rewards) @ o.scores
-        mu = p @ o.rewards
-        mom = dict(mu=mu, var_r=p @ (o.rewards - mu) ** 2, m_S=p @ o.sq_norms, m_rS=p @ (o.rewards * o.sq_norms),
-                   m_r2S=p @ (o.rewards**2 * o.sq_norms), grad_sq_norm=float(g @ g))
-        mom["b_star"] = mom["m_rS"] / mom["m_S"]
+        full = exact.outcome_moments(o, probs=p)
+        mom = {k: full[k] for k in ("mu", "var_r", "m_S", "m_rS", "m_r2S", "grad_sq_norm", "b_star")}
         for k, v in mom.items():
             put(f"moment/{k}", float(v))
         for lab in CLOSED_FORMS + ("fixed_mean", "fixed_b_star"):

@@ -12,11 +12,12 @@ off-diagonal terms give ``||ĝ_x||² = (1/G²) Σ_ij A_i A_j K_ij`` for any adva
 
 Methods:
 
-- ``"ghost"``: one forward and one backward for the whole batch (hooked module forwards, see ``_hooks``).
-  Exact up to floating point; valid only if sequences are independent through the model (each
-  flattened row only sees itself: true for causal LMs without batch-coupled layers).
+- ``"ghost"``: one forward and one backward for the whole batch (``oblr_theory.per_sample``: a
+  ``GhostPass`` and one rule per layer type, see ``docs/bridge.md``). Exact up to floating
+  point; valid only if sequences are independent through the model (each flattened row only sees
+  itself: true for causal LMs without batch-coupled layers).
 - ``"loop"``: the reference. Per group, one forward and one backward per sequence
-  (``torch.autograd.grad``); exact for any model, about ``G`` times the cost of training.
+  (``per_sample.loop.group_gram``); exact for any model, about ``G`` times the cost of training.
 - ``"length"``: forward only; ``diag(ℓ_j)`` (OPO's ``S ∝ length`` proxy, T8).
 - ``"logit"``: forward only; ``diag(Σ_t 1 − 2π_t(y_t) + ||π_t||²)`` (verl's logit proxy, T8).
 
@@ -48,8 +49,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import _ghost_math as gm
-from ._hooks import GhostRecorder
+from ..per_sample import GhostPass, group_gram, trainable_parameters
+from ..per_sample.kernels import logit_span
+from .checks import check_score_inputs
 from .logprobs import check_inputs, forward_logprobs, logit_proxy_from_logits
 
 __all__ = ["ScoreGram", "score_gram", "METHODS"]
@@ -80,7 +82,7 @@ class ScoreGram:
     lengths_bg: torch.Tensor
     method: str
     diagonal_only: bool = False
-    _factors: GhostRecorder | None = field(default=None, repr=False)
+    _factors: GhostPass | None = field(default=None, repr=False)
 
     @property
     def sq_norms_bg(self) -> torch.Tensor:
@@ -161,7 +163,7 @@ class ScoreGram:
 
 def check_span(violation: torch.Tensor | None) -> None:
     """Raise if the output layer's gradient was nonzero outside the completion positions its
-    factors were cropped to (``GhostRecorder.span_violation``; one host sync)."""
+    factors were cropped to (``GhostPass.span_violation``; one host sync)."""
     if violation is not None and bool(violation):
         raise ValueError(
             "the model's output layer (get_output_embeddings()) received a nonzero gradient at a "
@@ -172,11 +174,6 @@ def check_span(violation: torch.Tensor | None) -> None:
 
 class NonFiniteWeights(ValueError):
     """``weighted_gradients`` got weights with a NaN or an infinity (found after its pass)."""
-
-
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters with ``requires_grad``, each once (tied parameters are one parameter)."""
-    return [p for p in model.parameters() if p.requires_grad]
 
 
 def _flat(x_bgt: torch.Tensor) -> torch.Tensor:
@@ -197,49 +194,22 @@ def _check_model(model: nn.Module, method: str) -> None:
         )
 
 
-def _gram_float64(flat_gk: list[torch.Tensor], chunk: int = 2**22) -> torch.Tensor:
-    """``K[i, j] = x_i · x_j`` accumulated in float64, ``chunk`` entries of each vector at a time."""
-    n = flat_gk[0].numel()
-    out_gg = torch.zeros(len(flat_gk), len(flat_gk), dtype=torch.float64, device=flat_gk[0].device)
-    for c0 in range(0, n, chunk):
-        m_gk = torch.stack([x[c0 : c0 + chunk] for x in flat_gk]).to(torch.float64)
-        out_gg += m_gk @ m_gk.T
-    return out_gg
-
-
 def gram_loop(
     model: nn.Module, input_ids: torch.Tensor, attn_bgt: torch.Tensor, comp_bgt: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference Gram: per group, one forward of its ``G`` sequences and ``G`` backward passes.
 
-    ``K[b, i, j] = Σ_params ⟨∂ seq_logp_bi/∂θ, ∂ seq_logp_bj/∂θ⟩``. Returns ``(gram_bgg,
-    token_logp_bgt)``. Memory: ``G`` copies of the trainable parameters.
+    ``K[b, i, j] = Σ_params ⟨∂ seq_logp_bi/∂θ, ∂ seq_logp_bj/∂θ⟩`` (``per_sample.loop``).
+    Returns ``(gram_bgg, token_logp_bgt)``. Memory: ``G`` copies of the trainable parameters.
     """
-    B, G, T = input_ids.shape
     params = trainable_parameters(model)
-    gram_bgg = torch.zeros(B, G, G, dtype=torch.float64, device=input_ids.device)
-    token_rows = []
-    for b in range(B):
+    grams, token_rows = [], []
+    for b in range(input_ids.shape[0]):
         with torch.enable_grad():
             token_logp_gt, _ = forward_logprobs(model, input_ids[b], attn_bgt[b], comp_bgt[b])
-            seq_g = token_logp_gt.sum(-1)
-            per_seq = []
-            for j in range(G):
-                if not params:
-                    break
-                grads = torch.autograd.grad(
-                    seq_g[j], params, retain_graph=j < G - 1, allow_unused=True
-                )
-                per_seq.append(grads)
+            grams.append(group_gram(token_logp_gt.sum(-1), params))
         token_rows.append(token_logp_gt.detach())
-        for k, p in enumerate(params):
-            cols = [per_seq[j][k] for j in range(len(per_seq))]
-            if all(c is None for c in cols):
-                continue
-            flat_gk = [(c if c is not None else torch.zeros_like(p)).reshape(-1) for c in cols]
-            gram_bgg[b] += _gram_float64(flat_gk)
-        del per_seq
-    return gram_bgg, torch.stack(token_rows)
+    return torch.stack(grams), torch.stack(token_rows)
 
 
 def gram_ghost(
@@ -251,13 +221,13 @@ def gram_ghost(
     max_elems: int = 2**26,
     keep_factors: bool = False,
     diagonal_only: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, GhostRecorder | None]:
+) -> tuple[torch.Tensor, torch.Tensor, GhostPass | None]:
     """Ghost Gram: one forward and one backward of ``L = Σ_n seq_logp_n`` for the whole batch.
 
-    Per-sample gradients are rebuilt layer by layer from hooked factors (``_ghost_math``).
+    Per-sample gradients are rebuilt layer by layer by the rules of ``per_sample.rules``.
     ``route`` picks the linear-layer rule ("auto" by cost, or force "ghost" / "materialise");
     ``max_elems`` bounds the entries of any temporary per-sample block. Returns
-    ``(gram_bgg, token_logp_bgt, recorder)``, the recorder (holding the factors) only when
+    ``(gram_bgg, token_logp_bgt, ghost_pass)``, the pass (holding the factors) only when
     ``keep_factors``. ``diagonal_only``: ``gram_bgg = diag(S)``, only the per-sample squared
     norms computed (see the module docstring).
     """
@@ -265,21 +235,21 @@ def gram_ghost(
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
     B, G, T = input_ids.shape
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    recorder = GhostRecorder(model, B, G, route, max_elems, keep_factors=keep_factors,
-                             diagonal_only=diagonal_only, head=head,
-                             head_span=gm.logit_span(_flat(comp_bgt)) if head is not None else None)
-    with recorder, torch.enable_grad():
+    gp = GhostPass(model, B, G, route, max_elems, keep_factors=keep_factors,
+                   diagonal_only=diagonal_only, head=head,
+                   head_span=logit_span(_flat(comp_bgt)) if head is not None else None)
+    with gp, torch.enable_grad():
         token_logp_nt, _ = forward_logprobs(
             model, _flat(input_ids), _flat(attn_bgt), _flat(comp_bgt)
         )
         loss = token_logp_nt.sum()
-        if recorder.trainable and loss.requires_grad:
-            recorder.check_graph(loss)
-            recorder.backward(loss)
-    gram_bgg = recorder.finalize(input_ids.device)
+        if gp.trainable and loss.requires_grad:
+            gp.check_graph(loss)
+            gp.backward(loss)
+    gram_bgg = gp.finalize(input_ids.device)
     if not keep_factors:  # kept: checked at weighted_gradients' host sync instead
-        check_span(recorder.span_violation())
-    kept = recorder if keep_factors else None
+        check_span(gp.span_violation())
+    kept = gp if keep_factors else None
     return gram_bgg, token_logp_nt.detach().reshape(B, G, T), kept
 
 
@@ -336,6 +306,7 @@ def score_gram(
     trainable parameter the ghost method cannot account for.
     """
     _check_model(model, method)
+    check_score_inputs(model, input_ids, attention_mask, completion_mask, method)
     if keep_factors and method != "ghost":
         raise ValueError(f"keep_factors=True needs method='ghost', got method={method!r}")
     if diagonal_only and method != "ghost":

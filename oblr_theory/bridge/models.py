@@ -7,8 +7,11 @@
 - :func:`qwen3_shaped` gives the published Qwen3 shapes (0.6B, 1.7B, 4B, 8B) with random weights
   and any vocabulary, for benchmarks on a GPU without downloads.
 - :func:`load_local` loads a local checkpoint directory (``--model PATH``) with safetensors only
-  and no network (``use_safetensors=True, local_files_only=True``), in bf16 on a GPU. A hub name
-  with no local files, or a large model without a GPU, gets a clear error and a hint.
+  and no network (``use_safetensors=True, local_files_only=True``), on the requested device in
+  the requested dtype (default: a visible GPU, and the checkpoint's own dtype). What it cannot
+  load right (a hub name with no local files, pickle-only weights, no tokenizer, a model that is
+  not a causal LM, a tokenizer larger than the embedding, a large model without a GPU) gets a
+  one-line error with the fix.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import torch
 from .task import ArithmeticTask, CharTokenizer, as_task_tokenizer
 
 __all__ = ["TinyQwen3Spec", "tiny_qwen3", "qwen3_shaped", "QWEN3_SHAPES", "pretrain",
-           "load_local", "load_model", "param_count", "LARGE_MODEL_PARAMS", "make_float64_exact"]
+           "load_local", "load_model", "param_count", "LARGE_MODEL_PARAMS", "make_float64_exact",
+           "DTYPES", "resolve_dtype", "resolve_device"]
 
 #: A model above this many parameters needs a GPU (loading it in fp32 on a CPU is refused).
 LARGE_MODEL_PARAMS = 1_000_000_000
@@ -54,22 +58,20 @@ class TinyQwen3Spec:
     max_position_embeddings: int = 64
 
 
-def _rmsnorm_same_dtype(self, hidden_states):
-    """``w ⊙ x / sqrt(mean(x²) + eps)`` in the input's dtype (HF upcasts to float32 only)."""
-    var = hidden_states.pow(2).mean(-1, keepdim=True)
-    return self.weight * (hidden_states * torch.rsqrt(var + self.variance_epsilon))
-
-
 def make_float64_exact(model):
-    """Make a float64 model float64 throughout: HF's RMSNorm computes in float32 even for float64
-    inputs, which caps agreement between two exact computations at ~1e-7. Rebinds ``forward`` of
-    every ``*RMSNorm`` module of ``model`` to a same-dtype version (same formula). Returns ``model``.
+    """Make a float64 model float64 throughout: Hugging Face's RMSNorm computes in float32 even
+    for float64 inputs, which caps agreement between two exact computations at ~1e-7. Asks each
+    module's per-sample rule (``oblr_theory.per_sample.rules``) for a same-dtype forward
+    (``exact_forward``: the norm rules give one for an RMSNorm, same formula, checked against
+    the module's own forward) and rebinds ``forward`` where there is one. Returns ``model``.
     """
-    import types
+    from ..per_sample.rules import rule_for
 
     for mod in model.modules():
-        if type(mod).__name__.endswith("RMSNorm") and hasattr(mod, "variance_epsilon"):
-            mod.forward = types.MethodType(_rmsnorm_same_dtype, mod)
+        rule = rule_for(mod)
+        forward = rule.exact_forward(mod) if rule is not None else None
+        if forward is not None:
+            mod.forward = forward
     return model
 
 
@@ -174,14 +176,84 @@ def _looks_like_hub_name(path: str) -> bool:
     return not os.path.exists(path) and path.count("/") == 1 and not path.startswith((".", "/", "~"))
 
 
+#: The dtypes a model can be loaded in, by the names the command line uses.
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+
+
+def resolve_dtype(dtype) -> torch.dtype | None:
+    """``None``, a ``torch.dtype`` of ``DTYPES`` or its name (``"bfloat16"``) -> torch dtype / None."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)} (or None: from the checkpoint)")
+
+
+def resolve_device(device) -> torch.device:
+    """``None`` -> ``cuda`` when a GPU is visible, else ``cpu``; a requested CUDA device must exist."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was requested but no CUDA GPU is visible "
+                         "(use --device cpu, or omit it)")
+    return device
+
+
+#: Tokenizer files of a Hugging Face checkpoint (any one is enough for AutoTokenizer).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                   "vocab.txt", "spiece.model")
+
+
+def _check_checkpoint_files(path: str) -> None:
+    """Refuse, before loading anything, a directory without safetensors weights (pickle-only or
+    none) or without a tokenizer."""
+    files = set(os.listdir(path))
+    if not any(f.endswith(".safetensors") for f in files):
+        pickles = sorted(f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt")))
+        if pickles:
+            raise ValueError(
+                f"model={path!r} has only pickle weights ({', '.join(pickles[:3])}), which can run code "
+                "when loaded, so only *.safetensors are loaded; convert once, where you trust the file: "
+                "AutoModelForCausalLM.from_pretrained(PATH).save_pretrained(PATH, safe_serialization=True)")
+        raise ValueError(f"model={path!r} has no *.safetensors weights; save the model with "
+                         "save_pretrained(PATH, safe_serialization=True)")
+    if not files & set(TOKENIZER_FILES):
+        raise ValueError(f"model={path!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                         "save the model's tokenizer there too: tokenizer.save_pretrained(PATH)")
+
+
+def _check_causal_config(path: str, cfg) -> None:
+    """Refuse a config that AutoModelForCausalLM cannot build as a decoder-only causal LM."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    kind = getattr(cfg, "model_type", None)
+    if getattr(cfg, "is_encoder_decoder", False) or kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ValueError(f"model={path!r} is a {kind!r} model, not a causal (decoder-only) language "
+                         "model; the bridge scores Σ_t log π(y_t | y_<t) and needs one, e.g. Qwen3")
+
+
 def load_local(path: str, device: str | None = None, dtype=None):
     """Load a local Hugging Face checkpoint: ``(model, tokenizer)``, safetensors only, no network.
 
-    ``device`` defaults to ``"cuda"`` when available; ``dtype`` defaults to bf16 on a GPU and fp32
-    on a CPU. Raises ValueError with a hint for a hub name with no local files, a directory
-    without ``*.safetensors`` weights, or a model above ``LARGE_MODEL_PARAMS`` without a GPU.
+    ``device``: None gives ``"cuda"`` when a GPU is visible, else ``"cpu"``. ``dtype``
+    (``torch.dtype`` or a ``DTYPES`` name): None keeps the checkpoint's own dtype (its config's
+    ``dtype``; float32 if it names none). A float64 model computes in float64 throughout
+    (:func:`make_float64_exact`). Raises a one-line ValueError with the fix for: a hub name with
+    no local files, a directory with pickle weights only or no weights, no tokenizer, a model
+    that is not a causal LM (config, then one small forward: ``checks.check_causal``), a tokenizer
+    with more tokens than the model's embedding has rows, a model above ``LARGE_MODEL_PARAMS``
+    without a GPU, and a requested GPU that is not visible.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .checks import check_causal, vocab_size_of
 
     path = os.path.expanduser(str(path))
     if not os.path.isdir(path):
@@ -189,23 +261,32 @@ def load_local(path: str, device: str | None = None, dtype=None):
                 f"first, e.g. `hf download {path} --local-dir ./{path.split('/')[-1]}`, then pass "
                 f"--model ./{path.split('/')[-1]}") if _looks_like_hub_name(path) else ""
         raise ValueError(f"model={path!r} is not a local checkpoint directory.{hint}")
-    if not any(f.endswith(".safetensors") for f in os.listdir(path)):
-        raise ValueError(f"model={path!r} has no *.safetensors weights; only safetensors checkpoints "
-                         "are loaded (convert .bin weights with `transformers` save_pretrained)")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but no CUDA GPU is visible")
+    _check_checkpoint_files(path)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype)
     cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    _check_causal_config(path, cfg)
     n_params = _config_params(cfg)
-    if n_params > LARGE_MODEL_PARAMS and not device.startswith("cuda"):
+    if n_params > LARGE_MODEL_PARAMS and device.type != "cuda":
         raise ValueError(f"model={path!r} has about {n_params / 1e9:.1f}B parameters and needs a GPU "
                          "(none is visible). Run on a GPU machine, or use the built-in tiny model "
                          "(omit --model)")
-    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    tok = as_task_tokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
+    if dtype is None:
+        dtype = resolve_dtype(getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
+                              or torch.float32)
     model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, local_files_only=True,
                                                  dtype=dtype)
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return model.to(device).eval(), as_task_tokenizer(tok)
+    model = model.to(device=device, dtype=dtype).eval()
+    if dtype == torch.float64:
+        make_float64_exact(model)
+    rows = vocab_size_of(model)
+    if rows is not None and tok.vocab_size > rows:
+        raise ValueError(f"model={path!r}: its tokenizer has {tok.vocab_size} tokens but the model's "
+                         f"embedding only {rows} rows, so ids >= {rows} would index out of range; use "
+                         "the tokenizer saved with these weights (or resize_token_embeddings and save)")
+    check_causal(model)
+    return model, tok
 
 
 def _config_params(cfg) -> int:
@@ -219,16 +300,22 @@ def _config_params(cfg) -> int:
 
 
 def load_model(model: str | None, task: ArithmeticTask, seed: int = 0, pretrain_steps: int = 150,
-               device: str = "cpu", dtype=torch.float32, progress: bool = False):
-    """``(model, tokenizer)`` for a model spec:
+               device: str | None = None, dtype=None, progress: bool = False):
+    """``(model, tokenizer)`` for a model spec, on ``device`` in ``dtype`` (``torch.dtype`` or a
+    ``DTYPES`` name):
 
-    - ``None`` / ``"tiny"``: the tiny Qwen3, pretrained for ``pretrain_steps`` steps;
+    - ``None`` / ``"tiny"``: the tiny Qwen3, pretrained for ``pretrain_steps`` steps (in float32),
+      then cast to ``dtype``; defaults ``"cpu"`` and float32;
     - ``"shape:0.6B"`` (any ``QWEN3_SHAPES`` key, optionally ``"shape:0.6B:4"`` for 4 layers): a
       Qwen3-shaped model with the character vocabulary, pretrained until its expected reward
       reaches 0.3 (checked every 2 steps, at most ``pretrain_steps`` steps, AdamW lr 1e-4);
-    - a local checkpoint directory: :func:`load_local` (no pretraining).
+      same defaults;
+    - a local checkpoint directory: :func:`load_local` (no pretraining; defaults: a visible GPU,
+      else the CPU, and the checkpoint's own dtype).
     """
     if model in (None, "tiny") or str(model).startswith("shape:"):
+        device = torch.device("cpu") if device is None else resolve_device(device)
+        dtype = resolve_dtype(dtype) or torch.float32
         tok = CharTokenizer()
         if model in (None, "tiny"):
             m = tiny_qwen3(tok, seed=seed, dtype=torch.float32).to(device)
@@ -245,4 +332,4 @@ def load_model(model: str | None, task: ArithmeticTask, seed: int = 0, pretrain_
         if dtype == torch.float64:
             make_float64_exact(m)
         return m.eval(), tok
-    return load_local(model, device=device if device != "cpu" else None)
+    return load_local(model, device=device, dtype=dtype)

@@ -47,6 +47,7 @@ import torch
 
 from .. import _ops, estimators
 from ..snr import EMASNR, snr_hat, snr_lr
+from .checks import check_update
 from .gram import NonFiniteWeights, score_gram
 from .logprobs import sequence_logprobs
 from .rollout import Rollout, sample_rollout
@@ -68,7 +69,7 @@ def gc_paused():
     autograd nodes' wrappers), all freed by reference counting. While they live the
     collector's allocation counters still run, and every few updates they trigger a full
     collection, which traverses every object of the process (with a Hugging Face model and
-    its libraries loaded, ~4·10⁵): a stall of ~0.2 s on this CPU, longer than the update, at
+    its libraries loaded, ~4·10⁵): a stall that can be longer than the update itself, at
     random updates. An update creates no reference cycles (``tests/bridge/test_step.py``
     checks it), so pausing frees nothing later that it would have freed now.
     """
@@ -114,14 +115,19 @@ class StepConfig:
 
 @dataclass
 class StepDiagnostics:
-    """What one update saw and did (floats, JSON-ready)."""
+    """What one update saw and did (floats, JSON-ready).
+
+    ``plugin_baseline_mean``: the mean over groups of the inclusive plug-in ``Σ_j S_j r_j / Σ_j S_j``
+    (:func:`plugin_optimal_baseline`, a sample estimate of T3's ``b*`` that includes each response's
+    own reward); ``mean_baseline``: the mean of the group means ``r̄``;
+    ``plugin_baseline_minus_mean_abs``: the mean over groups of ``|plug-in − r̄|``."""
 
     reward_mean: float
     reward_std: float
     frac_groups_with_signal: float
-    b_star_mean: float
+    plugin_baseline_mean: float
     mean_baseline: float
-    b_star_minus_mean_abs: float
+    plugin_baseline_minus_mean_abs: float
     S_mean: float
     S_std: float
     S_min: float
@@ -275,6 +281,7 @@ class OBLRPO:
         a GPU the host issues the weighted pass while the device still runs the ghost pass.
         Python's cyclic garbage collector is paused meanwhile (:func:`gc_paused`).
         """
+        check_update(self.model, rollout)
         with gc_paused():
             return self._update(rollout, apply)
 
@@ -350,8 +357,8 @@ class OBLRPO:
         nan = float("nan")
         if S_bg is not None:
             S = host[3]
-            b_star, mean_b = plugin_optimal_baseline(r, S), r.mean(-1)
-            bs = (float(b_star.mean()), float(mean_b.mean()), float(np.abs(b_star - mean_b).mean()))
+            plugin_b, mean_b = plugin_optimal_baseline(r, S), r.mean(-1)
+            bs = (float(plugin_b.mean()), float(mean_b.mean()), float(np.abs(plugin_b - mean_b).mean()))
             s_stats = (float(S.mean()), float(S.std(ddof=1)) if S.size > 1 else nan,
                        float(S.min()), float(S.max()))
             corr = _corr(S, ell)
@@ -360,7 +367,7 @@ class OBLRPO:
         return StepDiagnostics(
             reward_mean=float(r.mean()), reward_std=float(r.std(ddof=1)) if r.size > 1 else nan,
             frac_groups_with_signal=float((r.std(-1) > 0).mean()) if r.shape[-1] > 1 else nan,
-            b_star_mean=bs[0], mean_baseline=bs[1], b_star_minus_mean_abs=bs[2],
+            plugin_baseline_mean=bs[0], mean_baseline=bs[1], plugin_baseline_minus_mean_abs=bs[2],
             S_mean=s_stats[0], S_std=s_stats[1], S_min=s_stats[2], S_max=s_stats[3],
             corr_S_length=corr, length_mean=float(ell.mean()), adv_abs_mean=float(np.abs(A).mean()),
             grad_sq_norm=float(grad_sq), grad_norm=float(grad_sq.sqrt()), snr_batch=snr_batch,

@@ -53,9 +53,10 @@ def grad_sq_norm(params) -> torch.Tensor:
 
     Plain gradients: per-tensor norms by ``torch._foreach_norm`` (a few fused kernels for all
     parameters; float32 accumulation for half precision, over each whole tensor, not in the
-    blocks of ``_ghost_diag.row_block_norms``), squared and summed in float64. A DTensor shard's sum of squares (FSDP2) is a
-    ``Partial(sum)`` scalar; those of one device mesh are added locally and reduced once (one
-    all-reduce per mesh), so every rank must call it when any gradient is sharded.
+    blocks of ``per_sample.kernels.row_block_norms``), squared and summed in float64. A DTensor
+    shard's sum of squares (FSDP2) is a ``Partial(sum)`` scalar; those of one device mesh are
+    added locally and reduced once (one all-reduce per mesh), so every rank must call it when any
+    gradient is sharded.
     """
     params = list(params)
     if not params:

@@ -154,11 +154,14 @@ def sample_moments(r_n, S_n, gram_nn) -> dict[str, float]:
     """
     n = len(r_n)
     rr = np.outer(r_n, r_n) * gram_nn
-    gsq = (rr.sum() - np.trace(rr)) / (n * (n - 1))
-    m_S = S_n.mean()
-    return dict(mu=r_n.mean(), var_r=r_n.var(ddof=1), m_S=m_S, m_rS=(r_n * S_n).mean(),
-                m_r2S=(r_n**2 * S_n).mean(), grad_sq_norm=gsq,
-                b_star=(r_n * S_n).mean() / m_S if m_S > 0 else r_n.mean())
+    return _moments(r_n, S_n, (rr.sum() - np.trace(rr)) / (n * (n - 1)))
+
+
+def _moments(r_n, S_n, grad_sq_norm) -> dict[str, float]:
+    """The sample moments of :func:`sample_moments` given the U-statistic ``||g||²^``."""
+    mu, m_S, m_rS = r_n.mean(), S_n.mean(), (r_n * S_n).mean()
+    return dict(mu=mu, var_r=r_n.var(ddof=1), m_S=m_S, m_rS=m_rS, m_r2S=(r_n**2 * S_n).mean(),
+                grad_sq_norm=grad_sq_norm, b_star=theory.optimal_baseline(m_rS, m_S, mu=mu))
 
 
 def predicted_variance(mom: dict, label: str, G: int) -> float:
@@ -245,10 +248,7 @@ def _kept_moments(pr: _Prompt, keep_m: np.ndarray, G: int) -> dict:
     keep_n = np.repeat(keep_m, G)
     r, S = pr.r[keep_n], pr.S[keep_n]
     n = len(r)
-    gsq = (pr.W[np.ix_(keep_m, keep_m)].sum() - np.sum(r * r * S)) / (n * (n - 1))
-    m_S = S.mean()
-    return dict(mu=r.mean(), var_r=r.var(ddof=1), m_S=m_S, m_rS=(r * S).mean(), m_r2S=(r**2 * S).mean(),
-                grad_sq_norm=gsq, b_star=(r * S).mean() / m_S if m_S > 0 else r.mean())
+    return _moments(r, S, (pr.W[np.ix_(keep_m, keep_m)].sum() - np.sum(r * r * S)) / (n * (n - 1)))
 
 
 def statistics(pre: Precomputed, keep_m=None, ema_beta: float = 0.9, eta_max: float = 1.0) -> dict[str, float]:

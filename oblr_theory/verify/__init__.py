@@ -12,7 +12,8 @@ The claims come from the modules named in :data:`CLAIM_MODULES` (each
 exposes ``claims(quick: bool, seed: int) -> list[Claim]``, see :mod:`.report`). The suite's
 family-wise false-failure rate ``--alpha`` (default 1e-6) is split evenly over all calibrated
 tests in the run (Bonferroni), so any seed passes with probability ≥ 1 − α when every claim
-holds. The exit code is 0 only if every claim holds and every negative control is caught.
+holds. The exit code is 0 only if every claim holds and every negative control is caught: a failing or an
+untested row (a check that could not decide) gives exit code 1.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import importlib
 import multiprocessing as mp
 import os
 import platform
-import subprocess
 import sys
 import textwrap
 import time
@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import __version__
 from ..cliutil import int_range, interrupted, probability, writable_path
+from ..results import git_revision
 from ..stats import DEFAULT_ALPHA, DEFAULT_POWER
 from .report import LINE_WIDTH, Claim, Context, Row, format_summary, format_table, write_json
 
@@ -186,12 +187,13 @@ def run_suite(quick: bool = False, seed: int = 0, alpha: float = DEFAULT_ALPHA, 
         rows.append(Row("meta", f"claims declared {n_tests_due} calibrated tests but ran {n_tests_run}",
                         "runner", "exact", n_tests_due, n_tests_run, None, None, False))
     summary = {
-        "passed": all(r.passed for r in rows) and not interrupted_run,
+        "passed": all(r.passed is True for r in rows) and not interrupted_run,  # untested is not a pass
         "interrupted": interrupted_run,
         "claims_finished": len(results),
         "claims_total": len(claims),
         "rows": len(rows),
-        "failed": [f"{r.claim} | {r.problem} | {r.statement}" for r in rows if not r.passed],
+        "failed": [f"{r.claim} | {r.problem} | {r.statement}" for r in rows if r.passed is False],
+        "untested": [f"{r.claim} | {r.problem} | {r.statement}" for r in rows if r.passed is None],
         "by_kind": {k: sum(1 for r in rows if r.kind == k) for k in ("exact", "monte-carlo", "negative-control", "symbolic")},
         "negative_controls_caught": sum(1 for r in rows if r.kind == "negative-control" and r.passed),
         "seconds": time.perf_counter() - t0,
@@ -238,20 +240,10 @@ def _attach_symbolic(rows: list[Row]) -> None:
             r.symbolic = "proved" if proved[r.claim] else "FAILED"
 
 
-def git_revision() -> str:
-    """The checkout's ``git rev-parse HEAD`` (``"unknown"`` outside a git checkout)."""
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="oblr-theory verify", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="smaller samples and grids, the slowest claims left out and named (about 30 s)")
+                   help="smaller samples and grids, the slowest claims left out and named")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON (atomically)")
     p.add_argument("--html", metavar="PATH",
                    help="write the report as one self-contained HTML page (tables, figures)")
@@ -308,9 +300,13 @@ def main(argv=None) -> int:
     if m["quick"]:
         print(textwrap.fill(f"--quick left out: {', '.join(m['quick_dropped']) or 'nothing'}", LINE_WIDTH,
                             subsequent_indent="  ", break_long_words=False, break_on_hyphens=False))
-    if not s["passed"]:
+    if s["failed"]:
         print("FAILED:\n  " + "\n  ".join(s["failed"]))
-    else:
+    if s["untested"]:
+        print("UNTESTED (the check could not decide; not counted as holding):")
+        for u in s["untested"]:
+            print(textwrap.fill(u, LINE_WIDTH, initial_indent="  ", subsequent_indent="    "))
+    if s["passed"]:
         print("all claims hold; all negative controls caught")
     if args.html:
         from .report_html import write_html

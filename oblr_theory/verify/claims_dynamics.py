@@ -111,8 +111,8 @@ def _mc_row(label, statement, where, lhs, se, rhs, ctx, note):
                note=f"{note}; z* = {z:.2f} at α_test = {ctx.alpha:.2g}")
 
 
-def _runs(P, cfg, ctx, S):
-    seeds = ctx.rng.integers(2**31, size=S)
+def _runs(P, cfg, ctx, N):
+    seeds = ctx.rng.integers(2**31, size=N)
     return dynamics.run(P, cfg, seeds, keep_theta=True)
 
 
@@ -123,39 +123,39 @@ def _t6(ctx) -> list[Row]:
     P = _T6_BANDIT
     L, J0 = P.smoothness_bound(), exact.objective(P)
     J_star = float(P.prompt_probs @ P.rewards.max(axis=1))
-    S, T = (8, 30) if ctx.quick else (24, 80)
+    N, T = (8, 30) if ctx.quick else (24, 80)
     G, B = 3, 2
     rows = []
     # constant step η = 1/L
     cfg = dynamics.RunConfig("rloo", G, B, T, "constant", eta=1.0 / L, exact_every=1)
-    tr = _runs(P, cfg, ctx, S)
+    tr = _runs(P, cfg, ctx, N)
     per_seed = tr.grad_sq_norm[:, :T].mean(axis=1)  # (1/T) Σ_t ||∇J_t||², one per run
-    lhs, se = per_seed.mean(), per_seed.std(ddof=1) / np.sqrt(S)
+    lhs, se = per_seed.mean(), per_seed.std(ddof=1) / np.sqrt(N)
     var_max = float(np.nanmax(tr.exact_var))
     rhs = theory.constant_step_bound(J_star - J0, 1.0 / L, T, L, var_max)
     rows.append(_mc_row("T6", "(1/T)Σ E||∇J_t||² ≤ 2(J*−J0)/(ηT) + Lησ²_max (η = 1/L, rloo)",
-                        f"bandit X=2 K=3, G={G}, B={B}, T={T}, {S} runs", lhs, se, rhs, ctx,
+                        f"bandit X=2 K=3, G={G}, B={B}, T={T}, {N} runs", lhs, se, rhs, ctx,
                         f"mean {lhs:.3g} ± {se:.2g} vs bound {rhs:.3g} (σ²_max = max exact V_t visited "
                         f"= {var_max:.3g}; J* − J0 = {J_star - J0:.3g})"))
     # η*_t with the exact SNR (oracle)
     cfg = dynamics.RunConfig("rloo", G, B, T, "oracle")
-    tr = _runs(P, cfg, ctx, S)
+    tr = _runs(P, cfg, ctx, N)
     worst, n_states = np.inf, 0
-    for s in range(S):
+    for s in range(N):
         for t in range(T):
             Pt = P.with_theta(tr.thetas[s, t])
             law = onestep.batch_law(onestep.unit_law(Pt, "rloo", G), B)
             gain = float(onestep.expected_objective(Pt, law, tr.lr[s, t])) - tr.objective[s, t]
             worst, n_states = min(worst, gain), n_states + 1
     rows.append(fact_row("T6", "η_t = η*_t: E[J(θ_{t+1}) | θ_t] ≥ J(θ_t) at every visited state (exact)",
-                         f"bandit X=2 K=3, G={G}, B={B}, T={T}, {S} runs", worst, worst >= 0, threshold=0.0,
+                         f"bandit X=2 K=3, G={G}, B={B}, T={T}, {N} runs", worst, worst >= 0, threshold=0.0,
                          note=f"{n_states} states; smallest exact expected one-step gain {worst:.3g}"))
     frac = snr.snr_fraction(tr.exact_snr)
     prog = (tr.grad_sq_norm[:, :T] * frac).sum(axis=1)
-    lhs, se = prog.mean(), prog.std(ddof=1) / np.sqrt(S)
+    lhs, se = prog.mean(), prog.std(ddof=1) / np.sqrt(N)
     rhs = theory.adaptive_step_bound(J_star - J0, L)
     rows.append(_mc_row("T6", "Σ_t E[||∇J_t||² SNR_t/(1+SNR_t)] ≤ 2L(J*−J0) (η = η*_t)",
-                        f"bandit X=2 K=3, G={G}, B={B}, T={T}, {S} runs", lhs, se, rhs, ctx,
+                        f"bandit X=2 K=3, G={G}, B={B}, T={T}, {N} runs", lhs, se, rhs, ctx,
                         f"mean {lhs:.3g} ± {se:.2g} vs bound {rhs:.3g} (sum over T steps only)"))
     return rows
 

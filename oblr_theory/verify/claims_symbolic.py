@@ -1,7 +1,7 @@
 """Symbolic evidence: each theorem's sympy derivation (:mod:`oblr_theory.symbolic`), one row per label.
 
 Included only when ``oblr_theory.symbolic`` provides ``derive`` and ``LABELS``. The quick run skips
-the slow enumerations (measured on 2 cores: T1 ≈ 45 s, T3 ≈ 15 s, SMOOTH ≈ 6 s; the rest < 3 s).
+the slow enumerations (T1, T3 and SMOOTH, the longest derivations).
 """
 
 from __future__ import annotations

@@ -22,11 +22,14 @@ import numpy as np
 from ..results import atomic_write_text, jsonable
 from ..stats import TestResult
 
-__all__ = ["Context", "Claim", "Row", "KINDS", "exact_row", "fact_row", "test_row", "format_table",
+__all__ = ["Context", "Claim", "Row", "KINDS", "OUTCOMES", "exact_row", "fact_row", "test_row", "z_row",
+           "measured_row", "tally", "format_table",
            "format_legend", "format_summary", "theorem_summary", "strength_text", "gaps_text", "outcome", "verdict", "write_json",
            "THEOREM_TITLES", "TABLE_COLUMNS", "LINE_WIDTH"]
 
-KINDS = ("exact", "monte-carlo", "negative-control", "symbolic")
+KINDS = ("exact", "monte-carlo", "negative-control", "symbolic", "measurement")
+#: What a row says about its claim: ``passed`` True, False or None (no test could decide).
+OUTCOMES = ("holds", "fails", "untested")
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,12 @@ class Row:
     ``kind``: ``exact`` (closed form vs multiset engine, or an exact fact), ``monte-carlo`` (a
     calibrated test of a true claim: passes when not rejected), ``negative-control`` (a calibrated
     test of a false claim: passes when rejected), ``symbolic`` (a sympy derivation).
+    ``measurement`` is a reported quantity without a prediction (never a verdict).
     ``exact``/``estimate`` are the compared numbers (norms for vectors), ``statistic``/``threshold``
     the test's (``max|z|`` and its Bonferroni threshold; ``|difference|`` and the float64 tolerance).
+    ``passed`` is None when the check could not decide (an undefined standard error, or a test
+    that cannot detect a deviation as large as the quantity itself): the claim is *untested*,
+    never counted as holding.
     """
 
     claim: str
@@ -75,7 +82,7 @@ class Row:
     estimate: float | None
     statistic: float | None
     threshold: float | None
-    passed: bool
+    passed: bool | None
     symbolic: str = "—"
     note: str = ""
     details: dict = field(default_factory=dict)
@@ -85,9 +92,24 @@ class Row:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if isinstance(self.passed, (bool, np.bool_)):
+            self.passed = bool(self.passed)
+        elif self.passed is not None:
+            raise ValueError(f"passed must be True, False or None, got {self.passed!r}")
+        if self.kind == "measurement" and self.passed is not None:
+            raise ValueError("a measurement row has no verdict: passed must be None")
+
+    @property
+    def outcome(self) -> str:
+        """``holds`` / ``fails`` / ``untested`` (a measurement, or a check that could not decide)."""
+        return "untested" if self.passed is None else "holds" if self.passed else "fails"
 
     @property
     def verdict(self) -> str:
+        if self.kind == "measurement":
+            return "measured"
+        if self.passed is None:
+            return "untested"
         if self.kind == "negative-control":
             return "caught" if self.passed else "MISSED"
         if self.kind == "symbolic":
@@ -97,6 +119,7 @@ class Row:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["verdict"] = self.verdict
+        d["outcome"] = self.outcome
         return _jsonable(d)
 
 
@@ -152,6 +175,61 @@ def test_row(label, statement, problem, test: TestResult, *, negative=False, exa
                float(exact_value), float(estimate), test.statistic, test.threshold, passed, note=note, details=d)
 
 
+def _finite_or_none(x) -> float | None:
+    """A finite float, or None (undefined)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def z_row(label, statement, problem, measured, std_error, predicted, threshold, *, scale=None,
+          negative=False, note="", details=None) -> Row:
+    """A z-test of a measurement against its prediction: ``z = (measured − predicted) / se``.
+
+    A true claim (``negative=False``) holds when ``|z| < threshold``; a negative control (a false
+    claim) passes when ``|z| > threshold``. The smallest deviation the test detects is
+    ``threshold · se``. The claim is *untested* (``passed=None``) when ``z`` is undefined (``se``
+    NaN or 0, or a NaN threshold: too few samples) or, for a true claim, when the test cannot
+    detect a deviation as large as ``scale`` (the quantity's own size, default ``|predicted|``).
+    """
+    m, se, pred, thr = float(measured), float(std_error), float(predicted), float(threshold)
+    scale = abs(pred) if scale is None else abs(float(scale))
+    defined = math.isfinite(se) and se > 0 and math.isfinite(thr) and math.isfinite(pred) and math.isfinite(m)
+    z = (m - pred) / se if defined else float("nan")
+    min_det = thr * se if defined else float("nan")
+    why = ""
+    if not defined:
+        passed, why = None, ("untested: measured or predicted value undefined"
+                             if not (math.isfinite(m) and math.isfinite(pred))
+                             else "untested: standard error undefined (NaN, 0, or too few samples)")
+    elif negative:
+        passed = bool(abs(z) > thr)
+    elif not min_det < scale:
+        passed, why = None, f"untested: detects only deviations >= {min_det:.3g}, the quantity is {scale:.3g}"
+    else:
+        passed = bool(abs(z) < thr)
+    d = dict(details or {}, se=se, z=z, min_detectable=min_det, scale=scale)
+    note = "; ".join(x for x in (note, why) if x)
+    return Row(label, statement, problem, "negative-control" if negative else "monte-carlo", _finite_or_none(pred),
+               _finite_or_none(m), None if not defined else abs(z), _finite_or_none(thr), passed, note=note, details=d)
+
+
+def measured_row(label, statement, problem, measured, std_error, *, note="", details=None) -> Row:
+    """A reported quantity with no prediction: no verdict (``passed=None``)."""
+    d = dict(details or {}, se=float(std_error))
+    return Row(label, statement, problem, "measurement", None, _finite_or_none(measured), None, None, None,
+               note=note, details=d)
+
+
+def tally(rows) -> dict:
+    """Counts over the rows that state a claim (measurements apart): ``tested`` (a verdict was
+    reached), ``hold`` (passed, incl. caught negative controls), ``fail``, ``untested`` (no verdict:
+    see :class:`Row`), and ``measured`` (rows without a prediction)."""
+    claims = [r for r in rows if r.kind != "measurement"]
+    return {"tested": sum(r.passed is not None for r in claims), "hold": sum(r.passed is True for r in claims),
+            "fail": sum(r.passed is False for r in claims), "untested": sum(r.passed is None for r in claims),
+            "measured": len(rows) - len(claims)}
+
+
 def _fmt(x) -> str:
     if x is None:
         return "—"
@@ -197,7 +275,7 @@ TABLE_COLUMNS = (
     ("detect", 8, "minimum detectable effect at the stated power: absolute bias per coordinate, or a "
                   "relative error (%); — for exact rows"),
     ("verdict", 8, "holds / FAILS; negative control: caught / MISSED; symbolic: proved / FAILED; "
-                   "untested: not run here"),
+                   "untested: no check could decide (never counted as holding)"),
 )
 #: Width of every printed line.
 LINE_WIDTH = 100
@@ -220,7 +298,10 @@ def outcome(r) -> str:
 
 
 def verdict(r) -> str:
-    """The verdict word of a row (``untested`` where no check ran)."""
+    """The verdict word of a row (``untested`` where no check ran or none could decide;
+    ``measured`` for a measurement row)."""
+    if _get(r, "kind") == "measurement":
+        return "measured"
     if outcome(r) == "untested":
         return "untested"
     v = _get(r, "verdict")
@@ -242,6 +323,8 @@ def detectable(r) -> str:
         return f"{100 * float(d['relative_detectable_error']):.2g}%"
     if "min_detectable_bias" in d:
         return _num(d["min_detectable_bias"])
+    if "min_detectable" in d:  # a z-test row (:func:`z_row`): threshold × SE
+        return _num(d["min_detectable"])
     return "—"
 
 

@@ -4,6 +4,8 @@ the built-in task with its tiny Qwen3, and sampled bandit outcomes."""
 import numpy as np
 import pytest
 
+from oblr_theory import montecarlo
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -76,16 +78,16 @@ def rel_err(x, y):
 
 
 def sampled_bandit(problem, M, G, seed):
-    """M·G i.i.d. outcomes per prompt: rewards, S, lengths (=1), scores' Gram, per prompt."""
+    """M·G i.i.d. outcomes per prompt (the library's sampler, ``montecarlo.sample_groups``):
+    rewards, S, lengths (=1), scores' Gram, per prompt."""
     rng = np.random.default_rng(seed)
     cols = {k: [] for k in ("r", "S", "ell", "gram")}
     for x in range(problem.num_prompts):
-        o = problem.outcomes(x)
-        idx = rng.choice(o.size, size=M * G, p=o.probs)
-        s = o.scores[idx]
-        cols["r"].append(o.rewards[idx])
-        cols["S"].append(o.sq_norms[idx])
-        cols["ell"].append(o.lengths[idx].astype(float))
+        g = montecarlo.sample_groups(problem, np.full(M, x), G, rng)  # M groups of G
+        s = g.scores.reshape(M * G, -1)
+        cols["r"].append(g.rewards.reshape(-1))
+        cols["S"].append(g.sq_norms.reshape(-1))
+        cols["ell"].append(g.lengths.reshape(-1).astype(float))
         cols["gram"].append(s @ s.T)
     return {k: np.stack(v) for k, v in cols.items()}
 
@@ -97,3 +99,30 @@ TASK = ArithmeticTask()
 def task_model64():
     """The tiny Qwen3 of the built-in task's tokenizer, float64, seeded, in eval mode."""
     return tiny_qwen3(TOK, seed=3, dtype=torch.float64).eval()
+
+
+# ------------------------------------------------------------------ tolerances from the arithmetic
+from tolerances import U as U64  # noqa: E402  (float64 unit roundoff; the core tests' bounds)
+
+
+def chain_length(model, T):
+    """Terms summed along the longest chain of accumulations in one forward pass of a decoder LM
+    at ``T`` positions: per layer the attention projections (3 × hidden: q/k/v in, o out), the
+    scores and the mixing (head_dim, T), the MLP (hidden, intermediate); then the output layer
+    (hidden) and the softmax's normaliser (vocab). A backward pass has the same chain reversed."""
+    c = model.config
+    h = getattr(c, "hidden_size", None) or c.n_embd
+    L = getattr(c, "num_hidden_layers", None) or c.n_layer
+    heads = getattr(c, "num_attention_heads", None) or c.n_head
+    hd = getattr(c, "head_dim", None) or h // heads
+    inter = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * h
+    return L * (3 * h + hd + T + h + inter) + h + c.vocab_size
+
+
+def roundoff_tol(n, condition=1.0, u=U64):
+    """Bound on the relative error of a computation whose accumulations sum ``n`` terms along its
+    longest chain: ``γ_n · condition``, ``γ_n = n u / (1 − n u)`` (``tests/tolerances.gamma`` for
+    float64; ``u`` = 2⁻²⁴ for float32), where ``condition = Σ|terms| / |result|`` covers
+    cancellation (Higham, Accuracy and Stability of Numerical Algorithms, §3.1). Any summation
+    order obeys it, so it holds whatever CPU kernels (ATEN_CPU_CAPABILITY) run."""
+    return n * u / (1 - n * u) * condition

@@ -1,4 +1,4 @@
-"""Smoke test: experiments/bench_gram.py runs end to end on a toy size and prints its JSON."""
+"""Smoke test: experiments/benchmarks/bench_gram.py runs end to end on a toy size and prints its JSON."""
 
 import json
 import os
@@ -22,7 +22,7 @@ ARGS = [
 
 def run_bench(*extra):
     out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "experiments", "bench_gram.py"), *ARGS, *extra],
+        [sys.executable, os.path.join(ROOT, "experiments", "benchmarks", "bench_gram.py"), *ARGS, *extra],
         check=True, capture_output=True, text=True, timeout=600,
     )
     return json.loads(out.stdout)

@@ -1,4 +1,4 @@
-"""Smoke test: experiments/bench_step.py runs end to end on a toy size, prints its JSON and, with
+"""Smoke test: experiments/benchmarks/bench_step.py runs end to end on a toy size, prints its JSON and, with
 ``--profile``, writes the operator tables. Timings are not asserted (ratios are benchmark output)."""
 
 import json
@@ -27,7 +27,7 @@ def _reject(constant: str):
 def test_smoke_bench_step(tmp_path):
     table = tmp_path / "profile.txt"
     out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "experiments", "bench_step.py"), *ARGS, "--profile", str(table)],
+        [sys.executable, os.path.join(ROOT, "experiments", "benchmarks", "bench_step.py"), *ARGS, "--profile", str(table)],
         check=True, capture_output=True, text=True, timeout=600,
     )
     result = json.loads(out.stdout, parse_constant=_reject)  # strict JSON: no NaN / Infinity
@@ -42,10 +42,31 @@ def test_smoke_bench_step(tmp_path):
     assert "== grpo:" in text and "== oblr_po:" in text
 
 
+def test_bench_step_ops_layer_extrapolation_equals_a_direct_count_on_a_tiny_model():
+    """The fast case of the check below: operator counts are additive in layers, so 2- and
+    3-layer counts extrapolate to a direct count of a 4-layer model (tiny widths, one chunk)."""
+    sys.path.insert(0, os.path.join(ROOT, "experiments", "benchmarks"))
+    import bench_step
+    import bench_step_ops
+
+    def count(n_layers):
+        return bench_step_ops.count_update_ops(bench_step.Config(
+            hidden=32, n_layers=n_layers, heads=2, kv_heads=1, head_dim=16, intermediate=48,
+            vocab=64, batch=2, group=2, prompt_len=4, completion_len=6))
+
+    got = bench_step_ops.extrapolate(count(2), count(3), None, 4, 1, 1)
+    direct = count(4)
+    for job in ("grpo", "oblr_po"):
+        assert (got[job]["all"], got[job]["compute"]) == (direct[job]["all"], direct[job]["compute"])
+        assert got[job]["compute_per_layer"] > 0
+
+
+@pytest.mark.slow  # about 5 minutes on two CPU cores: Qwen3-0.6B widths
 def test_bench_step_ops_extrapolation_equals_a_direct_count():
-    """experiments/bench_step_ops.py extrapolates operator counts from small models (layers and
-    LM-head chunks are additive); checked against a direct count of a 3-layer model with 4 chunks."""
-    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    """experiments/benchmarks/bench_step_ops.py extrapolates operator counts from small models
+    (layers and LM-head chunks are additive); checked against a direct count of a 3-layer model
+    with 4 chunks at Qwen3-0.6B widths."""
+    sys.path.insert(0, os.path.join(ROOT, "experiments", "benchmarks"))
     import bench_step
     import bench_step_ops
 
@@ -63,18 +84,19 @@ def test_bench_step_ops_extrapolation_equals_a_direct_count():
 
 
 def test_smoke_bench_step_phases_accounts_for_every_operator():
-    """experiments/bench_step_phases.py runs end to end; its phases together hold every operator
+    """experiments/benchmarks/bench_step_phases.py runs end to end; its phases together hold every operator
     of an update (the same totals as bench_step's direct count, so no phase loses any), and the
     functions it wraps are restored afterwards. Times are not asserted."""
-    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    sys.path.insert(0, os.path.join(ROOT, "experiments", "benchmarks"))
     import bench_step
     import bench_step_phases
-    from oblr_theory.bridge import _hooks, gram
+    from oblr_theory.bridge import gram
+    from oblr_theory.per_sample import GhostPass
 
-    before = (_hooks.GhostRecorder.__init__, gram.forward_logprobs, torch.Tensor.backward)
+    before = (GhostPass.__init__, gram.forward_logprobs, torch.Tensor.backward)
     cfg = bench_step.parse_config(ARGS, "test")
     result = bench_step_phases.run(cfg)
-    assert (_hooks.GhostRecorder.__init__, gram.forward_logprobs, torch.Tensor.backward) == before
+    assert (GhostPass.__init__, gram.forward_logprobs, torch.Tensor.backward) == before
     json.dumps(result, allow_nan=False)
     direct = bench_step.run(cfg)["dispatched_ops"]
     for job in ("grpo", "oblr_po"):

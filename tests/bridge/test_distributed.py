@@ -147,3 +147,16 @@ def test_single_process_needs_no_process_group():
     p = torch.nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
     p.grad = torch.tensor([3.0, 4.0], dtype=torch.float64)
     assert float(grad_sq_norm([p])) == 25.0
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gpt2"])
+def test_decoder_layers_come_from_the_models_no_split_modules(arch):
+    """The layers FSDP shards one by one are the model's ``_no_split_modules`` blocks (Qwen3's
+    ``model.layers``, GPT-2's ``transformer.h``); a model that declares none is refused."""
+    from bridge_helpers import tiny_model
+
+    model = tiny_model(arch)
+    expect = model.model.layers if arch == "qwen3" else model.transformer.h
+    assert [id(m) for m in D.decoder_layers(model)] == [id(m) for m in expect]
+    with pytest.raises(ValueError, match="pass layers="):
+        D.decoder_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))

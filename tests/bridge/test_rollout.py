@@ -32,6 +32,8 @@ def test_sample_rollout_is_seeded_and_masks_end_at_eos(model64):
     a = sample_rollout(model64, TOK, TASK, probs, 5, 4, seed=11)
     b = sample_rollout(model64, TOK, TASK, probs, 5, 4, seed=11)
     assert torch.equal(a.input_ids_bgt, b.input_ids_bgt) and a.texts_bg == b.texts_bg
+    c = sample_rollout(model64, TOK, TASK, probs, 5, 4, seed=12)  # negative control: the seed acts
+    assert c.texts_bg != a.texts_bg
     comp, ids = a.completion_bgt, a.input_ids_bgt
     for bb in range(2):
         for g in range(5):

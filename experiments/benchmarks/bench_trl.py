@@ -1,0 +1,115 @@
+"""OBLRPOTrainer against GRPOTrainer on the same config: time and memory ratios, side by side.
+
+    python experiments/benchmarks/bench_trl.py [--rounds 3] [--steps 4] [--gpu]
+
+Each round runs one fresh child process per trainer (alternating which goes first), each doing
+``--steps`` optimizer steps on the built-in arithmetic task after one warm-up step. A child
+reports, per step after the warm-up: the end-to-end step time (TRL's ``step_time``: generation,
+rewards, OBLR-PO's ghost pass, forward, backward), the generation time alone (``_generate``), and
+their difference, the training step alone; and its peak memory (GPU: ``max_memory_allocated``;
+CPU: the child's peak resident set). The JSON on stdout has the medians over rounds and the
+ratios OBLR-PO / GRPO computed within the run.
+
+CPU default: tiny Qwen3 shape (hidden 256, 4 layers), float32. ``--gpu``: the Qwen3-0.6B shape
+(random weights, bf16) on ``cuda``; the vocabulary is the task's character vocabulary in both
+(the LM head of a 151936-token vocabulary is not exercised).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def child(kind: str, a) -> dict:
+    warnings.filterwarnings("ignore")
+    sys.path.insert(0, ROOT)
+    import torch
+    from trl import GRPOConfig, GRPOTrainer
+
+    from oblr_theory.bridge.models import TinyQwen3Spec, qwen3_shaped, tiny_qwen3
+    from oblr_theory.bridge.task import ArithmeticTask, CharTokenizer
+    from oblr_theory.integrations.trl import OBLRPOConfig, OBLRPOTrainer
+    from oblr_theory.integrations.trl_task import arithmetic_dataset, hf_char_tokenizer
+    from oblr_theory.integrations.trl_task import char_sum_reward as dense_reward
+    from oblr_theory.integrations.trl_task import cpu_config_kwargs as base_kwargs
+
+    ct = CharTokenizer()
+    if a.gpu:
+        model = qwen3_shaped("0.6B", ct.vocab_size, ct.pad_token_id, ct.eos_token_id, seed=0,
+                             dtype=torch.bfloat16, device="cuda")
+    else:
+        spec = TinyQwen3Spec(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                             num_key_value_heads=2, head_dim=64, intermediate_size=768,
+                             max_position_embeddings=256)
+        model = tiny_qwen3(ct, spec=spec, seed=0)
+    kw = base_kwargs(output_dir="/tmp/bench_trl", max_steps=a.steps + 1, use_cpu=not a.gpu,
+                     per_device_train_batch_size=a.batch, num_generations=a.group,
+                     max_completion_length=a.completion, learning_rate=1e-6, optim="adamw_torch",
+                     bf16=a.gpu, gradient_checkpointing=True, logging_steps=1)
+    task = ArithmeticTask(max_operand=99)
+    if kind == "grpo":
+        cfg_cls, tr_cls = GRPOConfig, GRPOTrainer
+    else:
+        cfg_cls, tr_cls = OBLRPOConfig, OBLRPOTrainer
+    gen_times = []
+
+    class Timed(tr_cls):
+        def _generate(self, prompts):
+            t0 = time.perf_counter()
+            out = super()._generate(prompts)
+            if a.gpu:
+                torch.cuda.synchronize()
+            gen_times.append(time.perf_counter() - t0)
+            return out
+
+    tr = Timed(model=model, reward_funcs=dense_reward, args=cfg_cls(**kw),
+               train_dataset=arithmetic_dataset(4096, task=task), processing_class=hf_char_tokenizer())
+    if a.gpu:
+        torch.cuda.reset_peak_memory_stats()
+    tr.train()
+    steps = [float(h["step_time"]) for h in tr.state.log_history if "step_time" in h][1:]
+    gens = gen_times[1:]
+    mem = (torch.cuda.max_memory_allocated() if a.gpu
+           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"step_s": statistics.median(steps), "generation_s": statistics.median(gens),
+            "train_step_s": statistics.median([s - g for s, g in zip(steps, gens)]), "peak_bytes": mem}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--completion", type=int, default=16)
+    ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--child", choices=["grpo", "oblrpo"])
+    a = ap.parse_args(argv)
+    if a.child:
+        print(json.dumps(child(a.child, a)))
+        return
+    passthrough = [f"--steps={a.steps}", f"--batch={a.batch}", f"--group={a.group}",
+                   f"--completion={a.completion}"] + (["--gpu"] if a.gpu else [])
+    rows = {"grpo": [], "oblrpo": []}
+    for r in range(a.rounds):
+        for kind in (("grpo", "oblrpo") if r % 2 == 0 else ("oblrpo", "grpo")):
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", kind, *passthrough],
+                                 check=True, capture_output=True, text=True, cwd=ROOT)
+            rows[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    med = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in rows.items()}
+    ratio = {f"ratio_{m}": med["oblrpo"][m] / med["grpo"][m] for m in med["grpo"]}
+    print(json.dumps({"config": vars(a), "median": med, **ratio, "rounds": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,6 @@
+"""Adapters to the trainers people run; torch only, imported explicitly (never from
+``import oblr_theory``).
+
+- :mod:`oblr_theory.integrations.trl`: ``OBLRPOConfig`` / ``OBLRPOTrainer``, subclasses of TRL's
+  ``GRPOConfig`` / ``GRPOTrainer`` (needs the ``[trl]`` extra). See ``docs/trl.md``.
+"""
