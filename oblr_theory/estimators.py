@@ -25,7 +25,11 @@ Token aggregation (docs/theory.md: Token aggregation) is a parameter of every es
 
 * ``"seq-mean-token-sum"`` (default): ``A_j`` unchanged, the true REINFORCE form;
 * ``"seq-mean-token-mean"`` (original GRPO): ``A_j / ℓ_j``;
-* ``"token-mean"`` (DAPO, TRL default): ``A_j · G / Σ_k ℓ_k`` (so that ``ĝ = Σ_j A_j s_j / Σ_k ℓ_k``);
+* ``"token-mean"`` (per-group token mean): ``A_j · G / Σ_k ℓ_k`` (so that ``ĝ_x = Σ_j A_j s_j / Σ_k ℓ_k``,
+  one token count per group). This is *not* TRL's ``loss_type="dapo"``/``"bnpo"`` (TRL's default) nor
+  verl's ``loss_agg_mode="token-mean"``: those divide by one token count over the whole batch,
+  which is the batch-coupled mode ``"batch-token-mean"`` below. The two agree only when B = 1 or
+  every group has the same token total;
 * ``"constant"`` (Dr.GRPO): ``A_j / max_length`` (``ĝ = Σ_j A_j s_j / (G·C)``).
 """
 
