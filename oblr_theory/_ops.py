@@ -20,6 +20,16 @@ def sum_keep(x):
     return x.sum(-1, keepdim=True) if is_torch(x) else x.sum(-1, keepdims=True)
 
 
+def sum_axes_keep(x, axes):
+    """``Σ`` over the axes ``axes`` (a tuple of ints), keeping them."""
+    return x.sum(tuple(axes), keepdim=True) if is_torch(x) else x.sum(axis=tuple(axes), keepdims=True)
+
+
+def max_axes_keep(x, axes):
+    """``max`` over the axes ``axes`` (a tuple of ints), keeping them."""
+    return x.amax(tuple(axes), keepdim=True) if is_torch(x) else x.max(axis=tuple(axes), keepdims=True)
+
+
 def loo_sum(x):
     """``Σ_{k≠j} x_k`` for every j over the last axis, ``(..., G) -> (..., G)``.
 

@@ -31,6 +31,24 @@ Token aggregation (docs/theory.md: Token aggregation) is a parameter of every es
   which is the batch-coupled mode ``"batch-token-mean"`` below. The two agree only when B = 1 or
   every group has the same token total;
 * ``"constant"`` (Dr.GRPO): ``A_j / max_length`` (``ĝ = Σ_j A_j s_j / (G·C)``).
+
+Batch-coupled modes (docs/theory.md: Batch-coupled modes). Two modes that the trainers run
+divide by a statistic of the *whole batch*, so the groups of a batch are no longer independent
+and the exact engine's law "batch = B independent groups" (T2) does not hold for them:
+
+* ``aggregation="batch-token-mean"``: ``A_bj · B·G / Σ_{b',k} ℓ_{b'k}``, so that the batch estimate
+  ``ĝ = (1/B) Σ_b (1/G) Σ_j A_bj s_bj`` is ``Σ_{b,j} A_bj s_bj / Σ_{b,k} ℓ_bk``. This is TRL 1.16's
+  ``loss_type="bnpo"`` (``(per_token_loss * mask).sum() / mask.sum()``) and ``"dapo"`` (the same sum
+  over ``num_items_in_batch``, the generation batch's token count), and verl's
+  ``loss_agg_mode="token-mean"`` (``masked_mean`` over the batch's tokens).
+* ``std_scope="batch"`` (``grpo`` only): ``A_bj = (r_bj − r̄_b) / (std_batch(r) + eps)``, the group
+  mean but the standard deviation of all ``B·G`` rewards of the batch around their own mean (TRL
+  1.16's ``scale_rewards="batch"``: ``nanstd(rewards)``, Bessel-corrected, i.e. ``ddof=1``, with
+  ``eps = 1e-4``).
+
+Their ``advantages`` need ``batch_axis=`` (the axis of the rewards that indexes the B groups of one
+batch) and refuse without it. Exact moments: :mod:`oblr_theory.exact_batch` (whole batches
+enumerated); Monte Carlo beyond its limits: :func:`oblr_theory.exact_batch.sample_batch_gradients`.
 """
 
 from __future__ import annotations
@@ -42,9 +60,13 @@ import numpy as np
 
 from . import _ops
 
-__all__ = ["Estimator", "get", "names", "register", "AGGREGATIONS", "spec"]
+__all__ = ["Estimator", "get", "names", "register", "AGGREGATIONS", "BATCH_AGGREGATIONS", "STD_SCOPES", "spec"]
 
 AGGREGATIONS = ("seq-mean-token-sum", "seq-mean-token-mean", "token-mean", "constant")
+#: Aggregation modes that couple the groups of a batch (they need ``batch_axis=``).
+BATCH_AGGREGATIONS = ("batch-token-mean",)
+#: Scopes of grpo's standard deviation: per group, or over the whole batch (batch-coupled).
+STD_SCOPES = ("group", "batch")
 
 
 @dataclass(frozen=True)
@@ -98,6 +120,7 @@ class Estimator:
     params: dict[str, Any] = field(default_factory=dict)
     aggregation: str = "seq-mean-token-sum"
     max_length: float | None = None
+    std_scope: str = "group"
 
     def __post_init__(self):
         # the one check of every parameter, whether built by get() or directly
@@ -106,6 +129,8 @@ class Estimator:
                 _check_param(f"estimator {self.name!r}", key, value)
         if self.max_length is not None:
             _check_param(f"estimator {self.name!r}", "max_length", self.max_length)
+        if self.std_scope not in STD_SCOPES or (self.std_scope == "batch" and self.name != "grpo"):
+            raise ValueError(f"std_scope={self.std_scope!r}: 'group', or 'batch' for estimator 'grpo' only")
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -121,7 +146,19 @@ class Estimator:
     def min_group(self) -> int:
         return spec(self.name).min_group
 
-    def advantages(self, rewards, sq_norms=None, lengths=None, *, check_values: bool = True):
+    @property
+    def batch_coupled(self) -> bool:
+        """True when the advantages depend on the other groups of the batch (see the module
+        docstring): ``advantages`` then needs ``batch_axis=``."""
+        return self.aggregation in BATCH_AGGREGATIONS or self.std_scope == "batch"
+
+    def _coupling(self) -> str:
+        parts = ([f"aggregation={self.aggregation!r}"] if self.aggregation in BATCH_AGGREGATIONS else []) + \
+            ([f"std_scope={self.std_scope!r}"] if self.std_scope == "batch" else [])
+        return " and ".join(parts)
+
+    def advantages(self, rewards, sq_norms=None, lengths=None, *, check_values: bool = True,
+                   batch_axis: int | None = None):
         """Advantages ``A`` of shape ``(..., G)`` for rewards of shape ``(..., G)``.
 
         ``sq_norms`` (``S_j = ||s_j||²``) and ``lengths`` (``ℓ_j``) have the rewards' shape and
@@ -129,6 +166,10 @@ class Estimator:
         ``check_values=False`` skips the finiteness and sign checks of the inputs (shapes and
         types are still checked): on a GPU each is a host synchronisation, and a caller that
         validated its inputs, or checks the advantages afterwards, need not wait.
+
+        ``batch_axis`` (batch-coupled modes only, where it is required): the axis of ``rewards``
+        that indexes the B groups of one batch (not the last axis, which holds the G responses).
+        Every other leading axis indexes independent batches.
         """
         s = spec(self.name)
         chk = {"values": check_values}
@@ -145,23 +186,59 @@ class Estimator:
             if arg in self.needs and val is None:
                 why = f"estimator {self.name!r}" if arg in s.needs else f"aggregation {self.aggregation!r}"
                 raise ValueError(f"{why} needs {arg}= (an array shaped like rewards), got None")
-        adv = s.fn(r, S, ell, **self.params)
+        axis = self._batch_axis(batch_axis, r.ndim)
+        if self.std_scope == "batch":
+            adv = _grpo_batch_std(r, axis, **self.params)
+        else:
+            adv = s.fn(r, S, ell, **self.params)
+        if self.aggregation in BATCH_AGGREGATIONS:
+            return _batch_token_mean(adv, ell, axis)
         return _aggregate(adv, ell, self.aggregation, self.max_length)
 
+    def _batch_axis(self, batch_axis, ndim: int) -> int | None:
+        """The batch axis as a non-negative int (``None`` for per-group modes); refuses a missing
+        or invalid one for the batch-coupled modes."""
+        if not self.batch_coupled:
+            return None
+        if batch_axis is None:
+            raise ValueError(
+                f"estimator {self.name!r} with {self._coupling()} couples the groups of a batch: pass "
+                f"batch_axis= (the axis of rewards that indexes the B groups of one batch). The exact "
+                f"engine (exact.estimator_moments) and the per-group samplers treat a batch as independent "
+                f"groups and cannot evaluate it; use oblr_theory.exact_batch.batch_moments (exact, small "
+                f"problems) or oblr_theory.exact_batch.sample_batch_gradients (Monte Carlo)")
+        if isinstance(batch_axis, bool) or not isinstance(batch_axis, (int, np.integer)) \
+                or not -ndim <= batch_axis < ndim:
+            raise ValueError(f"batch_axis must be an int indexing an axis of rewards (ndim={ndim}), "
+                             f"got {batch_axis!r}")
+        axis = int(batch_axis) % ndim
+        if axis == ndim - 1:
+            raise ValueError(f"batch_axis={batch_axis!r} is the group axis (the last); pass the leading "
+                             f"axis that indexes the groups of a batch (rewards shaped (..., B, G): -2)")
+        return axis
 
-def get(name: str, *, aggregation: str = "seq-mean-token-sum", max_length=None, **params) -> Estimator:
+
+def get(name: str, *, aggregation: str = "seq-mean-token-sum", max_length=None, std_scope: str = "group",
+        **params) -> Estimator:
     """The estimator ``name`` with parameters ``params`` (unknown parameters are an error).
 
     ``aggregation`` picks the token-level loss mode (docs/theory.md: Token aggregation); ``max_length`` is the
-    constant ``C`` of the ``"constant"`` mode (Dr.GRPO).
+    constant ``C`` of the ``"constant"`` mode (Dr.GRPO). ``std_scope="batch"`` (``grpo`` only) scales
+    by the batch's reward std (TRL ``scale_rewards="batch"``); it and ``aggregation="batch-token-mean"``
+    are batch-coupled (module docstring).
     """
     s = spec(name)
     unknown = set(params) - set(s.defaults)
     if unknown:
         allowed = ", ".join(sorted(s.defaults)) or "none"
         raise ValueError(f"estimator {name!r} got unknown parameter(s) {sorted(unknown)}; allowed: {allowed}")
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation={aggregation!r} is not one of {AGGREGATIONS}")
+    if aggregation not in AGGREGATIONS + BATCH_AGGREGATIONS:
+        raise ValueError(f"aggregation={aggregation!r} is not one of {AGGREGATIONS + BATCH_AGGREGATIONS}")
+    if std_scope not in STD_SCOPES:
+        raise ValueError(f"std_scope={std_scope!r} is not one of {STD_SCOPES}")
+    if std_scope == "batch" and name != "grpo":
+        raise ValueError(f"std_scope='batch' applies to estimator 'grpo' only (it has a reward std), "
+                         f"got estimator {name!r}")
     if aggregation == "constant":
         if max_length is None:
             raise ValueError("aggregation='constant' needs max_length > 0, got None")
@@ -172,7 +249,7 @@ def get(name: str, *, aggregation: str = "seq-mean-token-sum", max_length=None, 
     missing = [k for k, v in merged.items() if v is _REQUIRED]
     if missing:
         raise ValueError(f"estimator {name!r} needs parameter(s) {missing}")
-    return Estimator(name, merged, aggregation, max_length)
+    return Estimator(name, merged, aggregation, max_length, std_scope)
 
 
 def _check_param(owner: str, key: str, value) -> None:
@@ -215,6 +292,39 @@ def _aggregate(adv, lengths, aggregation, max_length):
     if _ops.any_(total <= 0):
         raise ValueError("aggregation 'token-mean' needs Σ_k lengths_k > 0 in every group")
     return adv * (lengths.shape[-1] / total)
+
+
+def _batch_token_mean(adv, lengths, axis):
+    """``A_bj · B·G / Σ_{b,k} ℓ_bk`` over the batch axis ``axis`` and the group axis (batch-token-mean:
+    ``ĝ = Σ_{b,j} A_bj s_bj / Σ_{b,k} ℓ_bk``; TRL ``bnpo``/``dapo``, verl ``token-mean``)."""
+    total = _ops.sum_axes_keep(lengths, (axis, -1))
+    if _ops.any_(total <= 0):
+        raise ValueError("aggregation 'batch-token-mean' needs Σ lengths > 0 over every batch")
+    return adv * (lengths.shape[axis] * lengths.shape[-1] / total)
+
+
+def _grpo_batch_std(r, axis, eps, ddof):
+    """``A_bj = (r_bj − r̄_b) / (std_batch(r) + eps)``: group-centred, scaled by the std of all
+    ``B·G`` rewards of the batch about their mean (TRL 1.16 ``scale_rewards="batch"``:
+    ``(rewards − mean_grouped_rewards) / (nanstd(rewards) + 1e-4)``, ``nanstd`` Bessel-corrected).
+    T1: biased. Zero rules as ``grpo``: ``r_bj − r̄_b = 0`` exactly in a tied group, ``std = 0``
+    exactly when the whole batch is tied, ``A = 0`` where ``std + eps = 0``. Valid for G ≥ 2."""
+    if ddof not in (0, 1):
+        raise ValueError(f"grpo parameter ddof must be 0 or 1, got {ddof!r}")
+    if not eps >= 0:
+        raise ValueError(f"grpo parameter eps must be >= 0, got {eps!r}")
+    G, n = r.shape[-1], r.shape[-1] * r.shape[axis]
+    centred = r - _ops.sum_keep(r) / G
+    tie = _ops.max_keep(r) == -_ops.max_keep(-r)
+    centred = _ops.where(tie, 0 * centred + 0.0, centred)
+    axes = (axis, -1)
+    dev = r - _ops.sum_axes_keep(r, axes) / n
+    batch_tie = _ops.max_axes_keep(r, axes) == -_ops.max_axes_keep(-r, axes)
+    dev = _ops.where(batch_tie, 0 * dev + 0.0, dev)
+    std = _ops.sqrt(_ops.sum_axes_keep(dev * dev, axes) / (n - ddof))
+    den = std + eps
+    ok = den > 0
+    return _ops.where(ok, centred / _ops.where(ok, den, _ops.ones_like(den)), 0 * centred)
 
 
 # ---------------------------------------------------------------------------------------------

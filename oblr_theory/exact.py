@@ -266,6 +266,11 @@ def estimator_moments(problem, name, group_size, batch_size=1, progress=None, **
     group_size, batch_size = int(group_size), int(batch_size)
     est_name = name.name if isinstance(name, estimators.Estimator) else name
     estimators.spec(est_name)  # clear error for unknown names
+    if isinstance(name, estimators.Estimator) and name.batch_coupled:
+        raise ValueError(f"estimator {est_name!r} with {name._coupling()} couples the groups of a batch, so "
+                         f"the law 'batch = independent groups' of this engine does not hold: use "
+                         f"oblr_theory.exact_batch.batch_moments (whole batches enumerated) or "
+                         f"oblr_theory.exact_batch.sample_batch_gradients (Monte Carlo)")
     outs = all_outcomes(problem)
     plan = [check_enumeration(int(np.count_nonzero(o.probs > 0)), group_size, f"prompt {x}: ")
             for x, o in enumerate(outs)]
