@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-__all__ = ["NAMES", "AGGREGATIONS", "group_advantages", "advantages", "ordered_law", "law_moments",
+__all__ = ["NAMES", "AGGREGATIONS", "group_advantages", "advantages", "batch_advantages", "batch_law", "ordered_law", "law_moments",
            "bandit_outcomes", "bandit_objective", "bandit_gradient", "bandit_smoothness",
            "one_step_bound", "optimal_step_size", "guaranteed_gain", "snr_fraction", "snr_step_size",
            "snr_lr", "constant_step_bound", "adaptive_step_bound", "adaptive_step_progress",
@@ -147,6 +147,43 @@ def advantages(name, rewards, sq_norms=None, lengths=None, *, fired=None, **kw) 
     return out
 
 
+def batch_advantages(name, rewards_bg, sq_norms_bg=None, lengths_bg=None, *, aggregation="seq-mean-token-sum",
+                     std_scope="group", fired=None, **params) -> list:
+    """Advantages of one batch (B lists of G floats) with the batch-coupled modes (docs/theory.md:
+    Batch-coupled modes): ``std_scope="batch"`` (grpo: ``(r_bj − r̄_b) / (std of all B·G rewards,
+    ddof as given, + eps)``) and ``aggregation="batch-token-mean"`` (``A_bj · B·G / Σ_{b,k} ℓ_bk``)."""
+    B = len(rewards_bg)
+    if std_scope == "batch":
+        if name != "grpo":
+            raise KeyError(f"std_scope='batch' is defined for grpo only, not {name!r}")
+        flat = [float(x) for row in rewards_bg for x in row]
+        m = _mean(flat)
+        ss = 0.0
+        if max(flat) != min(flat):  # a tied batch has std exactly 0
+            for x in flat:
+                ss += (x - m) * (x - m)
+        den = math.sqrt(ss / (len(flat) - int(params["ddof"]))) + float(params["eps"])
+        A = []
+        for row in rewards_bg:
+            row = [float(x) for x in row]
+            mb = row[0] if max(row) == min(row) else _mean(row)
+            A.append([0.0 if den == 0 else (x - mb) / den for x in row])
+    else:
+        A = [group_advantages(name, rewards_bg[b], None if sq_norms_bg is None else sq_norms_bg[b],
+                              None if lengths_bg is None else lengths_bg[b], fired=fired, **params)
+             for b in range(B)]
+    if aggregation == "seq-mean-token-sum":
+        return A
+    if aggregation != "batch-token-mean":
+        raise KeyError(aggregation)
+    total, count = 0.0, 0
+    for row in lengths_bg:
+        for l in row:
+            total += float(l)
+            count += 1
+    return [[a * count / total for a in row] for row in A]
+
+
 # ---------------------------------------------------------------------------------------------
 # Laws of the gradient estimate by ordered tuples (no multisets, no multinomial weights)
 # ---------------------------------------------------------------------------------------------
@@ -177,6 +214,35 @@ def ordered_law(outcomes_by_prompt, prompt_probs, name, G, params_by_prompt=None
             values.append(g / G)
             prompt.append(x)
     return np.array(weights), np.array(values), np.array(prompt)
+
+
+def batch_law(outcomes_by_prompt, prompt_probs, name, G, B, **kw):
+    """The law of a batch estimate ``ĝ = (1/(BG)) Σ_{b,j} A_bj s_bj`` of ``B`` i.i.d. prompts with one
+    group each: one value per ordered tuple of prompts and ``B·G`` ordered outcomes, probability
+    ``Π_b p_{x_b} Π_j π(y_bj)``; ``kw`` go to :func:`batch_advantages`. Returns ``(weights, values)``."""
+    weights, values = [], []
+    for xs in itertools.product(range(len(outcomes_by_prompt)), repeat=B):
+        outs = [outcomes_by_prompt[x] for x in xs]
+        ranges = [range(len(o[0])) for o in outs for _ in range(G)]
+        for tup in itertools.product(*ranges):
+            w = 1.0
+            for x in xs:
+                w *= float(prompt_probs[x])
+            for k, i in enumerate(tup):
+                w *= float(outs[k // G][0][i])
+            if w == 0.0:
+                continue
+            rows = [tup[b * G:(b + 1) * G] for b in range(B)]
+            A = batch_advantages(name, [[outs[b][1][i] for i in rows[b]] for b in range(B)],
+                                 [[outs[b][2][i] for i in rows[b]] for b in range(B)],
+                                 [[outs[b][3][i] for i in rows[b]] for b in range(B)], **kw)
+            g = np.zeros(outs[0][4].shape[1])
+            for b in range(B):
+                for j, i in enumerate(rows[b]):
+                    g += A[b][j] * outs[b][4][i]
+            weights.append(w)
+            values.append(g / (B * G))
+    return np.array(weights), np.array(values)
 
 
 def law_moments(weights, values):
