@@ -60,7 +60,7 @@ import numpy as np
 
 from . import _ops
 
-__all__ = ["Estimator", "get", "names", "register", "AGGREGATIONS", "BATCH_AGGREGATIONS", "STD_SCOPES", "spec"]
+__all__ = ["Estimator", "get", "names", "peer_names", "register", "AGGREGATIONS", "BATCH_AGGREGATIONS", "STD_SCOPES", "spec"]
 
 AGGREGATIONS = ("seq-mean-token-sum", "seq-mean-token-mean", "token-mean", "constant")
 #: Aggregation modes that couple the groups of a batch (they need ``batch_axis=``).
@@ -80,28 +80,40 @@ class _Spec:
     unbiased: bool
     min_group: int
     summary: str
+    peer: bool = False  # a peer trainer's estimator (listed by peer_names(), not names())
+    batch_coupled: bool = False  # its map takes the batch axis: fn(r, S, ℓ, axis=..., **params)
 
 
 _REGISTRY: dict[str, _Spec] = {}
 
 
-def register(name, *, needs=(), defaults=None, unbiased, min_group=1):
-    """Decorator adding an advantage map ``fn(r, S, ℓ, **params) -> A`` to the registry."""
+def register(name, *, needs=(), defaults=None, unbiased, min_group=1, peer=False, batch_coupled=False):
+    """Decorator adding an advantage map ``fn(r, S, ℓ, **params) -> A`` to the registry.
+
+    ``peer=True``: a peer trainer's estimator (:mod:`oblr_theory.peers`), listed by
+    :func:`peer_names`. ``batch_coupled=True``: the map couples the groups of a batch and is called
+    as ``fn(r, S, ℓ, axis=batch_axis, **params)``."""
 
     def wrap(fn):
         if name in _REGISTRY:
             raise ValueError(f"estimator {name!r} is already registered")
         doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = _Spec(name, fn, tuple(needs), dict(defaults or {}), unbiased,
-                                min_group, doc[0] if doc else "")
+                                min_group, doc[0] if doc else "", peer, batch_coupled)
         return fn
 
     return wrap
 
 
 def names() -> list[str]:
-    """The registered estimator names, in registry order."""
-    return list(_REGISTRY)
+    """The project's registered estimator names, in registry order (the peers' estimators:
+    :func:`peer_names`)."""
+    return [n for n, s in _REGISTRY.items() if not s.peer]
+
+
+def peer_names() -> list[str]:
+    """The peers' estimators (:mod:`oblr_theory.peers`: verl's and OpenRLHF's), in registry order."""
+    return [n for n, s in _REGISTRY.items() if s.peer]
 
 
 def spec(name: str) -> _Spec:
@@ -140,7 +152,7 @@ class Estimator:
     @property
     def unbiased(self) -> bool:
         """True when T1 guarantees ``E ĝ = ∇J`` (token-sum aggregation only)."""
-        return spec(self.name).unbiased and self.aggregation == "seq-mean-token-sum"
+        return spec(self.name).unbiased and self.aggregation == "seq-mean-token-sum" and self.std_scope == "group"
 
     @property
     def min_group(self) -> int:
@@ -150,11 +162,12 @@ class Estimator:
     def batch_coupled(self) -> bool:
         """True when the advantages depend on the other groups of the batch (see the module
         docstring): ``advantages`` then needs ``batch_axis=``."""
-        return self.aggregation in BATCH_AGGREGATIONS or self.std_scope == "batch"
+        return self.aggregation in BATCH_AGGREGATIONS or self.std_scope == "batch" or spec(self.name).batch_coupled
 
     def _coupling(self) -> str:
         parts = ([f"aggregation={self.aggregation!r}"] if self.aggregation in BATCH_AGGREGATIONS else []) + \
-            ([f"std_scope={self.std_scope!r}"] if self.std_scope == "batch" else [])
+            ([f"std_scope={self.std_scope!r}"] if self.std_scope == "batch" else []) + \
+            (["its batch-level statistic"] if spec(self.name).batch_coupled else [])
         return " and ".join(parts)
 
     def advantages(self, rewards, sq_norms=None, lengths=None, *, check_values: bool = True,
@@ -189,6 +202,8 @@ class Estimator:
         axis = self._batch_axis(batch_axis, r.ndim)
         if self.std_scope == "batch":
             adv = _grpo_batch_std(r, axis, **self.params)
+        elif s.batch_coupled:
+            adv = s.fn(r, S, ell, axis=axis, **self.params)
         else:
             adv = s.fn(r, S, ell, **self.params)
         if self.aggregation in BATCH_AGGREGATIONS:
@@ -475,3 +490,6 @@ def _optimal_loo_shrink(r, S, ell, lam):
     if not np.isfinite(lam):
         raise ValueError(f"optimal_loo_shrink parameter lam must be finite, got {lam!r}")
     return r - (lam * _weighted_baseline(r, S, leave_one_out=True) + (1 - lam) * _loo_mean(r))
+
+
+from . import peers as _peers  # noqa: E402,F401  (registers the peers' estimators)

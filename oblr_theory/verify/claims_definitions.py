@@ -43,6 +43,12 @@ PARAM_CASES = {
     "grpo": ({}, {"eps": 0.0, "ddof": 0}, {"eps": 0.0, "ddof": 1}, {"eps": 0.1, "ddof": 0}),
     "oracle_optimal": ({"b_star": 0.3},),
     "optimal_loo_shrink": ({}, {"lam": 0.0}, {"lam": 1.0}, {"lam": -0.5}),
+    "remax": ({"greedy_reward": 0.4}, {"greedy_reward": -1.5}),
+    "grpo_passk": ({}, {"norm": 0}, {"eps": 0.0}),
+    "otb": ({}, {"eps": 0.0}),
+    "reinforce_pp": ({}, {"eps": 0.0}),
+    "reinforce_pp_baseline": ({}, {"eps": 0.0}),
+    "gpg": ({}, {"f_norm": 2.0}),
 }
 _MAX_LENGTH = 7.0
 _SEED = 20240611  # the DEF inputs are fixed: the same rows for every suite seed
@@ -107,9 +113,9 @@ def _registry_row(name: str, params: dict, aggregation: str) -> Row:
             # round-off: each A_j is a few sums of G terms and two divisions; the scale is the
             # largest term that enters (rewards, advantages, and 1/(std+eps) for grpo)
             scale = max(1.0, float(np.max(np.abs(r))), float(np.max(np.abs(want))))
-            if name == "grpo":
+            if name == "grpo" or (name == "grpo_passk" and merged["norm"]):
                 tie = np.ptp(r, axis=-1) == 0  # the definition's std is exactly 0 there
-                std = np.where(tie, 0.0, np.std(r, axis=-1, ddof=merged["ddof"])) + merged["eps"]
+                std = np.where(tie, 0.0, np.std(r, axis=-1, ddof=merged.get("ddof", 1))) + merged["eps"]
                 pos = std[std > 0]
                 scale *= max(1.0, float(np.max(1.0 / pos)) if pos.size else 1.0)
             e = float(np.max(np.abs(got - want)))
@@ -128,12 +134,14 @@ def _registry_row(name: str, params: dict, aggregation: str) -> Row:
 
 def _registry_rows(ctx) -> list[Row]:
     rows = []
-    for name in estimators.names():
+    for name in estimators.names() + estimators.peer_names():
         if name not in ref.NAMES:
             rows.append(Row("DEF", f"{name} has an independent reference definition", "registry", "exact",
                             None, None, None, None, False,
                             note="add it to oblr_theory/verify/reference.py from docs/theory.md"))
             continue
+        if estimators.spec(name).batch_coupled:
+            continue  # defined per batch: def/batch-registry
         for params in PARAM_CASES.get(name, ({},)):
             aggs = estimators.AGGREGATIONS if params == PARAM_CASES.get(name, ({},))[0] else ("seq-mean-token-sum",)
             for aggregation in aggs:
@@ -144,7 +152,8 @@ def _registry_rows(ctx) -> list[Row]:
 #: The zero-denominator rules of docs/theory.md, each of which must fire on the DEF inputs.
 RULES = ("grpo: std + eps = 0 -> A = 0", "opo: Σ_k w_k = 0 -> group mean", "optimal: Σ_k w_k = 0 -> group mean",
          "opo_loo: Σ_(k≠j) w_k = 0 -> mean of the others", "optimal_loo: Σ_(k≠j) w_k = 0 -> mean of the others",
-         "optimal_loo_shrink: Σ_(k≠j) w_k = 0 -> mean of the others")
+         "optimal_loo_shrink: Σ_(k≠j) w_k = 0 -> mean of the others", "grpo_passk: std + eps = 0 -> A = 0",
+         "otb: Σ_k W_k + eps = 0 -> baseline 0")
 
 
 def _rules_row(rows: list[Row]) -> Row:
@@ -214,6 +223,9 @@ def _engine_claim(key: str, G: int, ctx) -> list[Row]:
 #: and grpo's batch std with both aggregations.
 def _batch_modes():
     modes = [(n, {"aggregation": "batch-token-mean"}) for n in estimators.names() if n != "oracle_optimal"]
+    for n in estimators.peer_names():
+        if estimators.spec(n).batch_coupled:
+            modes += [(n, dict(p)) for p in PARAM_CASES.get(n, ({},))] + [(n, {"aggregation": "batch-token-mean"})]
     return modes + [("grpo", {"std_scope": "batch"}), ("grpo", {"std_scope": "batch", "eps": 0.0}),
                     ("grpo", {"std_scope": "batch", "aggregation": "batch-token-mean", "ddof": 0})]
 
@@ -224,7 +236,7 @@ def _batch_registry_claim(ctx) -> list[Row]:
         est = estimators.get(name, **kw)
         if name not in ref.NAMES:
             continue  # the registry claim already fails the name
-        err, tol, ok, n = 0.0, 0.0, True, 0
+        err, tol, ok, n, fired = 0.0, 0.0, True, 0, set()
         for G in (2, 3, 5):
             for B in (1, 2, 3):
                 for what, r, S, ell in _cases(G):
@@ -235,12 +247,23 @@ def _batch_registry_claim(ctx) -> list[Row]:
                     rb, Sb, lb = r[:m].reshape(shape), S[:m].reshape(shape), ell[:m].reshape(shape)
                     if est.aggregation == "batch-token-mean" and np.any(lb.sum(axis=(1, 2)) <= 0):
                         continue
+                    if name.startswith("reinforce_pp") and np.any(lb.sum(axis=(1, 2)) <= 1):
+                        continue  # whitening over tokens needs more than one token
                     got = np.asarray(est.advantages(rb, sq_norms=Sb, lengths=lb, batch_axis=1))
                     params = {k: v for k, v in est.params.items()}
                     want = np.array([ref.batch_advantages(name, rb[i], Sb[i], lb[i], aggregation=est.aggregation,
-                                                          std_scope=est.std_scope, **params)
+                                                          std_scope=est.std_scope, fired=fired, **params)
                                      for i in range(shape[0])])
                     scale = max(1.0, float(np.max(np.abs(r))), float(np.max(np.abs(want))))
+                    if name.startswith("reinforce_pp"):  # (x − μ)/sqrt(v + eps): divided by the scale
+                        x = rb if name == "reinforce_pp" else rb - rb.mean(-1, keepdims=True)
+                        w = lb / lb.sum(axis=(1, 2), keepdims=True)
+                        mu = (w * x).sum(axis=(1, 2), keepdims=True)
+                        v = (lb * (x - mu) ** 2).sum(axis=(1, 2)) / (lb.sum(axis=(1, 2)) - 1) + params["eps"]
+                        pos = v[v > 0]
+                        scale *= max(1.0, float(np.max(1.0 / np.sqrt(pos))) if pos.size else 1.0)
+                    if name == "gpg":
+                        scale *= B * G / abs(params["f_norm"])
                     if name == "grpo":  # the error of r − r̄ is divided by std + eps (the smallest > 0)
                         if est.std_scope == "batch":
                             flat = rb.reshape(shape[0], -1)
@@ -261,7 +284,8 @@ def _batch_registry_claim(ctx) -> list[Row]:
                         err, tol = e, t
         label = ", ".join(f"{k}={v}" for k, v in kw.items())
         rows.append(Row("DEF", f"A = definition ({name}; {label})", f"{n} batches, G ∈ {{2,3,5}}, B ∈ {{1,2,3}}",
-                        "exact", None, None, err, tol, ok))
+                        "exact", None, None, err, tol, ok, note=f"rules fired: {sorted(fired) or 'none'}",
+                        details={"rules_fired": sorted(fired)}))
     return rows
 
 

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-__all__ = ["NAMES", "AGGREGATIONS", "group_advantages", "advantages", "batch_advantages", "batch_law", "ordered_law", "law_moments",
+__all__ = ["NAMES", "BATCH_NAMES", "AGGREGATIONS", "group_advantages", "advantages", "batch_advantages", "batch_law", "ordered_law", "law_moments",
            "bandit_outcomes", "bandit_objective", "bandit_gradient", "bandit_smoothness",
            "one_step_bound", "optimal_step_size", "guaranteed_gain", "snr_fraction", "snr_step_size",
            "snr_lr", "constant_step_bound", "adaptive_step_bound", "adaptive_step_progress",
@@ -69,6 +69,27 @@ def _grpo(r, eps, ddof, fired):
     return [(x - m) / den for x in r]
 
 
+def _grpo_passk(r, eps, norm, fired):
+    """verl compute_grpo_passk_outcome_advantage: the top response gets r_max − r_second (over
+    std + eps when norm), the others 0; a tied top gives 0."""
+    G = len(r)
+    order = sorted(range(G), key=lambda j: -r[j])
+    best, gap = order[0], r[order[0]] - r[order[1]]
+    if norm:
+        m = _mean(r)
+        if max(r) == min(r):
+            m = r[0]
+        ss = 0.0
+        for x in r:
+            ss += (x - m) * (x - m)
+        den = math.sqrt(ss / (G - 1)) + eps
+        if den == 0:
+            fired.add("grpo_passk: std + eps = 0 -> A = 0")
+            return [0.0] * G
+        gap = gap / den
+    return [gap if j == best else 0.0 for j in range(G)]
+
+
 def _loo_weighted(r, w, name, fired):
     out = []
     for j in range(len(r)):
@@ -95,6 +116,18 @@ def _baselines(name, r, S, ell, params, fired):
         return [_weighted_baseline(r, w, _mean(r), fired, f"{name}: Σ_k w_k = 0 -> group mean")] * G
     if name in ("opo_loo", "optimal_loo"):
         return _loo_weighted(r, ell if name == "opo_loo" else S, name, fired)
+    if name == "remax":  # verl compute_remax_outcome_advantage: returns − reward_baselines
+        return [float(params["greedy_reward"])] * G
+    if name == "otb":  # verl OTB at the last token: Σ W G / (Σ W + ε), inclusive
+        num, den = 0.0, 0.0
+        for x, w in zip(r, S):
+            num += w * x
+            den += w
+        den += float(params["eps"])
+        if den == 0:
+            fired.add("otb: Σ_k W_k + eps = 0 -> baseline 0")
+            return [0.0] * G
+        return [num / den] * G
     if name == "optimal_loo_shrink":
         lam = float(params["lam"])
         weighted = _loo_weighted(r, S, name, fired)
@@ -104,7 +137,11 @@ def _baselines(name, r, S, ell, params, fired):
 
 #: The estimators this module defines (every registered name must be here: DEF rows fail otherwise).
 NAMES = frozenset({"reinforce", "constant", "dr_grpo", "grpo", "rloo", "opo", "opo_loo", "optimal",
-                   "optimal_loo", "oracle_optimal", "optimal_loo_shrink"})
+                   "optimal_loo", "oracle_optimal", "optimal_loo_shrink",
+                   # the peers' (oblr_theory.peers); the batch-coupled three: batch_advantages only
+                   "remax", "grpo_passk", "otb", "reinforce_pp", "reinforce_pp_baseline", "gpg"})
+#: The peers' estimators that couple the groups of a batch (defined by :func:`batch_advantages`).
+BATCH_NAMES = frozenset({"reinforce_pp", "reinforce_pp_baseline", "gpg"})
 AGGREGATIONS = ("seq-mean-token-sum", "seq-mean-token-mean", "token-mean", "constant")
 
 
@@ -112,14 +149,16 @@ def group_advantages(name, r, S=None, ell=None, *, aggregation="seq-mean-token-s
                      fired=None, **params) -> list:
     """Advantages of one group (lists of floats) from the definitions; ``fired`` collects the
     zero-denominator rules that were applied."""
-    if name not in NAMES:
-        raise KeyError(f"no reference definition for estimator {name!r}")
+    if name not in NAMES or name in BATCH_NAMES:
+        raise KeyError(f"no per-group reference definition for estimator {name!r}")
     fired = set() if fired is None else fired
     r = [float(x) for x in r]
     S = None if S is None else [float(x) for x in S]
     ell = None if ell is None else [float(x) for x in ell]
     if name == "grpo":
         A = _grpo(r, float(params["eps"]), int(params["ddof"]), fired)
+    elif name == "grpo_passk":
+        A = _grpo_passk(r, float(params["eps"]), int(params["norm"]), fired)
     else:
         A = [rj - bj for rj, bj in zip(r, _baselines(name, r, S, ell, params, fired))]
     G = len(r)
@@ -147,13 +186,52 @@ def advantages(name, rewards, sq_norms=None, lengths=None, *, fired=None, **kw) 
     return out
 
 
+def _batch_peer(name, rewards_bg, lengths_bg, params, fired=None):
+    """verl's batch-level peers, per response: REINFORCE++ (-baseline) whiten the (group-centred)
+    reward broadcast to tokens with masked_whiten; GPG scales by bsz / max(1, #non-zero rewards)."""
+    fired = set() if fired is None else fired
+    rows = [[float(x) for x in row] for row in rewards_bg]
+    centred = [[0.0 if max(row) == min(row) and len(row) > 1 else x - (_mean(row) if len(row) > 1 else 0.0)
+                for x in row] for row in rows]
+    if name == "gpg":
+        count, nonzero = 0, 0
+        for row in rows:
+            for x in row:
+                count += 1
+                nonzero += x != 0
+        alpha = count / max(1, nonzero)
+        return [[alpha * c / float(params["f_norm"]) for c in row] for row in centred]
+    vals = rows if name == "reinforce_pp" else centred
+    tokens, total = 0.0, 0.0  # masked_mean over tokens: a response of length ℓ counts ℓ times
+    for row, lrow in zip(vals, lengths_bg):
+        for x, l in zip(row, lrow):
+            tokens += float(l)
+            total += float(l) * x
+    mu = total / tokens
+    ss = 0.0
+    for row, lrow in zip(vals, lengths_bg):
+        for x, l in zip(row, lrow):
+            ss += float(l) * (x - mu) * (x - mu)
+    flat = [x for row in vals for x in row]
+    if max(flat) == min(flat):  # a tied batch: x − μ = 0 exactly, whatever μ rounds to
+        mu, ss = flat[0], 0.0
+    var = ss / tokens * (tokens / (tokens - 1))  # masked_var(unbiased=True)
+    den = math.sqrt(var + float(params["eps"]))
+    if den == 0:
+        fired.add(f"{name}: v + eps = 0 -> A = 0")
+        return [[0.0 for _ in row] for row in vals]
+    return [[(x - mu) / den for x in row] for row in vals]
+
+
 def batch_advantages(name, rewards_bg, sq_norms_bg=None, lengths_bg=None, *, aggregation="seq-mean-token-sum",
                      std_scope="group", fired=None, **params) -> list:
     """Advantages of one batch (B lists of G floats) with the batch-coupled modes (docs/theory.md:
     Batch-coupled modes): ``std_scope="batch"`` (grpo: ``(r_bj − r̄_b) / (std of all B·G rewards,
     ddof as given, + eps)``) and ``aggregation="batch-token-mean"`` (``A_bj · B·G / Σ_{b,k} ℓ_bk``)."""
     B = len(rewards_bg)
-    if std_scope == "batch":
+    if name in BATCH_NAMES:
+        A = _batch_peer(name, rewards_bg, lengths_bg, params, fired)
+    elif std_scope == "batch":
         if name != "grpo":
             raise KeyError(f"std_scope='batch' is defined for grpo only, not {name!r}")
         flat = [float(x) for row in rewards_bg for x in row]
