@@ -46,6 +46,7 @@ CLAIM_MODULES = (
     "oblr_theory.verify.claims_dynamics",   # T4–T7 (one-step bound, step size, convergence, SNR)
     "oblr_theory.verify.claims_symbolic",   # sympy derivations (oblr_theory.symbolic.derive)
     "oblr_theory.verify.claims_definitions",  # DEF: definitions and T4–T7 values vs verify/reference.py
+    "oblr_theory.verify.claims_peers",  # PEERS, KL: exact biases of the peers' estimators and KL terms
 )
 
 

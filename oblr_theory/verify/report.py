@@ -263,6 +263,7 @@ THEOREM_TITLES = {
     "T1": "unbiasedness", "T2": "exact variance", "T3": "optimal baseline", "T4": "one-step loss bound",
     "T5": "SNR learning rate", "T6": "convergence", "T7": "SNR estimation", "T8": "token-level facts",
     "S6": "token aggregation (peers' loss modes)", "meta": "runner consistency",
+    "PEERS": "peers' estimators and batch-coupled modes: exact bias", "KL": "KL estimators k1/k2/k3: exact biases",
 }
 #: The columns of the printed table: (header, width, what it holds).
 TABLE_COLUMNS = (
