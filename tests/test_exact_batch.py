@@ -175,3 +175,33 @@ def test_monte_carlo_agrees_with_the_exact_batch_law_and_catches_the_per_group_l
     assert ok.passed
     assert ok.power_ratio(wrong - exact_m.mean) >= 1.0  # detectable with probability >= power
     assert not bad.passed
+
+
+@pytest.mark.slow  # importing trl takes about 10 s
+@pytest.mark.torch
+def test_batch_modes_match_trl_code():
+    """TRL 1.16: ``scale_rewards="batch"`` divides by its own ``nanstd`` of the whole batch plus 1e-4,
+    and ``loss_type="bnpo"`` sums the per-token loss over the batch's tokens divided by their count;
+    the gradient of that loss at ratio 1 (``per_token_loss = −A``) is ``−Σ A_bj s_bj / Σ ℓ``."""
+    torch = pytest.importorskip("torch")
+    trl_utils = pytest.importorskip("trl.trainer.utils")
+    rng = np.random.default_rng(5)
+    B, G, T, d = 3, 4, 6, 2
+    r = rng.integers(0, 3, (B, G)).astype(float) / 2
+    rt = torch.tensor(r).reshape(-1)
+    trl_adv = (rt - rt.view(-1, G).mean(1).repeat_interleave(G)) / (trl_utils.nanstd(rt) + 1e-4)
+    ours = estimators.get("grpo", std_scope="batch", eps=1e-4).advantages(r, batch_axis=0)
+    # TRL's nanstd forms its Bessel factor count/(count−1) from int64 counts, which torch divides in
+    # float32 (the default dtype): relative error ≤ 2⁻²⁴ in the variance, ≤ 2⁻²⁴ in A after the sqrt
+    f32 = 2.0 ** -24 * float(np.max(np.abs(ours)))
+    assert np.max(np.abs(trl_adv.numpy().reshape(B, G) - ours)) <= f32 + rounding_tol(4 * B * G, 1e4 * 2)
+    # bnpo / dapo: per-token scores t_bjt, s_bj = Σ_t t_bjt; the batch-token-mean advantage gives the same ĝ
+    ell = rng.integers(1, T + 1, (B, G))
+    mask = (np.arange(T)[None, None, :] < ell[..., None]).astype(float)  # (B, G, T)
+    tok = rng.normal(size=(B, G, T, d)) * mask[..., None]
+    A = estimators.get("rloo").advantages(r)
+    trl_grad = np.einsum("bgt,bgtd->d", A[..., None] * mask, tok) / mask.sum()  # −∇ of bnpo's loss
+    A_btm = estimators.get("rloo", aggregation="batch-token-mean").advantages(r, lengths=ell.astype(float),
+                                                                               batch_axis=0)
+    ours_grad = np.einsum("bg,bgd->d", A_btm, tok.sum(2)) / (B * G)
+    assert np.max(np.abs(trl_grad - ours_grad)) <= rounding_tol(4 * B * G * T, 8 * np.abs(tok).sum())
