@@ -14,7 +14,9 @@ Before enumerating, the engine states ``M`` and the working memory (:func:`check
 refuses above :data:`MAX_MULTISETS` or :data:`MAX_BYTES` (naming the Monte Carlo route), and
 shows a progress bar from :data:`PROGRESS_MIN` multisets on.
 A batch of ``B`` i.i.d. prompts (one group each) has the same mean and, by the law of total
-variance (T2), ``V_batch = (1/B) Σ_x p_x (V_x + ||E ĝ_x − E ĝ||²)``.
+variance (T2), ``V_batch = (1/B) Σ_x p_x (V_x + ||E ĝ_x − E ĝ||²)``. That law needs independent
+groups: the batch-coupled modes and estimators (``Estimator.batch_coupled``) are refused here and
+evaluated by :mod:`oblr_theory.exact_batch`, which enumerates whole batches.
 """
 
 from __future__ import annotations
