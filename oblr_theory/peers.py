@@ -1,4 +1,5 @@
-"""The peers' advantage estimators (verl, OpenRLHF), each defined from its source and registered
+"""The peers' advantage estimators (docs/theory.md: The peers' estimators), each defined from its
+source (verl, OpenRLHF) and registered
 with ``peer=True`` (listed by :func:`oblr_theory.estimators.peer_names`; built with
 :func:`oblr_theory.estimators.get` like every estimator).
 
