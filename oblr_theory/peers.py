@@ -1,7 +1,7 @@
 """The peers' advantage estimators (docs/theory.md: The peers' estimators), each defined from its
-source (verl, OpenRLHF) and registered
-with ``peer=True`` (listed by :func:`oblr_theory.estimators.peer_names`; built with
-:func:`oblr_theory.estimators.get` like every estimator).
+source (verl, OpenRLHF) and registered with ``peer=True`` (listed by
+:func:`oblr_theory.estimators.peer_names`; built with :func:`oblr_theory.estimators.get` like every
+estimator).
 
 Outcome rewards only (one scalar ``r_j`` per response, ``γ = 1``): then a return-to-go is ``r_j``
 at every token of response j, and each estimator is an advantage map ``A = f(r, S, ℓ)`` of the
