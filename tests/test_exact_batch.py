@@ -205,3 +205,12 @@ def test_batch_modes_match_trl_code():
                                                                                batch_axis=0)
     ours_grad = np.einsum("bg,bgd->d", A_btm, tok.sum(2)) / (B * G)
     assert np.max(np.abs(trl_grad - ours_grad)) <= rounding_tol(4 * B * G * T, 8 * np.abs(tok).sum())
+
+
+def test_the_per_group_sampler_refuses_batch_coupled_modes():
+    from oblr_theory import montecarlo
+
+    P = SoftmaxBandit([0.0, 1.0], [0.0, 1.0])
+    for est in (BTM, BSTD, estimators.get("gpg")):
+        with pytest.raises(ValueError, match="sample_batch_gradients"):
+            montecarlo.sample_gradients(P, est, 2, 2, 3, np.random.default_rng(0))
