@@ -283,7 +283,7 @@ def secant_curvature(ghat_new, ghat_prev, eta_prev, grad_sq_norm_hat_prev):
     if not bool((eta > 0).all()):
         raise ValueError("eta_prev must be > 0 (a zero step carries no curvature information); "
                          "use a positive step floor eta_min")
-    num = -((new * prev).sum(-1) - nhat) / eta
+    num = -((new * prev).sum(-1) - _ops.plain(nhat)) / _ops.plain(eta)  # 0-d numpy -> scalar
     return _ops.plain(num), _ops.plain((prev * prev).sum(-1))
 
 
