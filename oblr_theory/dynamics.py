@@ -10,8 +10,8 @@ with ``η_t`` from a rule of :mod:`oblr_theory.snr`: ``"constant"`` (η), ``"ora
 ``η* = ∇J·m / (L(||m||² + V))`` from the exact moments; ``= (1/L) SNR/(1+SNR)`` when unbiased),
 ``"snr"`` (``clip(η_max SNR̂/(1+SNR̂), η_min, η_max)`` with the EMA estimate of T7 from the
 ``B`` per-group gradients of the same batch) or ``"local"`` (T5 with the local curvature ``κ_t``
-of :func:`oblr_theory.snr.secant_curvature` in place of ``L``: ``max(SNR̂/(1+SNR̂) /
-max(κ_t, 1/η_max), η_min)``, with ``κ_t = 1/η_max`` until a seed has taken a nonzero step). The registry :data:`RULES` maps
+of :func:`oblr_theory.snr.secant_curvature` in place of ``L``: ``clip(SNR̂/(1+SNR̂)/κ_t, η_min,
+η_max)``, with ``κ_t = 1/η_max`` until a seed has taken a nonzero step). The registry :data:`RULES` maps
 each online rule's name to its function; ``"oracle"`` needs the exact moments and is handled in
 the loop.
 

@@ -324,14 +324,14 @@ class EMACurvature:
 
 
 def local_lr(snr, curvature, eta_max, eta_min):
-    """T5 with a local smoothness: ``η_t = max(SNR̂/(1+SNR̂) / max(κ_t, 1/η_max), η_min)``.
+    """T5 with a local smoothness: ``η_t = clip((1/κ_t) · SNR̂/(1 + SNR̂), η_min, η_max)``.
 
     T4 along the step with ``L`` replaced by the curvature ``κ`` of ``J`` along ``ĝ``
     (``E J(θ + ηĝ) ≈ J + η||∇J||² − (κη²/2)(||∇J||² + V)``) is maximised at
-    ``η = (1/κ) SNR/(1+SNR)``. The curvature is floored at ``1/η_max`` (the flattest curvature
-    trusted; ``κ ≤ 0``, where the quadratic model has no maximiser, also gets it), so
-    ``η_t ≤ η_max SNR̂/(1+SNR̂)``, the global rule :func:`snr_lr` with ``1/L = η_max``;
-    ``κ = +inf`` gives ``η_min``.
+    ``η = (1/κ) SNR/(1+SNR)``. ``η_max`` is a trust region on the *step* (not a stand-in for
+    ``1/L``): where ``κ ≤ 0`` (``J`` convex along the step, no maximiser of the model) or
+    ``κ < SNR/(1+SNR)/η_max``, the step is ``η_max``; ``κ = +inf`` or ``SNR̂ = 0`` (no measured
+    signal, whatever ``κ``) gives ``η_min``.
 
     Valid only if: ``0 < η_min ≤ η_max`` finite; ``SNR̂ ≥ 0``; ``κ`` not NaN (an undefined
     curvature is refused: start the rule from a stated ``κ_0``, e.g. ``1/η_max``); the
@@ -344,6 +344,8 @@ def local_lr(snr, curvature, eta_max, eta_min):
     if bool(_ops.isnan(k).any()):
         raise ValueError("curvature contains NaN (undefined); pass a starting value such as 1/eta_max")
     k = k + 0 * frac  # broadcast
-    k = _ops.where(k < 1.0 / eta_max, _ops.ones_like(k) / eta_max, k)
-    eta = frac / k
+    hi = _ops.ones_like(k) * eta_max
+    # frac ≥ κ η_max (this covers κ ≤ 0) → cap; else frac/κ with κ > 0
+    eta = _ops.where(frac >= k * eta_max, hi, frac / _ops.where(k > 0, k, _ops.ones_like(k)))
+    eta = _ops.where(frac > 0, eta, _ops.zeros_like(eta))  # no measured signal: the floor
     return _ops.plain(_ops.where(eta < eta_min, _ops.ones_like(eta) * eta_min, eta))

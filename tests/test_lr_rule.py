@@ -123,11 +123,14 @@ def test_local_rule_on_exact_gradients_is_newton_on_an_isotropic_quadratic():
 
 # ---------------------------------------------------------------------- local_lr
 def test_local_lr_closed_form_floor_and_cap():
-    got = snr.local_lr(np.array([1.0, 3.0, np.inf, 0.0, 1.0]), np.array([0.5, -2.0, 0.25, 1.0, np.inf]), 2.0, 0.1)
-    # 0.5/0.5; κ ≤ 0 → 1/η_max: 0.75·2; 1/0.25 = 4 > η_max·1 → κ floored at 1/2: 2; SNR 0 → floor; κ inf → floor
-    assert np.allclose(got, [1.0, 1.5, 2.0, 0.1, 0.1], rtol=1e-15)
-    # never above the global rule with 1/L = η_max
-    assert np.all(got <= snr.snr_lr(np.array([1.0, 3.0, np.inf, 0.0, 1.0]), 2.0, 0.1) + 1e-15)
+    snr_ = np.array([1.0, 3.0, np.inf, 0.0, 1.0, 1.0, 0.0])
+    kap = np.array([0.5, -2.0, 0.25, 1.0, np.inf, 0.0, -1.0])
+    got = snr.local_lr(snr_, kap, 2.0, 0.1)
+    # 0.5/0.5; κ ≤ 0 → cap; 1/0.25 = 4 → cap 2; SNR 0 → floor; κ inf → floor; κ = 0 → cap; SNR 0 → floor
+    assert np.allclose(got, [1.0, 2.0, 2.0, 0.1, 0.1, 2.0, 0.1], rtol=1e-15)
+    # interior: exactly (1/κ) SNR/(1+SNR)
+    k = np.array([0.3, 0.7, 1.9])
+    assert np.allclose(snr.local_lr(np.full(3, 4.0), k, 100.0, 1e-3), 0.8 / k, rtol=1e-15)
 
 
 def test_local_rule_refusals_name_the_argument():
@@ -201,13 +204,13 @@ def test_runconfig_refuses_inconsistent_rules():
     assert set(dynamics.RULES) < set(dynamics.LR_RULES)
 
 
-def test_local_rule_in_the_dynamics_stays_between_floor_and_global_rule():
+def test_local_rule_in_the_dynamics_is_the_clipped_t5_step():
     P = families.hard_arm_bandit()
     cfg = dynamics.RunConfig("rloo", 8, 4, 30, "local", eta=8.0, eta_min=0.4)
     tr = dynamics.run(P, cfg, [0, 1, 2])
     assert np.all(np.isfinite(tr.curvature)) and np.allclose(tr.curvature[:, 0], 1 / 8.0)
-    assert np.all(tr.lr >= 0.4 - 1e-15)
-    assert np.all(tr.lr <= snr.snr_lr(tr.snr_hat, 8.0, 0.4) + 1e-12)
+    assert np.array_equal(tr.lr, snr.local_lr(tr.snr_hat, tr.curvature, 8.0, 0.4))
+    assert np.all((tr.lr >= 0.4) & (tr.lr <= 8.0))
     assert np.all(np.diff(tr.objective[:, :2], axis=1) != 0)  # it moves
 
 
