@@ -1,12 +1,12 @@
 """Markdown tables of the learning-rate-rule study (docs/lr_rule.md) from comparison.py's files.
 
     python experiments/comparison.py --methods lr_rules --out results_lr
-    python experiments/lr_rule_report.py --results results_lr [--reference rloo]
+    python experiments/lr_rule_report.py --results results_lr [--reference rloo,rloo+snr]
 
 Per family and method (each at its tuned η, tuned.json): the grid's range and whether η is at its
 edge; the area under the learning curve (mean exact ``J`` over the run, the tuning score) and the
 final ``J`` over evaluation seeds; the paired difference of the area against the reference
-method on the same seeds (common random numbers), with its standard error and ``t``; collapsed
+methods on the same seeds (common random numbers), with its standard error and ``t``; collapsed
 runs; the median step ``η_t`` and, for the local rule, the median curvature ``κ_t``.
 """
 
@@ -33,31 +33,35 @@ def _fmt(x, nd=3):
     return "—" if x is None or not np.isfinite(x) else f"{x:.{nd}g}" if abs(x) < 1e-2 else f"{x:.{nd}f}"
 
 
-def table(rows, tuned, family, reference) -> str:
+def table(rows, tuned, family, references) -> str:
     fam = [r for r in rows if r["family"] == family]
     by = {}
     for r in fam:
         by.setdefault(r["method"], {})[r["seed"]] = r
-    ref = by.get(reference, {})
-    out = [f"| method | η (grid) | area: mean J (± se) | final J (± se) | Δarea vs {reference} (± se, t) "
-           "| collapsed runs | median η_t | median κ_t |", "|---|---|---|---|---|---|---|---|"]
+    out = ["| method | η (grid) | area: mean J (± se) | final J (± se) | "
+           + " | ".join(f"Δarea vs {ref} (± se, t)" for ref in references)
+           + " | collapsed runs | median η_t | median κ_t |", "|---" * (6 + len(references)) + "|"]
     for m, runs in by.items():
         t = tuned[family][m]
         seeds = sorted(runs)
         area = np.array([runs[s]["mean_objective"] for s in seeds])
         final = np.array([runs[s]["final_objective"] for s in seeds])
         se = lambda x: x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else float("nan")  # noqa: E731
-        common = [s for s in seeds if s in ref]
-        if m != reference and len(common) > 1:
-            d = np.array([runs[s]["mean_objective"] - ref[s]["mean_objective"] for s in common])
-            diff = f"{d.mean():+.3f} ± {se(d):.3f} (t = {d.mean() / se(d):+.1f})" if se(d) > 0 else f"{d.mean():+.3f}"
-        else:
-            diff = "—"
+        diffs = []
+        for reference in references:
+            ref = by.get(reference, {})
+            common = [s for s in seeds if s in ref]
+            if m != reference and len(common) > 1:
+                d = np.array([runs[s]["mean_objective"] - ref[s]["mean_objective"] for s in common])
+                diffs.append(f"{d.mean():+.3f} ± {se(d):.3f} (t = {d.mean() / se(d):+.1f})" if se(d) > 0
+                             else f"{d.mean():+.3f}")
+            else:
+                diffs.append("—")
         edge = " **edge**" if t["at_edge"] else ""
         kap = [runs[s].get("median_curvature") for s in seeds]
         kap = np.median([k for k in kap if k is not None]) if any(k is not None for k in kap) else None
         out.append(f"| {m} | {t['eta']:g}{edge} ({min(t['grid']):g}–{max(t['grid']):g}) | "
-                   f"{area.mean():.3f} ± {se(area):.3f} | {final.mean():.3f} ± {se(final):.3f} | {diff} | "
+                   f"{area.mean():.3f} ± {se(area):.3f} | {final.mean():.3f} ± {se(final):.3f} | {' | '.join(diffs)} | "
                    f"{np.mean([runs[s]['collapsed'] for s in seeds]):.0%} | "
                    f"{_fmt(np.median([runs[s]['median_lr'] for s in seeds]))} | {_fmt(kap)} |")
     return "\n".join(out) + "\n"
@@ -66,14 +70,15 @@ def table(rows, tuned, family, reference) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", required=True, help="comparison.py's --out folder")
-    ap.add_argument("--reference", default="rloo", help="method of the paired differences")
+    ap.add_argument("--reference", default="rloo,rloo+snr",
+                    help="comma-separated methods of the paired differences (one column each)")
     args = ap.parse_args(argv)
     rows, tuned = load(args.results)
     for family in dict.fromkeys(r["family"] for r in rows):
         seeds = sorted({r["seed"] for r in rows if r["family"] == family})
         print(f"### {family} ({len(seeds)} evaluation seeds {seeds[0]}–{seeds[-1]}, "
               f"{rows[0]['steps']} steps)\n")
-        print(table(rows, tuned, family, args.reference))
+        print(table(rows, tuned, family, args.reference.split(",")))
     return 0
 
 
