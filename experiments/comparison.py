@@ -81,7 +81,7 @@ METHOD_SETS = {
                  "oblr_po_local"),
 }
 #: Per optimizer, the factor applied to the η grid.
-GRID_SCALE = {"sgd": 1.0, "adam": 2.0**-5}
+GRID_SCALE = {"sgd": 1.0, "adam": 2.0**-4}
 #: η grid: geometric, factor 2, from 1/4 to 256 (wide enough that tuned steps are interior).
 FULL = dict(etas=[float(2.0**k) for k in range(-2, 9)], tune_seeds=4, eval_seeds=16, steps=250)
 QUICK = dict(etas=[0.5, 2.0, 8.0], tune_seeds=2, eval_seeds=4, steps=40)
