@@ -67,11 +67,62 @@ def table(rows, tuned, family, references) -> str:
     return "\n".join(out) + "\n"
 
 
+def curvature_check(results, family, method, seeds=(0, 1, 2, 3)):
+    """Rerun ``method`` (a ``"local"`` rule) at its tuned ``η_max`` on evaluation ``seeds`` and
+    compare its online ``κ_t`` with the same EMA of *exact* secants ``−<∇J_t − ∇J_{t−1}, d>/η``
+    (exact ``∇J`` from the enumeration) and of the *plain* noisy secant (``||ĝ_{t−1}||²`` in
+    place of T7's ``||ĝ||² − V̂``). Also: the share of steps at the cap ``η_max``, at the floor
+    ``η_min`` and in between."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import comparison
+    from oblr_theory import dynamics, families, snr
+
+    eta = json.load(open(os.path.join(results, "tuned.json")))[family][method]["eta"]
+    cfg = comparison.config(method, eta, comparison.FULL["steps"])
+    P = families.make(family)
+    tr = dynamics.run(P, cfg, list(seeds), keep_theta=True)
+    th, lr = tr.thetas, tr.lr  # (N, T+1, d), (N, T)
+    d = (th[:, 1:] - th[:, :-1]) / lr[..., None]  # ĝ_t, (N, T, d)
+    grads = np.array([[dynamics.exact_state(P.with_theta(th[i, t])).grad for t in range(th.shape[1])]
+                      for i in range(len(seeds))])
+    ex, pl = snr.EMACurvature(cfg.ema_beta), snr.EMACurvature(cfg.ema_beta)
+    k_ex, k_pl = np.full(lr.shape, np.nan), np.full(lr.shape, np.nan)
+    for t in range(1, lr.shape[1]):
+        dp = d[:, t - 1]
+        den = (dp * dp).sum(-1)
+        k_ex[:, t] = ex.update(-((grads[:, t] - grads[:, t - 1]) * dp).sum(-1) / lr[:, t - 1], den)
+        k_pl[:, t] = pl.update(*snr.secant_curvature(d[:, t], dp, lr[:, t - 1], den))
+    sl = np.s_[:, 10:]  # after the EMA's start-up
+    cap, floor = np.isclose(lr, eta), np.isclose(lr, cfg.eta_min)
+    return dict(family=family, method=method, eta_max=eta, kappa_hat=np.nanmedian(tr.curvature[sl]),
+                kappa_exact=np.nanmedian(k_ex[sl]), kappa_plain=np.nanmedian(k_pl[sl]),
+                share_cap=cap.mean(), share_floor=floor.mean(), share_interior=1 - cap.mean() - floor.mean(),
+                inv_eta_max=1 / eta)
+
+
+def curvature_table(results, methods=("rloo+local", "oblr_po_local")) -> str:
+    tuned = json.load(open(os.path.join(results, "tuned.json")))
+    out = ["| family | method | η_max | 1/η_max | median κ̂_t (T7-corrected) | median κ_t exact secant "
+           "| median κ_t plain secant | steps at cap / interior / floor |", "|---" * 8 + "|"]
+    for family in tuned:
+        for m in methods:
+            if m not in tuned[family]:
+                continue
+            c = curvature_check(results, family, m)
+            out.append(f"| {family} | {m} | {c['eta_max']:g} | {c['inv_eta_max']:.3g} | {c['kappa_hat']:.3g} | "
+                       f"{c['kappa_exact']:.3g} | {c['kappa_plain']:.3g} | {c['share_cap']:.0%} / "
+                       f"{c['share_interior']:.0%} / {c['share_floor']:.0%} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", required=True, help="comparison.py's --out folder")
     ap.add_argument("--reference", default="rloo,rloo+snr",
                     help="comma-separated methods of the paired differences (one column each)")
+    ap.add_argument("--curvature", action="store_true",
+                    help="also rerun the local rules on 4 evaluation seeds: κ̂ against exact and plain secants")
     args = ap.parse_args(argv)
     rows, tuned = load(args.results)
     for family in dict.fromkeys(r["family"] for r in rows):
@@ -79,6 +130,9 @@ def main(argv=None) -> int:
         print(f"### {family} ({len(seeds)} evaluation seeds {seeds[0]}–{seeds[-1]}, "
               f"{rows[0]['steps']} steps)\n")
         print(table(rows, tuned, family, args.reference.split(",")))
+    if args.curvature:
+        print("### curvature along the steps (local rules, evaluation seeds 0–3)\n")
+        print(curvature_table(args.results))
     return 0
 
 
