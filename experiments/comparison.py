@@ -23,7 +23,8 @@ so the rule keeps one tuned parameter, as the constant rules do).
 
 Learning-rate rules (``--methods lr_rules``, docs/lr_rule.md): ``rloo+local`` and
 ``oblr_po_local`` use T5 with a local curvature (:func:`oblr_theory.snr.local_lr`, ``η_max``
-tuned, the same floor fraction); ``rloo+adam`` is Adam on ``ĝ`` with a tuned constant rate and
+tuned, the same floor fraction); ``rloo+local_exact`` is that rule with the curvature from
+exact-gradient secants (an oracle: how well the rule could do with a perfect ``κ``); ``rloo+adam`` is Adam on ``ĝ`` with a tuned constant rate and
 ``rloo+adam_snr`` multiplies that rate by ``SNR̂/(1+SNR̂)`` (the SNR rule, floor included). Adam's
 grid is the SGD grid times ``GRID_SCALE["adam"]`` (Adam's step is per coordinate, about ``η``).
 
@@ -70,6 +71,7 @@ METHODS = {
     "oblr_po_shrink": ("optimal_loo_shrink", "snr"),
     "rloo+local": ("rloo", "local"),
     "oblr_po_local": ("optimal_loo", "local"),
+    "rloo+local_exact": ("rloo", "local_exact"),
     "rloo+adam": ("rloo", "constant", "adam"),
     "rloo+adam_snr": ("rloo", "snr", "adam"),
 }
@@ -77,8 +79,8 @@ METHODS = {
 METHOD_SETS = {
     "paper": ("reinforce", "rloo", "dr_grpo", "grpo", "opo", "optimal_loo", "optimal_loo_shrink",
               "rloo+snr", "oblr_po", "oblr_po_shrink"),
-    "lr_rules": ("rloo", "rloo+snr", "rloo+local", "rloo+adam", "rloo+adam_snr", "optimal_loo", "oblr_po",
-                 "oblr_po_local"),
+    "lr_rules": ("rloo", "rloo+snr", "rloo+local", "rloo+local_exact", "rloo+adam", "rloo+adam_snr",
+                 "optimal_loo", "oblr_po", "oblr_po_local"),
 }
 #: Per optimizer, the factor applied to the η grid.
 GRID_SCALE = {"sgd": 1.0, "adam": 2.0**-4}

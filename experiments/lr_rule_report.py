@@ -40,7 +40,7 @@ def table(rows, tuned, family, references) -> str:
         by.setdefault(r["method"], {})[r["seed"]] = r
     out = ["| method | η (grid) | area: mean J (± se) | final J (± se) | "
            + " | ".join(f"Δarea vs {ref} (± se, t)" for ref in references)
-           + " | collapsed runs | median η_t | median κ_t |", "|---" * (6 + len(references)) + "|"]
+           + " | collapsed runs | median η_t | median κ_t |", "|---" * (7 + len(references)) + "|"]
     for m, runs in by.items():
         t = tuned[family][m]
         seeds = sorted(runs)
@@ -101,7 +101,7 @@ def curvature_check(results, family, method, seeds=(0, 1, 2, 3)):
                 inv_eta_max=1 / eta)
 
 
-def curvature_table(results, methods=("rloo+local", "oblr_po_local")) -> str:
+def curvature_table(results, methods=("rloo+local", "rloo+local_exact", "oblr_po_local")) -> str:
     tuned = json.load(open(os.path.join(results, "tuned.json")))
     out = ["| family | method | η_max | 1/η_max | median κ̂_t (T7-corrected) | median κ_t exact secant "
            "| median κ_t plain secant | steps at cap / interior / floor |", "|---" * 8 + "|"]

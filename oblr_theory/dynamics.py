@@ -11,7 +11,8 @@ with ``η_t`` from a rule of :mod:`oblr_theory.snr`: ``"constant"`` (η), ``"ora
 ``"snr"`` (``clip(η_max SNR̂/(1+SNR̂), η_min, η_max)`` with the EMA estimate of T7 from the
 ``B`` per-group gradients of the same batch) or ``"local"`` (T5 with the local curvature ``κ_t``
 of :func:`oblr_theory.snr.secant_curvature` in place of ``L``: ``clip(SNR̂/(1+SNR̂)/κ_t, η_min,
-η_max)``, with ``κ_t = 1/η_max`` until a seed has taken a nonzero step). The registry :data:`RULES` maps
+η_max)``, with ``κ_t = 1/η_max`` until a seed has taken a nonzero step); ``"local_exact"`` is
+the same rule with the secant of the *exact* gradients (an oracle for the curvature estimate). The registry :data:`RULES` maps
 each online rule's name to its function; ``"oracle"`` needs the exact moments and is handled in
 the loop.
 
@@ -57,7 +58,7 @@ def _lr_local(cfg, snr_t, curvature):
 
 
 #: The online learning-rate rules: name -> ``rule(cfg, snr_t, curvature_t) -> η_t`` over seeds.
-RULES = {"constant": _lr_constant, "snr": _lr_snr, "local": _lr_local}
+RULES = {"constant": _lr_constant, "snr": _lr_snr, "local": _lr_local, "local_exact": _lr_local}
 LR_RULES = ("oracle", *RULES)
 OPTIMIZERS = ("sgd", "adam")
 
@@ -119,8 +120,8 @@ class RunConfig:
         if self.optimizer == "adam" and self.lr_rule not in ("constant", "snr"):
             raise ValueError(f"optimizer='adam' supports lr_rule 'constant' or 'snr' (the secant and "
                              f"the oracle assume the step is along ĝ), got {self.lr_rule!r}")
-        if self.lr_rule == "local" and not (0 < self.eta_min <= self.eta):
-            raise ValueError(f"lr_rule='local' needs 0 < eta_min <= eta (a zero step gives no secant), "
+        if self.lr_rule in ("local", "local_exact") and not (0 < self.eta_min <= self.eta):
+            raise ValueError(f"lr_rule={self.lr_rule!r} needs 0 < eta_min <= eta (a zero step gives no secant), "
                              f"got eta_min={self.eta_min!r}, eta={self.eta!r}")
         if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be finite and >= 0, got {self.weight_decay!r}")
@@ -309,13 +310,20 @@ def run(problem, cfg: RunConfig, seeds, progress=None, keep_theta: bool = False)
                 if cfg.lr_rule == "oracle":
                     gm = float(grad[s] @ mean)
                     out["lr"][s, t] = 0.0 if gm <= 0 else theory.optimal_step_size(gm, mean @ mean, var, L)
-        if cfg.lr_rule == "local":
-            kappa = np.full(N, np.nan) if prev is None else ema_curv.update(*snr.secant_curvature(ghat, *prev))
+        if cfg.lr_rule in ("local", "local_exact"):
+            if prev is None:
+                kappa = np.full(N, np.nan)
+            elif cfg.lr_rule == "local":  # noisy secant, T7-corrected
+                kappa = ema_curv.update(*snr.secant_curvature(ghat, *prev[:3]))
+            else:  # exact secant: ∇J(θ_t) and <∇J(θ_{t−1}), d> from the enumeration
+                d_prev, eta_prev, grad_prev = prev[0], prev[1], prev[3]
+                kappa = ema_curv.update(*snr.secant_curvature(
+                    grad, d_prev, eta_prev, np.einsum("sd,sd->s", grad_prev, d_prev)))
             kappa = np.where(np.isnan(kappa), 1.0 / cfg.eta, kappa)  # κ_0 = 1/η_max until a nonzero step
             out["curvature"][:, t] = kappa
         if cfg.lr_rule != "oracle":
             out["lr"][:, t] = RULES[cfg.lr_rule](cfg, snr_t, out["curvature"][:, t])
-        prev = (ghat, out["lr"][:, t], pieces.grad_sq_norm_hat)
+        prev = (ghat, out["lr"][:, t], pieces.grad_sq_norm_hat, grad)
         if cfg.optimizer == "adam":
             direction, adam_m, adam_v = adam_direction(ghat, adam_m, adam_v, t + 1)
             theta = theta + out["lr"][:, t, None] * (direction - cfg.weight_decay * theta)

@@ -260,7 +260,9 @@ def secant_curvature(ghat_new, ghat_prev, eta_prev, grad_sq_norm_hat_prev):
         E num = E[−dᵀ H̄ d],                           κ = num / den  (curvature along d)
 
     where ``n̂_{t−1} = ||ĝ_{t−1}||² − V̂_{t−1}`` is T7's unbiased estimate of ``||∇J(θ_{t−1})||²``
-    (``grad_sq_norm_hat_prev``). The plain secant ``−<ĝ_t − ĝ_{t−1}, d>/(η||d||²)`` uses
+    (``grad_sq_norm_hat_prev``; ``E n̂ = E<∇J(θ_{t−1}), d>``, the quantity it stands for: where the
+    exact ``∇J`` is known, passing the exact ``∇J(θ_t)`` and ``<∇J(θ_{t−1}), d>`` gives the
+    exact secant). The plain secant ``−<ĝ_t − ĝ_{t−1}, d>/(η||d||²)`` uses
     ``<ĝ_{t−1}, d> = ||d||²`` instead, whose mean is ``||∇J||² + V``: the step is built from the
     same noise it is compared with, so the plain secant is biased up by ``V/(η ||d||²)``; T7's
     ``V̂`` removes that bias. ``<ĝ_t, d>`` is conditionally unbiased for ``<∇J(θ_t), d>`` because

@@ -229,3 +229,33 @@ def test_adam_in_the_dynamics_takes_the_adam_step():
         err = rounding_tol(2, np.abs(sgd.thetas[0, :2]).max()) * tr.lr[0, 0] / 1e-8
         assert np.allclose(tr.thetas[0, 1] - tr.thetas[0, 0], want, rtol=1e-12, atol=err)
     assert tr.lr[0, 0] <= 0.1
+
+
+def test_local_exact_rule_uses_the_exact_secant():
+    """``"local_exact"``: κ_t is the EMA of ``−<∇J_t − ∇J_{t−1}, d>/η`` with exact ``∇J``
+    (recomputed here from the saved path), and the step is :func:`snr.local_lr` of it."""
+    P = families.hard_arm_bandit()
+    cfg = dynamics.RunConfig("rloo", 8, 4, 12, "local_exact", eta=16.0, eta_min=0.8)
+    tr = dynamics.run(P, cfg, [0, 1], keep_theta=True)
+    th, lr = tr.thetas, tr.lr
+    ema = snr.EMACurvature(cfg.ema_beta)
+    u = 2.0**-53
+    dN = dD = 0.0
+    for t in range(1, lr.shape[1]):
+        d = (th[:, t] - th[:, t - 1]) / lr[:, t - 1, None]
+        g = [np.array([dynamics.exact_state(P.with_theta(th[i, s])).grad for i in range(2)]) for s in (t - 1, t)]
+        num = -((g[1] - g[0]) * d).sum(-1) / lr[:, t - 1]
+        den = (d * d).sum(-1)
+        want = ema.update(num, den)
+        # d recovered from θ differences: |δd_i| ≤ 2u(|θ_t,i| + |θ_{t−1},i|)/η + u|d_i|; first-order
+        # propagation into num and den, then through the EMA (weights sum to ≤ 1), then the ratio;
+        # a factor 4 covers the float64 rounding of the sums of both routes (d = 12 terms each)
+        dd = np.linalg.norm(2 * u * (np.abs(th[:, t]) + np.abs(th[:, t - 1])) / lr[:, t - 1, None]
+                            + u * np.abs(d), axis=1)
+        dN = np.maximum(dN, np.linalg.norm(g[1] - g[0], axis=1) * dd / lr[:, t - 1] + 16 * u * np.abs(num))
+        dD = np.maximum(dD, 2 * np.sqrt(den) * dd + 16 * u * den)
+        D = ema.den
+        tol = 4 * (dN + np.abs(want) * dD) / (D - dD)
+        assert np.all(np.abs(tr.curvature[:, t] - want) <= tol)
+        assert np.all(tol < 1e-6 * np.maximum(np.abs(want), 1e-3))  # the bound is tight enough to test
+    assert np.array_equal(lr, snr.local_lr(tr.snr_hat, tr.curvature, 16.0, 0.8))
