@@ -281,6 +281,8 @@ def _grpo(r, S, ell, eps, ddof):
         raise ValueError(f"grpo parameter eps must be >= 0, got {eps!r}")
     G = r.shape[-1]
     centred = r - _ops.sum_keep(r) / G
+    tie = _ops.max_keep(r) == -_ops.max_keep(-r)  # all rewards equal: r_j − r̄ = 0 exactly,
+    centred = _ops.where(tie, 0 * centred + 0.0, centred)  # however r̄ rounds (0.1+0.1+0.1 ≠ 0.3)
     std = _ops.sqrt(_ops.sum_keep(centred * centred) / (G - ddof))
     den = std + eps
     ok = den > 0

@@ -53,7 +53,7 @@ class Style:
         return kw
 
 
-#: One style per estimator (THEORY.md section 2) and per method of the comparison; OBLR-PO
+#: One style per estimator (docs/theory.md, "The estimators") and per method of the comparison; OBLR-PO
 #: (optimal_loo baseline + SNR step) is drawn thick.
 ESTIMATOR_STYLE = {
     "reinforce": Style(TOL["grey"], "o"),

@@ -4,7 +4,7 @@ Each check raises a ValueError that names the cause and the fix; none changes th
 inputs. :func:`check_score_inputs` runs at the top of ``score_gram`` and :func:`check_update` at
 the top of ``OBLRPO.update``; they combine the single checks below.
 
-- **Active dropout.** The score ``s = ∇_θ log π_θ(y | x)`` (THEORY.md section 1) is the gradient
+- **Active dropout.** The score ``s = ∇_θ log π_θ(y | x)`` (docs/theory.md, "Setting and notation") is the gradient
   of a deterministic function of ``θ``. With dropout active (a dropout module with ``p > 0`` in
   train mode, or a config's attention dropout ``> 0`` while the model trains) the forward pass
   is random, so log-probs, the Gram and ``S = ||s||²`` are those of a random sub-network, and

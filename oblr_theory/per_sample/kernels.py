@@ -199,7 +199,7 @@ def add_rows_(out_r_: torch.Tensor, idx_n: torch.Tensor, src_n_: torch.Tensor) -
     """``out[idx[n]] += src[n]`` in place, repeated indices accumulated.
 
     ``index_put_(accumulate=True)``: on CPU, ``index_add_`` along dim 0 runs one small kernel per
-    index (about 100x slower here).
+    index, which is far slower for long index lists.
     """
     return out_r_.index_put_((idx_n,), src_n_.to(out_r_.dtype), accumulate=True)
 

@@ -45,6 +45,7 @@ CLAIM_MODULES = (
     "oblr_theory.verify.claims_static",     # T1, T2, T3, T8 and section 6 (exact + Monte Carlo)
     "oblr_theory.verify.claims_dynamics",   # T4–T7 (one-step bound, step size, convergence, SNR)
     "oblr_theory.verify.claims_symbolic",   # sympy derivations (oblr_theory.symbolic.derive)
+    "oblr_theory.verify.claims_definitions",  # DEF: definitions and T4–T7 values vs verify/reference.py
 )
 
 

@@ -8,7 +8,12 @@ Three kinds of evidence per claim:
   exact mean and variance under calibrated tests (:mod:`oblr_theory.stats`);
 * negative controls: false claims (``grpo``, ``opo``, ``optimal``, ``dr_grpo`` without its
   ``(G−1)/G``, ``token-mean`` aggregation) on problems and sample sizes where the exact bias
-  exceeds the test's minimum detectable bias; each must be rejected.
+  exceeds the test's minimum detectable bias; each must be rejected. Every variance test also
+  has one: the engine's ``V`` times ``1 ± 2c`` (planted) must be rejected;
+* power ceilings: per suite, a row that fails when any test's minimum detectable error (at the
+  run's ``α`` and power) exceeds the stated ceiling ``c``: :data:`MEAN_CEILING` of ``||E ĝ||`` for
+  the mean tests, :data:`VAR_CEILING` of ``V`` for the variance tests. So a test that lost its
+  power (fewer samples, a wrong standard error) fails loudly instead of passing vacuously.
 
 Problems are small on purpose (skewed rewards, ``G`` = 2–4) so that the O(1/G) biases are large
 against the Monte Carlo noise; the V = 16, H = 12 token MDP is Monte Carlo only.
@@ -26,7 +31,13 @@ from .. import estimators, exact, montecarlo as mc, stats, theory
 from ..problems import SoftmaxBandit, TokenMDP
 from .report import Claim, Row, exact_row, fact_row, test_row
 
-__all__ = ["claims", "problem", "PROBLEMS"]
+__all__ = ["claims", "problem", "PROBLEMS", "MEAN_CEILING", "VAR_CEILING"]
+
+#: Largest allowed minimum detectable bias of a mean test, relative to the claimed ``||E ĝ||``.
+MEAN_CEILING = 0.25
+#: Largest allowed minimum detectable error of a ``tr Var`` test, relative to the exact ``V``;
+#: the planted wrong variances are ``V · (1 ± 2 VAR_CEILING)``.
+VAR_CEILING = 0.25
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +129,7 @@ class Spec:
 
     @property
     def num_tests(self) -> int:
-        return len(self.checks) + int(self.var_test)
+        return len(self.checks) + 2 * int(self.var_test)  # a variance test and its planted control
 
 
 def _specs(is_mdp: bool) -> list[Spec]:
@@ -165,36 +176,83 @@ def _mc_suite(key: str, G: int, num_groups: int, ctx) -> list[Row]:
             acc[s.label].update(mc.group_gradients(sample, ests[s.label], b_star=b_star))
     rows = []
     where = f"{key}, G={G}"
-    for s in specs:
+    power = _PowerLog()
+    for i, s in enumerate(specs):
         em = engine[s.label]
         for claimed_key, negative in s.checks:
             text, fn = CLAIMED[claimed_key]
             claimed = fn(P, pm, G, C)
             t = stats.mean_test(acc[s.label].coords, claimed, ctx.alpha, ctx.power)
+            power.mean(s.label, t, claimed)
             rows.append(test_row("T1" if claimed_key in ("grad", "scaled") else "S6", f"{text} ({s.label})",
                                  where, t, negative=negative, exact_bias=em.mean - claimed,
                                  details={"num_groups": num_groups}))
         if s.var_test:
-            t = stats.trace_variance_test(acc[s.label], em.trace_var, ctx.alpha, ctx.power)
-            rows.append(test_row("T2", f"tr Var ĝ = engine V ({s.label})", where, t,
-                                 details={"num_groups": num_groups, "relative_detectable_error":
-                                          float(t.mde[0] / em.trace_var) if em.trace_var > 0 else None}))
-    return rows
+            rows += _variance_rows(acc[s.label], em.trace_var, s.label, where, i, power, ctx,
+                                   {"num_groups": num_groups})
+    return rows + power.rows(where, num_groups)
+
+
+def _variance_rows(acc, V, label, where, index, power, ctx, details, statement="tr Var ĝ = engine V") -> list[Row]:
+    """T2: the variance test against the engine's ``V``, and its negative control: the same
+    samples against a planted ``V · (1 ± 2·VAR_CEILING)`` (sign alternating with ``index``), which
+    must be rejected (it is twice the ceiling on the detectable error, so when the ceiling row
+    holds the control is missed with probability far below ``1 − power``)."""
+    t = stats.trace_variance_test(acc, V, ctx.alpha, ctx.power)
+    power.var(label, t, V)
+    factor = 1.0 + (2.0 if index % 2 == 0 else -2.0) * VAR_CEILING
+    planted = stats.trace_variance_test(acc, V * factor, ctx.alpha, ctx.power)
+    return [test_row("T2", f"{statement} ({label})", where, t,
+                     details=dict(details, relative_detectable_error=float(t.mde[0] / V) if V > 0 else None)),
+            test_row("T2", f"{statement} × {factor:g} is rejected (planted; {label})", where, planted,
+                     negative=True, exact_bias=[V - V * factor], details=details)]
+
+
+class _PowerLog:
+    """The minimum detectable errors of a suite's tests, relative to the claimed values, and the
+    two ceiling rows that fail when one exceeds :data:`MEAN_CEILING` / :data:`VAR_CEILING`."""
+
+    def __init__(self):
+        self.means, self.vars = [], []
+
+    def mean(self, label, test, claimed):
+        norm = float(np.linalg.norm(claimed))
+        self.means.append((float(np.max(test.mde)) / norm if norm > 0 else np.inf, label))
+
+    def var(self, label, test, V):
+        self.vars.append((float(test.mde[0]) / V if V > 0 else np.inf, label))
+
+    def rows(self, where, n, mean_label="T1", of_mean="||E ĝ||") -> list[Row]:
+        out = []
+        for lab, what, log, ceiling, of in ((mean_label, "mean", self.means, MEAN_CEILING, of_mean),
+                                            ("T2", "tr Var", self.vars, VAR_CEILING, "V")):
+            if not log:
+                continue
+            worst, name = max(log)
+            out.append(fact_row(lab, f"power: every {what} test detects an error of {ceiling:.0%} of {of}", where,
+                                worst, bool(worst <= ceiling), threshold=ceiling,
+                                note=f"largest min. detectable error / {of} = {worst:.3g} ({name}) over "
+                                     f"{len(log)} tests, {n} samples",
+                                details={"relative_detectable_errors": {nm: v for v, nm in log}}))
+        return out
 
 
 def _mc_batch(key: str, G: int, B: int, num_batches: int, ctx) -> list[Row]:
     """T2 (batch): the mean of ``B`` i.i.d. prompt groups has ``V_batch`` of the law of total variance."""
     P = problem(key)
     rows = []
-    for name in ("rloo", "optimal_loo"):
+    power = _PowerLog()
+    where = f"{key}, G={G}"
+    for i, name in enumerate(("rloo", "optimal_loo")):
         em = exact.estimator_moments(P, name, G, batch_size=B)
         u = mc.sample_gradients(P, name, G, B, num_batches, ctx.rng).mean(axis=1)  # (num_batches, d)
         acc = stats.TraceVarianceMoments(em.mean).update(u)
         t = stats.mean_test(acc.coords, em.grad, ctx.alpha, ctx.power)
-        rows.append(test_row("T1", f"E ĝ_batch = ∇J ({name}, B={B})", f"{key}, G={G}", t))
-        t = stats.trace_variance_test(acc, em.trace_var, ctx.alpha, ctx.power)
-        rows.append(test_row("T2", f"tr Var ĝ_batch = V_batch ({name}, B={B})", f"{key}, G={G}", t))
-    return rows
+        power.mean(f"{name}, B={B}", t, em.grad)
+        rows.append(test_row("T1", f"E ĝ_batch = ∇J ({name}, B={B})", where, t))
+        rows += _variance_rows(acc, em.trace_var, f"{name}, B={B}", where, i, power, ctx,
+                               {"num_batches": num_batches}, statement="tr Var ĝ_batch = V_batch")
+    return rows + power.rows(where, num_batches)
 
 
 def _mc_baseline_gap(key: str, G: int, num_groups: int, ctx) -> list[Row]:
@@ -211,8 +269,11 @@ def _mc_baseline_gap(key: str, G: int, num_groups: int, ctx) -> list[Row]:
         diff.update(np.einsum("nd,nd->n", g_mu, g_mu) - np.einsum("nd,nd->n", g_star, g_star))
     excess = float(pm.prompt_probs @ theory.mean_baseline_excess(pm.m_rS, pm.m_S, pm.mu, G))
     t = stats.mean_test(diff, [excess], ctx.alpha, ctx.power)
+    power = _PowerLog()
+    power.mean("paired V(μ) − V(b*)", t, [excess])
     return [test_row("T3", "V(μ) − V(b*) = Cov(S,r)²/(G m_S) (paired)", f"{key}, G={G}", t,
-                     exact_value=excess, estimate=float(diff.mean[0]))]
+                     exact_value=excess, estimate=float(diff.mean[0]))] + power.rows(f"{key}, G={G}", num_groups, "T3",
+                                                                       "the claimed V(μ) − V(b*)")
 
 
 def _mc_large_mdp(key: str, G: int, num_groups: int, ctx) -> list[Row]:
@@ -401,7 +462,7 @@ def claims(quick: bool, seed: int) -> list[Claim]:
                          num_tests=1))
     for key in ("bandit X=3 K=4", "mdp loglinear V=3 H=3 X=2"):
         out.append(Claim(f"mc-batch/{key}", "T2", key,
-                         lambda ctx, key=key: _mc_batch(key, 3, 4, ctx.size(n_small // 4), ctx), num_tests=4))
+                         lambda ctx, key=key: _mc_batch(key, 3, 4, ctx.size(n_small // 4), ctx), num_tests=6))
     out.append(Claim("exact-t8", "T8", "bandit + token MDPs", _exact_t8))
     big = "mdp loglinear V=16 H=12 X=2"
     out.append(Claim(f"mc-large/{big}", "T1", big, lambda ctx: _mc_large_mdp(big, 4, ctx.size(n_large), ctx),
