@@ -74,7 +74,7 @@ ESTIMATOR_STYLE = {
     "oblr_po_shrink": Style(TOL["green"], "H", "-", 2.2),
     "rloo+local": Style(TOL["indigo"], "*", ":"),
     "oblr_po_local": Style(TOL["teal"], "*", ":", 2.2),
-    "rloo+local_exact": Style(TOL["black"], "*", ":"),
+    "rloo+local_exact": Style(TOL["grey"], "*", ":"),
     "rloo+adam": Style(TOL["rose"], "o", "-."),
     "rloo+adam_snr": Style(TOL["wine"], "X", "-."),
 }
