@@ -24,7 +24,8 @@ so the rule keeps one tuned parameter, as the constant rules do).
 Learning-rate rules (``--methods lr_rules``, docs/lr_rule.md): ``rloo+local`` and
 ``oblr_po_local`` use T5 with a local curvature (:func:`oblr_theory.snr.local_lr`, ``η_max``
 tuned, the same floor fraction); ``rloo+local_exact`` is that rule with the curvature from
-exact-gradient secants (an oracle: how well the rule could do with a perfect ``κ``); ``rloo+adam`` is Adam on ``ĝ`` with a tuned constant rate and
+exact-gradient secants (an oracle: how well the rule could do with a perfect ``κ``);
+``rloo+adam`` is Adam on ``ĝ`` with a tuned constant rate and
 ``rloo+adam_snr`` multiplies that rate by ``SNR̂/(1+SNR̂)`` (the SNR rule, floor included). Adam's
 grid is the SGD grid times ``GRID_SCALE["adam"]`` (Adam's step is per coordinate, about ``η``).
 

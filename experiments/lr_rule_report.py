@@ -61,7 +61,8 @@ def table(rows, tuned, family, references) -> str:
         kap = [runs[s].get("median_curvature") for s in seeds]
         kap = np.median([k for k in kap if k is not None]) if any(k is not None for k in kap) else None
         out.append(f"| {m} | {t['eta']:g}{edge} ({min(t['grid']):g}–{max(t['grid']):g}) | "
-                   f"{area.mean():.3f} ± {se(area):.3f} | {final.mean():.3f} ± {se(final):.3f} | {' | '.join(diffs)} | "
+                   f"{area.mean():.3f} ± {se(area):.3f} | {final.mean():.3f} ± {se(final):.3f} | "
+                   f"{' | '.join(diffs)} | "
                    f"{np.mean([runs[s]['collapsed'] for s in seeds]):.0%} | "
                    f"{_fmt(np.median([runs[s]['median_lr'] for s in seeds]))} | {_fmt(kap)} |")
     return "\n".join(out) + "\n"

@@ -12,7 +12,8 @@ with ``η_t`` from a rule of :mod:`oblr_theory.snr`: ``"constant"`` (η), ``"ora
 ``B`` per-group gradients of the same batch) or ``"local"`` (T5 with the local curvature ``κ_t``
 of :func:`oblr_theory.snr.secant_curvature` in place of ``L``: ``clip(SNR̂/(1+SNR̂)/κ_t, η_min,
 η_max)``, with ``κ_t = 1/η_max`` until a seed has taken a nonzero step); ``"local_exact"`` is
-the same rule with the secant of the *exact* gradients (an oracle for the curvature estimate). The registry :data:`RULES` maps
+the same rule with the secant of the *exact* gradients (an oracle for the curvature estimate).
+The registry :data:`RULES` maps
 each online rule's name to its function; ``"oracle"`` needs the exact moments and is handled in
 the loop.
 
@@ -93,7 +94,8 @@ def adam_direction(grad, m, v, t: int, beta1: float = 0.9, beta2: float = 0.999,
 @dataclass(frozen=True)
 class RunConfig:
     """One training setting. ``eta`` is the constant step (``"constant"``) or ``η_max``
-    (``"snr"``, ``"local"``; with ``optimizer="adam"`` it is Adam's rate); ``smoothness`` is ``L`` for ``"oracle"`` (default: the bandit's
+    (``"snr"``, ``"local"``; with ``optimizer="adam"`` it is Adam's rate); ``smoothness`` is ``L``
+    for ``"oracle"`` (default: the bandit's
     ``smoothness_bound()``); ``exact_every`` records exact ``V_t`` every that many steps (0: never;
     forced to 1 by ``"oracle"``)."""
 

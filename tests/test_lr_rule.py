@@ -126,7 +126,8 @@ def test_local_lr_closed_form_floor_and_cap():
     snr_ = np.array([1.0, 3.0, np.inf, 0.0, 1.0, 1.0, 0.0])
     kap = np.array([0.5, -2.0, 0.25, 1.0, np.inf, 0.0, -1.0])
     got = snr.local_lr(snr_, kap, 2.0, 0.1)
-    # 0.5/0.5; κ ≤ 0 → cap; 1/0.25 = 4 → cap 2; SNR 0 → floor; κ inf → floor; κ = 0 → cap; SNR 0 → floor
+    # 0.5/0.5; κ ≤ 0 → cap; 1/0.25 = 4 → cap 2; SNR 0 → floor; κ inf → floor; κ = 0 → cap;
+    # SNR 0 → floor
     assert np.allclose(got, [1.0, 2.0, 2.0, 0.1, 0.1, 2.0, 0.1], rtol=1e-15)
     # interior: exactly (1/κ) SNR/(1+SNR)
     k = np.array([0.3, 0.7, 1.9])
