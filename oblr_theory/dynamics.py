@@ -301,8 +301,7 @@ def run(problem, cfg: RunConfig, seeds, progress=None, keep_theta: bool = False)
         else:
             u = np.einsum("sbg,sbgd->sbd", adv, d["scores"]) / G
         ghat = u.mean(axis=1)  # (N, d)
-        pieces = snr.snr_pieces(u)
-        snr_t = ema.update(pieces)
+        snr_t = ema.update(snr.snr_pieces(u))
         out["snr_hat"][:, t] = snr_t
         if cfg.exact_every and t % cfg.exact_every == 0:
             for s in range(N):
@@ -325,7 +324,8 @@ def run(problem, cfg: RunConfig, seeds, progress=None, keep_theta: bool = False)
             out["curvature"][:, t] = kappa
         if cfg.lr_rule != "oracle":
             out["lr"][:, t] = RULES[cfg.lr_rule](cfg, snr_t, out["curvature"][:, t])
-        prev = (ghat, out["lr"][:, t], pieces.grad_sq_norm_hat, grad)
+        n_hat = snr.snr_pieces(u).grad_sq_norm_hat if cfg.lr_rule == "local" else None  # T7's ||∇J||²
+        prev = (ghat, out["lr"][:, t], n_hat, grad)
         if cfg.optimizer == "adam":
             direction, adam_m, adam_v = adam_direction(ghat, adam_m, adam_v, t + 1)
             theta = theta + out["lr"][:, t, None] * (direction - cfg.weight_decay * theta)

@@ -310,9 +310,9 @@ class EMACurvature:
     def update(self, num, den):
         """Fold in one secant ``(num, den)`` and return ``κ_t``."""
         b = self.beta
-        num, den = _ops.as_float(num), _ops.as_float(den)
-        self.num = (1 - b) * num if self.num is None else b * self.num + (1 - b) * num
-        self.den = (1 - b) * den if self.den is None else b * self.den + (1 - b) * den
+        s_num, s_den = _ops.as_float(num), _ops.as_float(den)
+        self.num = (1 - b) * s_num if self.num is None else b * self.num + (1 - b) * s_num
+        self.den = (1 - b) * s_den if self.den is None else b * self.den + (1 - b) * s_den
         self.steps += 1
         return self.curvature
 
@@ -350,4 +350,5 @@ def local_lr(snr, curvature, eta_max, eta_min):
     # frac ≥ κ η_max (this covers κ ≤ 0) → cap; else frac/κ with κ > 0
     eta = _ops.where(frac >= k * eta_max, hi, frac / _ops.where(k > 0, k, _ops.ones_like(k)))
     eta = _ops.where(frac > 0, eta, _ops.zeros_like(eta))  # no measured signal: the floor
-    return _ops.plain(_ops.where(eta < eta_min, _ops.ones_like(eta) * eta_min, eta))
+    lo = _ops.ones_like(eta) * eta_min
+    return _ops.plain(_ops.where(eta > lo, eta, lo))
