@@ -1,6 +1,6 @@
 """OBLR-PO against reinforce, rloo, dr_grpo, grpo and opo on three toy families.
 
-    python experiments/comparison.py [--quick] [--out results] [--families a,b]
+    python experiments/comparison.py [--quick] [--out results] [--families a,b] [--methods paper|lr_rules|m1,m2]
 
 Protocol. Every method is an (estimator, learning-rate rule) pair. Its one step-size parameter
 (the constant ``η`` of a constant rule, or ``η_max`` of the SNR rule) is tuned by the *same*
@@ -20,6 +20,14 @@ SNR rule (T5 online, :func:`oblr_theory.snr.snr_lr`): ``η_t = clip(η_max SNR̂
 numerator and denominator smoothed by separate EMAs (``β = EMA_BETA``, about ``1/(1−β) = 10``
 batches, bias-corrected), and the floor ``η_min = ETA_MIN_FRACTION · η_max`` (a fixed fraction,
 so the rule keeps one tuned parameter, as the constant rules do).
+
+Learning-rate rules (``--methods lr_rules``, docs/lr_rule.md): ``rloo+local`` and
+``oblr_po_local`` use T5 with a local curvature (:func:`oblr_theory.snr.local_lr`, ``η_max``
+tuned, the same floor fraction); ``rloo+local_exact`` is that rule with the curvature from
+exact-gradient secants (an oracle: how well the rule could do with a perfect ``κ``);
+``rloo+adam`` is Adam on ``ĝ`` with a tuned constant rate and
+``rloo+adam_snr`` multiplies that rate by ``SNR̂/(1+SNR̂)`` (the SNR rule, floor included). Adam's
+grid is the SGD grid times ``GRID_SCALE["adam"]`` (Adam's step is per coordinate, about ``η``).
 
 Metrics per evaluation run: final ``J``; the first step with ``J ≥ 0.9 J*`` (``J* = E_x max_y r``,
 :func:`oblr_theory.families.optimum`); collapse: some prompt's final policy puts
@@ -62,7 +70,21 @@ METHODS = {
     "rloo+snr": ("rloo", "snr"),
     "oblr_po": ("optimal_loo", "snr"),
     "oblr_po_shrink": ("optimal_loo_shrink", "snr"),
+    "rloo+local": ("rloo", "local"),
+    "oblr_po_local": ("optimal_loo", "local"),
+    "rloo+local_exact": ("rloo", "local_exact"),
+    "rloo+adam": ("rloo", "constant", "adam"),
+    "rloo+adam_snr": ("rloo", "snr", "adam"),
 }
+#: Named method sets for ``--methods``: the paper's comparison and the learning-rate-rule study.
+METHOD_SETS = {
+    "paper": ("reinforce", "rloo", "dr_grpo", "grpo", "opo", "optimal_loo", "optimal_loo_shrink",
+              "rloo+snr", "oblr_po", "oblr_po_shrink"),
+    "lr_rules": ("rloo", "rloo+snr", "rloo+local", "rloo+local_exact", "rloo+adam", "rloo+adam_snr",
+                 "optimal_loo", "oblr_po", "oblr_po_local"),
+}
+#: Per optimizer, the factor applied to the η grid.
+GRID_SCALE = {"sgd": 1.0, "adam": 2.0**-4}
 #: η grid: geometric, factor 2, from 1/4 to 256 (wide enough that tuned steps are interior).
 FULL = dict(etas=[float(2.0**k) for k in range(-2, 9)], tune_seeds=4, eval_seeds=16, steps=250)
 QUICK = dict(etas=[0.5, 2.0, 8.0], tune_seeds=2, eval_seeds=4, steps=40)
@@ -70,10 +92,31 @@ GROUP, BATCH, EMA_BETA, ETA_MIN_FRACTION = 8, 4, 0.9, 0.05
 COLLAPSE_MODAL = 0.95
 
 
+def method_spec(method):
+    """``(estimator, lr_rule, optimizer)`` of ``method`` (a 2-tuple in :data:`METHODS` is SGD)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method={method!r}; known: {', '.join(METHODS)}")
+    est, rule, *opt = METHODS[method]
+    return est, rule, (opt[0] if opt else "sgd")
+
+
+def grid(method, spec):
+    """The η grid of ``method``: ``spec["etas"]`` times its optimizer's :data:`GRID_SCALE`."""
+    return [float(e * GRID_SCALE[method_spec(method)[2]]) for e in spec["etas"]]
+
+
+def parse_methods(text):
+    """``--methods``: a name of :data:`METHOD_SETS` or a comma-separated list of methods."""
+    names = METHOD_SETS.get(text, text.split(","))
+    for m in names:
+        method_spec(m)
+    return list(names)
+
+
 def config(method, eta, steps):
-    est, rule = METHODS[method]
+    est, rule, opt = method_spec(method)
     return dynamics.RunConfig(est, GROUP, BATCH, steps, rule, eta=eta, eta_min=ETA_MIN_FRACTION * eta,
-                              ema_beta=EMA_BETA)
+                              ema_beta=EMA_BETA, optimizer=opt)
 
 
 def setting_id(problem, method, steps) -> str:
@@ -98,16 +141,23 @@ def summarise_run(problem, tr, i, J_star):
     return dict(final_objective=float(J[-1]), steps_to_90=int(hit[0]) if len(hit) else None,
                 collapsed=bool(coll.any()), collapsed_prompts=float(coll.mean()),
                 mean_objective=float(J.mean()), curve_steps=np.arange(len(J))[::stride], curve=J[::stride],
-                lr_curve=tr.lr[i][::stride], snr_hat_curve=tr.snr_hat[i][::stride])
+                lr_curve=tr.lr[i][::stride], snr_hat_curve=tr.snr_hat[i][::stride],
+                median_lr=float(np.median(tr.lr[i])), median_curvature=_median_or_none(tr.curvature[i]))
 
 
-def tune(out, family, spec, rev):
+def _median_or_none(x):
+    """Median of the finite entries, ``None`` where none is (e.g. κ of a rule that has none)."""
+    x = np.asarray(x)[np.isfinite(x)]
+    return float(np.median(x)) if len(x) else None
+
+
+def tune(out, family, spec, rev, methods=METHOD_SETS["paper"]):
     """Grid search on the tuning seeds; returns ``{method: dict(eta, grid, at_edge, setting)}``."""
     store = ResultStore(os.path.join(out, "tune.jsonl"))
     P = families.make(family)
     seeds = [10_000 + i for i in range(spec["tune_seeds"])]
-    ids = {m: setting_id(P, m, spec["steps"]) for m in METHODS}
-    jobs = [(m, eta) for m in METHODS for eta in spec["etas"]]
+    ids = {m: setting_id(P, m, spec["steps"]) for m in methods}
+    jobs = [(m, eta) for m in methods for eta in grid(m, spec)]
     for method, eta in tqdm(jobs, desc=f"tune {family}", leave=False):
         key = f"{family}/{method}/{ids[method]}/eta={eta}"
         todo = [s for s in seeds if not store.done(f"{key}/seed={s}")]
@@ -117,13 +167,14 @@ def tune(out, family, spec, rev):
                             eta=eta, seed=int(s), steps=spec["steps"], mean_objective=float(tr.objective[i].mean()),
                             final_objective=float(tr.objective[i, -1]), rev=rev) for i, s in enumerate(todo)])
     best = {}
-    for method in METHODS:
+    for method in methods:
+        etas = grid(method, spec)
         score = {eta: np.mean([r["mean_objective"] for r in store.rows if r["family"] == family
                                and r["method"] == method and r.get("setting") == ids[method]
-                               and r["eta"] == eta and r["seed"] in seeds]) for eta in spec["etas"]}
-        eta = max(spec["etas"], key=lambda e: (score[e], -e))
-        at_edge = eta in (min(spec["etas"]), max(spec["etas"]))
-        best[method] = dict(eta=eta, grid=list(spec["etas"]), at_edge=at_edge, setting=ids[method],
+                               and r["eta"] == eta and r["seed"] in seeds]) for eta in etas}
+        eta = max(etas, key=lambda e: (score[e], -e))
+        at_edge = eta in (min(etas), max(etas))
+        best[method] = dict(eta=eta, grid=etas, at_edge=at_edge, setting=ids[method],
                             tune_score=float(score[eta]))
     return best
 
@@ -143,16 +194,16 @@ def evaluate(out, family, spec, best, rev, quick):
     P = families.make(family)
     J_star = families.optimum(P)
     seeds = list(range(spec["eval_seeds"]))
-    for method in tqdm(METHODS, desc=f"eval {family}", leave=False):
+    for method in tqdm(best, desc=f"eval {family}", leave=False):
         eta, sid = best[method]["eta"], best[method]["setting"]
         key = f"{family}/{method}/{sid}/eta={eta}"
         todo = [s for s in seeds if not store.done(f"{key}/seed={s}")]
         if not todo:
             continue
         tr = dynamics.run(P, config(method, eta, spec["steps"]), todo)
-        est, rule = METHODS[method]
+        est, rule, opt = method_spec(method)
         store.add([dict(key=f"{key}/seed={s}", family=family, method=method, setting=sid, estimator=est,
-                        lr_rule=rule, eta=eta, eta_at_edge=best[method]["at_edge"], seed=int(s),
+                        lr_rule=rule, optimizer=opt, eta=eta, eta_at_edge=best[method]["at_edge"], seed=int(s),
                         group_size=GROUP, batch_size=BATCH, ema_beta=EMA_BETA,
                         eta_min_fraction=ETA_MIN_FRACTION, steps=spec["steps"], optimum=J_star,
                         initial_objective=float(tr.objective[i, 0]), quick=quick, rev=rev,
@@ -164,17 +215,20 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="3-point grid, short runs (CI)")
     ap.add_argument("--out", default="results", help="results folder")
     ap.add_argument("--families", default=",".join(families.FAMILIES), help="comma-separated family names")
+    ap.add_argument("--methods", default="paper",
+                    help=f"a method set ({', '.join(METHOD_SETS)}) or comma-separated methods")
     args = ap.parse_args(argv)
+    methods = parse_methods(args.methods)
     spec = QUICK if args.quick else FULL
     rev = git_revision()
     tuned_path = os.path.join(args.out, "tuned.json")
     tuned = json.load(open(tuned_path)) if os.path.exists(tuned_path) else {}
     for family in tqdm(args.families.split(","), desc="families"):
-        best = tune(args.out, family, spec, rev)
-        tuned[family] = best
+        best = tune(args.out, family, spec, rev, methods)
+        tuned[family] = {**tuned.get(family, {}), **best}
         atomic_write_text(tuned_path, json.dumps(tuned, indent=1))  # figures keep only these settings' rows
         evaluate(args.out, family, spec, best, rev, args.quick)
-    note = edge_note({f: tuned[f] for f in args.families.split(",")})
+    note = edge_note({f: {m: tuned[f][m] for m in methods} for f in args.families.split(",")})
     if note:
         print(note, file=sys.stderr)
     return 0

@@ -7,9 +7,19 @@ One step of ascent on ``J``, for ``N`` seeds at once::
     ĝ   = (1/B) Σ_b u_b,             θ ← θ + η_t ĝ
 
 with ``η_t`` from a rule of :mod:`oblr_theory.snr`: ``"constant"`` (η), ``"oracle"`` (T5's
-``η* = ∇J·m / (L(||m||² + V))`` from the exact moments; ``= (1/L) SNR/(1+SNR)`` when unbiased)
-or ``"snr"`` (``clip(η_max SNR̂/(1+SNR̂), η_min, η_max)`` with the EMA estimate of T7 from the
-``B`` per-group gradients of the same batch).
+``η* = ∇J·m / (L(||m||² + V))`` from the exact moments; ``= (1/L) SNR/(1+SNR)`` when unbiased),
+``"snr"`` (``clip(η_max SNR̂/(1+SNR̂), η_min, η_max)`` with the EMA estimate of T7 from the
+``B`` per-group gradients of the same batch) or ``"local"`` (T5 with the local curvature ``κ_t``
+of :func:`oblr_theory.snr.secant_curvature` in place of ``L``: ``clip(SNR̂/(1+SNR̂)/κ_t, η_min,
+η_max)``, with ``κ_t = 1/η_max`` until a seed has taken a nonzero step); ``"local_exact"`` is
+the same rule with the secant of the *exact* gradients (an oracle for the curvature estimate).
+The registry :data:`RULES` maps
+each online rule's name to its function; ``"oracle"`` needs the exact moments and is handled in
+the loop.
+
+``optimizer="adam"`` replaces the direction ``ĝ`` by Adam's ``m̂/(√v̂ + ε)``
+(:func:`adam_direction`, with AdamW's decoupled decay ``−η λ θ``), scaled by the same ``η_t``:
+``"constant"`` is plain Adam(W), ``"snr"`` multiplies Adam's rate by ``SNR̂/(1+SNR̂)``.
 
 Responses are drawn from the problem's exact enumeration (``problem.outcomes(x)``, which every
 step needs anyway for the exact ``J(θ_t)`` and ``∇J(θ_t)``): bandits are sampled for all seeds
@@ -32,15 +42,60 @@ from . import estimators, exact, snr, theory
 from .montecarlo import categorical
 from .problems import SoftmaxBandit
 
-__all__ = ["RunConfig", "Trajectory", "run", "LR_RULES", "exact_state"]
+__all__ = ["RunConfig", "Trajectory", "run", "LR_RULES", "RULES", "OPTIMIZERS", "exact_state",
+           "adam_direction"]
 
-LR_RULES = ("constant", "oracle", "snr")
+
+def _lr_constant(cfg, snr_t, curvature):
+    return snr.constant_lr(snr_t, cfg.eta)
+
+
+def _lr_snr(cfg, snr_t, curvature):
+    return snr.snr_lr(snr_t, cfg.eta, cfg.eta_min)
+
+
+def _lr_local(cfg, snr_t, curvature):
+    return snr.local_lr(snr_t, curvature, cfg.eta, cfg.eta_min)
+
+
+#: The online learning-rate rules: name -> ``rule(cfg, snr_t, curvature_t) -> η_t`` over seeds.
+RULES = {"constant": _lr_constant, "snr": _lr_snr, "local": _lr_local, "local_exact": _lr_local}
+LR_RULES = ("oracle", *RULES)
+OPTIMIZERS = ("sgd", "adam")
+
+
+def adam_direction(grad, m, v, t: int, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+    """One Adam moment update and its direction (Kingma & Ba 2015), elementwise::
+
+        m_t = β₁ m + (1−β₁) g,    v_t = β₂ v + (1−β₂) g²,
+        direction = m̂ / (√v̂ + ε),    m̂ = m_t / (1−β₁ᵗ),  v̂ = v_t / (1−β₂ᵗ).
+
+    Returns ``(direction, m_t, v_t)``; ``t ≥ 1`` counts this update. The step is
+    ``θ ← θ + η (direction − λ θ)`` (ascent, AdamW's decoupled decay ``λ``).
+
+    Valid only if: ``0 ≤ β₁, β₂ < 1``, ``ε > 0``, ``t ≥ 1``, ``m`` and ``v`` from the previous call
+    (zeros at ``t = 1``).
+    """
+    if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+        raise ValueError(f"beta1 and beta2 must be in [0, 1), got {beta1!r}, {beta2!r}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    if int(t) != t or t < 1:
+        raise ValueError(f"t must be an integer >= 1 (this update's count), got {t!r}")
+    g = np.asarray(grad, dtype=np.float64)
+    if np.shape(m) != g.shape or np.shape(v) != g.shape:
+        raise ValueError(f"m and v must have grad's shape {g.shape}, got {np.shape(m)}, {np.shape(v)}")
+    m = beta1 * np.asarray(m) + (1 - beta1) * g
+    v = beta2 * np.asarray(v) + (1 - beta2) * g * g
+    mhat, vhat = m / (1 - beta1**t), v / (1 - beta2**t)
+    return mhat / (np.sqrt(vhat) + eps), m, v
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """One training setting. ``eta`` is the constant step (``"constant"``) or ``η_max``
-    (``"snr"``); ``smoothness`` is ``L`` for ``"oracle"`` (default: the bandit's
+    (``"snr"``, ``"local"``; with ``optimizer="adam"`` it is Adam's rate); ``smoothness`` is ``L``
+    for ``"oracle"`` (default: the bandit's
     ``smoothness_bound()``); ``exact_every`` records exact ``V_t`` every that many steps (0: never;
     forced to 1 by ``"oracle"``)."""
 
@@ -55,11 +110,23 @@ class RunConfig:
     smoothness: float | None = None
     exact_every: int = 0
     estimator_params: dict = field(default_factory=dict)
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
 
     def __post_init__(self):
         estimators.spec(self.estimator)
         if self.lr_rule not in LR_RULES:
             raise ValueError(f"lr_rule must be one of {LR_RULES}, got {self.lr_rule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.optimizer == "adam" and self.lr_rule not in ("constant", "snr"):
+            raise ValueError(f"optimizer='adam' supports lr_rule 'constant' or 'snr' (the secant and "
+                             f"the oracle assume the step is along ĝ), got {self.lr_rule!r}")
+        if self.lr_rule in ("local", "local_exact") and not (0 < self.eta_min <= self.eta):
+            raise ValueError(f"lr_rule={self.lr_rule!r} needs 0 < eta_min <= eta (a zero step gives no secant), "
+                             f"got eta_min={self.eta_min!r}, eta={self.eta!r}")
+        if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be finite and >= 0, got {self.weight_decay!r}")
         for name, lo in (("group_size", 1), ("batch_size", 2), ("num_steps", 1), ("exact_every", 0)):
             v = getattr(self, name)
             if int(v) != v or v < lo:
@@ -71,7 +138,8 @@ class RunConfig:
 @dataclass
 class Trajectory:
     """Arrays over seeds ``N`` and steps ``T``: objective / grad_sq_norm ``(N, T+1)``;
-    lr, snr_hat, exact_var, exact_snr ``(N, T)`` (NaN where not computed); modal_prob ``(N, X)``
+    lr, snr_hat, exact_var, exact_snr, curvature ``(N, T)`` (NaN where not computed; curvature is
+    the ``κ_t`` of the ``"local"`` rule); modal_prob ``(N, X)``
     (the final policy's largest response probability per prompt); theta ``(N, d)`` final;
     thetas ``(N, T+1, d)`` the whole path when ``run(..., keep_theta=True)``, else None."""
 
@@ -85,6 +153,7 @@ class Trajectory:
     modal_prob: np.ndarray
     theta: np.ndarray
     thetas: np.ndarray | None = None
+    curvature: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -206,8 +275,10 @@ def run(problem, cfg: RunConfig, seeds, progress=None, keep_theta: bool = False)
     theta = np.tile(problem.theta, (N, 1))
     bandit = isinstance(problem, SoftmaxBandit)
     out = {k: np.full((N, T + 1), np.nan) for k in ("objective", "grad_sq_norm")}
-    out.update({k: np.full((N, T), np.nan) for k in ("lr", "snr_hat", "exact_var", "exact_snr")})
+    out.update({k: np.full((N, T), np.nan) for k in ("lr", "snr_hat", "exact_var", "exact_snr", "curvature")})
     ema = snr.EMASNR(cfg.ema_beta)
+    ema_curv, prev = snr.EMACurvature(cfg.ema_beta), None  # prev: (ĝ, η, n̂) of the last step
+    adam_m = adam_v = np.zeros_like(theta)
     path = np.empty((N, T + 1, theta.shape[1])) if keep_theta else None
     for t in range(T + 1):
         if keep_theta:
@@ -240,12 +311,27 @@ def run(problem, cfg: RunConfig, seeds, progress=None, keep_theta: bool = False)
                 if cfg.lr_rule == "oracle":
                     gm = float(grad[s] @ mean)
                     out["lr"][s, t] = 0.0 if gm <= 0 else theory.optimal_step_size(gm, mean @ mean, var, L)
-        if cfg.lr_rule == "constant":
-            out["lr"][:, t] = snr.constant_lr(snr_t, cfg.eta)
-        elif cfg.lr_rule == "snr":
-            out["lr"][:, t] = snr.snr_lr(snr_t, cfg.eta, cfg.eta_min)
-        theta = theta + out["lr"][:, t, None] * ghat
+        if cfg.lr_rule in ("local", "local_exact"):
+            if prev is None:
+                kappa = np.full(N, np.nan)
+            elif cfg.lr_rule == "local":  # noisy secant, T7-corrected
+                kappa = ema_curv.update(*snr.secant_curvature(ghat, *prev[:3]))
+            else:  # exact secant: ∇J(θ_t) and <∇J(θ_{t−1}), d> from the enumeration
+                d_prev, eta_prev, grad_prev = prev[0], prev[1], prev[3]
+                kappa = ema_curv.update(*snr.secant_curvature(
+                    grad, d_prev, eta_prev, np.einsum("sd,sd->s", grad_prev, d_prev)))
+            kappa = np.where(np.isnan(kappa), 1.0 / cfg.eta, kappa)  # κ_0 = 1/η_max until a nonzero step
+            out["curvature"][:, t] = kappa
+        if cfg.lr_rule != "oracle":
+            out["lr"][:, t] = RULES[cfg.lr_rule](cfg, snr_t, out["curvature"][:, t])
+        n_hat = snr.snr_pieces(u).grad_sq_norm_hat if cfg.lr_rule == "local" else None  # T7's ||∇J||²
+        prev = (ghat, out["lr"][:, t], n_hat, grad)
+        if cfg.optimizer == "adam":
+            direction, adam_m, adam_v = adam_direction(ghat, adam_m, adam_v, t + 1)
+            theta = theta + out["lr"][:, t, None] * (direction - cfg.weight_decay * theta)
+        else:
+            theta = theta + out["lr"][:, t, None] * ghat
         if progress is not None:
             progress(1)
     return Trajectory(seeds, out["objective"], out["grad_sq_norm"], out["lr"], out["snr_hat"],
-                      out["exact_var"], out["exact_snr"], np.asarray(modal), theta, path)
+                      out["exact_var"], out["exact_snr"], np.asarray(modal), theta, path, out["curvature"])

@@ -72,6 +72,11 @@ ESTIMATOR_STYLE = {
     "rloo+snr": Style(TOL["indigo"], "X", "--"),
     "oblr_po": Style(TOL["teal"], "p", "-", 2.2),
     "oblr_po_shrink": Style(TOL["green"], "H", "-", 2.2),
+    "rloo+local": Style(TOL["indigo"], "*", ":"),
+    "oblr_po_local": Style(TOL["teal"], "*", ":", 2.2),
+    "rloo+local_exact": Style(TOL["grey"], "*", ":"),
+    "rloo+adam": Style(TOL["rose"], "o", "-."),
+    "rloo+adam_snr": Style(TOL["wine"], "X", "-."),
 }
 #: The learning-rate rules of the SNR traces (Tol's bright blue / red / green).
 RULE_STYLE = {

@@ -30,7 +30,8 @@ import numpy as np
 from . import _ops
 
 __all__ = ["SNRPieces", "snr_pieces_from_gram", "snr_pieces", "snr_hat", "EMASNR",
-           "snr_fraction", "constant_lr", "oracle_lr", "snr_lr"]
+           "snr_fraction", "constant_lr", "oracle_lr", "snr_lr",
+           "secant_curvature", "EMACurvature", "local_lr"]
 
 
 class SNRPieces(NamedTuple):
@@ -246,3 +247,108 @@ def snr_lr(snr, eta_max, eta_min=0.0):
         raise ValueError(f"need finite 0 <= eta_min <= eta_max, got eta_min={eta_min!r}, eta_max={eta_max!r}")
     eta = eta_max * snr_fraction(snr)
     return _ops.plain(_ops.where(eta < eta_min, _ops.ones_like(eta) * eta_min, eta))
+
+
+# -------------------------------------------------------------------------------- T5, local L
+def secant_curvature(ghat_new, ghat_prev, eta_prev, grad_sq_norm_hat_prev):
+    """T5-local: one noisy secant of the curvature of ``J`` along the last step, as ``(num, den)``.
+
+    The last step was ``Δ = η_{t−1} d`` with ``d = ĝ_{t−1}``; ``ĝ_t`` is the fresh estimate at
+    ``θ_t = θ_{t−1} + Δ``. With ``H̄ = ∫₀¹ ∇²J(θ_{t−1} + sΔ) ds`` (so ``g_t − g_{t−1} = H̄Δ``)::
+
+        num = −(<ĝ_t, d> − n̂_{t−1}) / η_{t−1}        den = ||d||²
+        E num = E[−dᵀ H̄ d],                           κ = num / den  (curvature along d)
+
+    where ``n̂_{t−1} = ||ĝ_{t−1}||² − V̂_{t−1}`` is T7's unbiased estimate of ``||∇J(θ_{t−1})||²``
+    (``grad_sq_norm_hat_prev``; ``E n̂ = E<∇J(θ_{t−1}), d>``, the quantity it stands for: where the
+    exact ``∇J`` is known, passing the exact ``∇J(θ_t)`` and ``<∇J(θ_{t−1}), d>`` gives the
+    exact secant). The plain secant ``−<ĝ_t − ĝ_{t−1}, d>/(η||d||²)`` uses
+    ``<ĝ_{t−1}, d> = ||d||²`` instead, whose mean is ``||∇J||² + V``: the step is built from the
+    same noise it is compared with, so the plain secant is biased up by ``V/(η ||d||²)``; T7's
+    ``V̂`` removes that bias. ``<ĝ_t, d>`` is conditionally unbiased for ``<∇J(θ_t), d>`` because
+    ``ĝ_t`` is a fresh batch. On a quadratic ``J`` (``H̄ = −A``) ``num/den = dᵀAd/||d||²`` up to
+    the noise of ``ĝ_t`` and ``V̂``, exactly when both are exact.
+
+    Shapes: ``ghat_*`` ``(..., d)``; ``eta_prev`` and ``grad_sq_norm_hat_prev`` broadcast to ``(...)``.
+
+    Valid only if: ``ĝ_t`` is drawn independently of ``ĝ_{t−1}`` given ``θ_t``; ``ĝ`` unbiased
+    (``E ĝ = ∇J``); ``η_{t−1} > 0``.
+    """
+    new, prev = _ops.as_float(ghat_new), _ops.as_float(ghat_prev)
+    if tuple(new.shape) != tuple(prev.shape) or new.ndim < 1:
+        raise ValueError(f"ghat_new and ghat_prev must have the same shape (..., d), got "
+                         f"{tuple(new.shape)} and {tuple(prev.shape)}")
+    eta, nhat = _ops.as_float(eta_prev), _ops.as_float(grad_sq_norm_hat_prev)
+    for name, x in (("ghat_new", new), ("ghat_prev", prev), ("eta_prev", eta),
+                    ("grad_sq_norm_hat_prev", nhat)):
+        _ops.check_finite(x, name)
+    if not bool((eta > 0).all()):
+        raise ValueError("eta_prev must be > 0 (a zero step carries no curvature information); "
+                         "use a positive step floor eta_min")
+    num = -((new * prev).sum(-1) - _ops.plain(nhat)) / _ops.plain(eta)  # 0-d numpy -> scalar
+    return _ops.plain(num), _ops.plain((prev * prev).sum(-1))
+
+
+class EMACurvature:
+    """T5-local smoothing: separate EMAs of :func:`secant_curvature`'s numerator and denominator,
+    ``κ_t = Σ_s β^{t−s} num_s / Σ_s β^{t−s} den_s`` (a ratio of averages, like :class:`EMASNR`:
+    each secant is weighted by ``||d_s||²``, so long, informative steps count more, and the
+    unbiased numerators are averaged before any division).
+
+    ``κ_t`` estimates the curvature ``−dᵀ∇²J d/||d||²`` of ``J`` along recent steps, averaged
+    over about ``1/(1−β)`` steps: it lags a curvature that changes faster than that.
+
+    Valid only if: ``0 ≤ β < 1``; the pieces come from :func:`secant_curvature`.
+    """
+
+    def __init__(self, beta: float):
+        if not (0.0 <= float(beta) < 1.0):
+            raise ValueError(f"beta must be in [0, 1), got {beta!r}")
+        self.beta = float(beta)
+        self.num, self.den, self.steps = None, None, 0
+
+    def update(self, num, den):
+        """Fold in one secant ``(num, den)`` and return ``κ_t``."""
+        b = self.beta
+        s_num, s_den = _ops.as_float(num), _ops.as_float(den)
+        self.num = (1 - b) * s_num if self.num is None else b * self.num + (1 - b) * s_num
+        self.den = (1 - b) * s_den if self.den is None else b * self.den + (1 - b) * s_den
+        self.steps += 1
+        return self.curvature
+
+    @property
+    def curvature(self):
+        """``κ_t = N_t / D_t`` (NaN where ``D_t = 0``: every step so far was zero, κ undefined)."""
+        if self.steps == 0:
+            raise ValueError("EMACurvature has no data yet: call update(num, den) first")
+        nan = _ops.ones_like(self.num) * float("nan")
+        return _ops.plain(_ops.safe_ratio(self.num, self.den, nan))
+
+
+def local_lr(snr, curvature, eta_max, eta_min):
+    """T5 with a local smoothness: ``η_t = clip((1/κ_t) · SNR̂/(1 + SNR̂), η_min, η_max)``.
+
+    T4 along the step with ``L`` replaced by the curvature ``κ`` of ``J`` along ``ĝ``
+    (``E J(θ + ηĝ) ≈ J + η||∇J||² − (κη²/2)(||∇J||² + V)``) is maximised at
+    ``η = (1/κ) SNR/(1+SNR)``. ``η_max`` is a trust region on the *step* (not a stand-in for
+    ``1/L``): where ``κ ≤ 0`` (``J`` convex along the step, no maximiser of the model) or
+    ``κ < SNR/(1+SNR)/η_max``, the step is ``η_max``; ``κ = +inf`` or ``SNR̂ = 0`` (no measured
+    signal, whatever ``κ``) gives ``η_min``.
+
+    Valid only if: ``0 < η_min ≤ η_max`` finite; ``SNR̂ ≥ 0``; ``κ`` not NaN (an undefined
+    curvature is refused: start the rule from a stated ``κ_0``, e.g. ``1/η_max``); the
+    quadratic model of ``J`` along ``ĝ`` holds over one step (κ changes little over a step).
+    """
+    if not (np.isfinite(eta_max) and np.isfinite(eta_min) and 0 < eta_min <= eta_max):
+        raise ValueError(f"need finite 0 < eta_min <= eta_max, got eta_min={eta_min!r}, eta_max={eta_max!r}")
+    frac = _ops.as_float(snr_fraction(snr))
+    k = _ops.as_float(curvature)
+    if bool(_ops.isnan(k).any()):
+        raise ValueError("curvature contains NaN (undefined); pass a starting value such as 1/eta_max")
+    k = k + 0 * frac  # broadcast
+    hi = _ops.ones_like(k) * eta_max
+    # frac ≥ κ η_max (this covers κ ≤ 0) → cap; else frac/κ with κ > 0
+    eta = _ops.where(frac >= k * eta_max, hi, frac / _ops.where(k > 0, k, _ops.ones_like(k)))
+    eta = _ops.where(frac > 0, eta, _ops.zeros_like(eta))  # no measured signal: the floor
+    lo = _ops.ones_like(eta) * eta_min
+    return _ops.plain(_ops.where(eta > lo, eta, lo))
