@@ -268,7 +268,7 @@ THEOREM_TITLES = {
 }
 #: The columns of the printed table: (header, width, what it holds).
 TABLE_COLUMNS = (
-    ("problem", 15, "the problem the claim is checked on (docs/theory.md, "Problems with exact answers")"),
+    ("problem", 15, "the problem the claim is checked on (docs/theory.md, 'Problems with exact answers')"),
     ("statement", 29, "the claim; a negative control states a FALSE claim that the test must reject"),
     ("exact", 8, "the exact value (enumeration or closed form; a vector by its norm)"),
     ("estimate", 8, "what is compared with it: Monte Carlo estimate or second exact engine"),
