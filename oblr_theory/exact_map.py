@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import estimators, exact, families
+from . import estimators, exact, exact_batch, families
 
-__all__ = ["map_rows", "shrinkage_quadratic", "smoothness", "FAMILY_GROUP_SIZES"]
+__all__ = ["map_rows", "moments", "shrinkage_quadratic", "smoothness", "FAMILY_GROUP_SIZES"]
 
 #: ``G`` range per family (limited by the ``C(n+G−1, G)`` multisets of the token MDPs).
 FAMILY_GROUP_SIZES = {"hard_arm_bandit": tuple(range(2, 17)), "length_mdp": tuple(range(2, 9)),
@@ -43,6 +43,14 @@ def _gain(grad, mean, var, L):
     return (gm * gm / (2 * L * den), gm / (L * den)) if gm > 0 and den > 0 else (0.0, 0.0)
 
 
+def moments(problem, name: str, G: int):
+    """Exact moments of one group (``B = 1``): the multiset engine, or for a batch-coupled estimator
+    (whose law is not "batch = independent groups") whole-batch enumeration at ``B = 1``."""
+    if estimators.spec(name).batch_coupled:
+        return exact_batch.batch_moments(problem, name, G, 1)
+    return exact.estimator_moments(problem, name, G)
+
+
 def map_rows(problem, family: str, group_sizes, names=None, L=None, progress=None) -> list[dict]:
     """One row per (estimator, G): ``bias_sq = ||E ĝ − ∇J||²``, ``trace_var``, ``mse``, ``gain``
     and ``eta_star`` (T5), for one group (``B = 1``); the oracle ``b*`` is supplied per prompt."""
@@ -53,7 +61,7 @@ def map_rows(problem, family: str, group_sizes, names=None, L=None, progress=Non
         for name in names:
             if G < estimators.spec(name).min_group:
                 continue
-            m = exact.estimator_moments(problem, name, G)
+            m = moments(problem, name, G)
             gain, eta = _gain(m.grad, m.mean, m.trace_var, L)
             rows.append(dict(family=family, estimator=name, group_size=int(G),
                              bias_sq=float(m.bias @ m.bias), trace_var=m.trace_var, mse=m.mse,
