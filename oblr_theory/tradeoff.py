@@ -75,7 +75,8 @@ def compute_rows(family_names=None, group_sizes=GROUP_SIZES, names=None, progres
         for G in group_sizes:
             why = {n: unavailable(fam, n, G, sizes["n_responses"]) for n in names}
             ok = [n for n in names if why[n] is None]
-            got = {r["estimator"]: r for r in exact_map.map_rows(problem, fam, [G], ok, L=L, progress=progress)}
+            got = ({r["estimator"]: r for r in exact_map.map_rows(problem, fam, [G], ok, L=L, progress=progress)}
+                   if ok else {})  # map_rows reads an empty list of names as "all"
             for n in names:
                 base = dict(family=fam, estimator=n, group_size=int(G), **sizes)
                 rows.append(dict(base, **got[n]) if n in got else dict(base, na=why[n]))
@@ -139,6 +140,9 @@ def _summary(g, rows) -> list[str]:
                       ("best_unbiased", "the highest gain among the unbiased")):
         cnt = Counter(c[key] for c in g)
         lines.append(f"- {what}: " + ", ".join(f"`{k}` in {v} of {n}" for k, v in cnt.most_common()) + " cells")
+    split = sum(c["lowest_mse"] != c["highest_gain"] for c in g)
+    lines.append(f"- the lowest-MSE estimator is not the highest-gain one in {split} of {n} cells: MSE rewards "
+                 f"shrinking E ĝ towards 0, T5's gain does not (it is unchanged when ĝ is multiplied by a constant)")
     ratio = [c["gain"] / c["gain_rloo"] for c in g if c["gain_rloo"]]
     if ratio:
         lines.append(f"- the best gain over `rloo`'s gain: {min(ratio):.3g}x to {max(ratio):.3g}x")
