@@ -52,9 +52,6 @@ def unavailable(family: str, name: str, G: int, n_responses: int) -> str | None:
     """Why the cell (family, estimator, G) has no exact value, or ``None`` when it has one."""
     if G < estimators.spec(name).min_group:
         return f"needs G ≥ {estimators.spec(name).min_group}"
-    if name == "remax":
-        return ("needs each prompt's greedy-rollout reward; the exact engine takes one greedy_reward "
-                "for all prompts")
     if G not in exact_map.FAMILY_GROUP_SIZES[family]:
         M = exact.num_multisets(n_responses, G)
         return (f"C(n+G−1, G) = {M:,} multisets per prompt (n = {n_responses}): beyond this family's "

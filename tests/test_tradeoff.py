@@ -7,20 +7,20 @@ import os
 import numpy as np
 import pytest
 
-from oblr_theory import estimators, exact, exact_batch, families, tradeoff
+from oblr_theory import estimators, exact, exact_batch, exact_map, families, tradeoff
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = os.path.join(REPO, "docs", "tradeoff.jsonl")
 U = float(np.finfo(np.float64).eps) / 2
 
 
-def _brute_force(problem, name, G):
+def _brute_force(problem, name, G, per_prompt=None):
     """``E ĝ``, ``V`` and ``∇J`` of one group by enumerating every ordered G-tuple of outcomes
     (independent of the multiset engine's weights and chunking)."""
     outs = exact.all_outcomes(problem)
     g_mean, g_sq = np.zeros(problem.dim), 0.0
-    est = estimators.get(name)
-    for px, o in zip(problem.prompt_probs, outs):
+    for x, (px, o) in enumerate(zip(problem.prompt_probs, outs)):
+        est = estimators.get(name, **{k: v[x] for k, v in (per_prompt or {}).items()})
         for tup in itertools.product(range(len(o.probs)), repeat=G):
             t = list(tup)
             w = px * np.prod(o.probs[t])
@@ -39,28 +39,60 @@ def test_columns_and_one_cell_equal_a_brute_force_enumeration():
     by = {r["estimator"]: r for r in rows}
     for n in ("grpo", "rloo", "reinforce_pp_baseline", "oracle_optimal"):
         assert {"bias_sq", "trace_var", "mse", "gain", "eta_star", "num_prompts", "n_responses", "dim"} <= set(by[n])
-    assert "na" in by["remax"] and "greedy" in by["remax"]["na"]
     P = families.make(fam)
-    mean, V, grad = _brute_force(P, "grpo", G)
     L = P.smoothness_bound()
-    gm, den = grad @ mean, mean @ mean + V
     # float64 sums of 3·4^4 terms of size ≤ max||ĝ||² (|A| ≤ √G, ||s|| ≤ 2): 16 · N · u · scale
     tol = 16 * 3 * 4**G * U * (np.sqrt(G) * 2) ** 2
-    r = by["grpo"]
-    assert abs(r["bias_sq"] - (mean - grad) @ (mean - grad)) <= tol
-    assert abs(r["trace_var"] - V) <= tol
-    assert abs(r["mse"] - (V + (mean - grad) @ (mean - grad))) <= 2 * tol
-    assert r["gain"] == pytest.approx(gm * gm / (2 * L * den), rel=1e-9)
-    assert r["eta_star"] == pytest.approx(gm / (L * den), rel=1e-9)
+    greedy = {"greedy_reward": [float(r[np.argmax(lg)]) for r, lg in zip(P.rewards, P.logits)]}
+    for name, per_prompt in (("grpo", None), ("remax", greedy)):
+        mean, V, grad = _brute_force(P, name, G, per_prompt)
+        gm, den = grad @ mean, mean @ mean + V
+        r = by[name]
+        assert abs(r["bias_sq"] - (mean - grad) @ (mean - grad)) <= tol
+        assert abs(r["trace_var"] - V) <= tol
+        assert abs(r["mse"] - (V + (mean - grad) @ (mean - grad))) <= 2 * tol
+        assert r["gain"] == pytest.approx(gm * gm / (2 * L * den), rel=1e-9)
+        assert r["eta_star"] == pytest.approx(gm / (L * den), rel=1e-9)
+    assert by["remax"]["bias_sq"] <= tol  # ReMax is unbiased (T1: a fixed baseline per prompt)
     # the batch-coupled peer: whole-batch enumeration at B = 1
     m = exact_batch.batch_moments(P, "reinforce_pp_baseline", G, 1)
     assert by["reinforce_pp_baseline"]["trace_var"] == pytest.approx(m.trace_var, rel=1e-12)
     assert by["reinforce_pp_baseline"]["bias_sq"] == pytest.approx(float(m.bias @ m.bias), rel=1e-12)
     # the rendered full table carries those numbers
     doc = tradeoff.render_doc(rows)
+    r = by["grpo"]
     assert (f"| {fam} | {G} | `grpo` | no | {r['bias_sq']:.3g} | {r['trace_var']:.3g} | {r['mse']:.3g} | "
             f"{r['gain']:.3g} | {r['eta_star']:.3g} | {r['gain'] / by['rloo']['gain']:.3g} |") in doc
     assert "| family | G | estimator | unbiased | bias² | V | MSE | gain | η* | gain / rloo |" in doc
+
+
+def _greedy_by_steps(P, x):
+    """The greedy rollout of a token MDP from its step logits (not from the enumerated responses)."""
+    V, H = P.vocab_size, P.horizon
+    toks, code, prev = np.full(H, -1), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
+    for t in range(H):
+        v = int(np.argmax(P.step_logits(P.param_rows(np.array([x]), t, prev, code))[0]))
+        toks[t] = v
+        if v == 0 or t + 1 == H:  # EOS = 0
+            return float(P._rewards(np.array([x]), toks[None], np.array([t + 1]))[0])
+        code, prev = code * (V - 1) + v - 1, np.array([v])
+
+
+def test_greedy_rewards_follow_the_step_logits():
+    for fam in ("length_mdp", "sparse_mdp"):
+        P = families.make(fam)
+        assert list(exact_map.greedy_rewards(P)) == [_greedy_by_steps(P, x) for x in range(P.num_prompts)]
+    # a policy whose greedy rollout is the short correct answer (1, EOS): reward 1 on length_mdp
+    P = families.make("length_mdp")
+    theta = np.zeros(P.dim)
+    bias = P.tables[0]
+    theta[bias.offset + 1] = 5.0  # token 1 first
+    pos = P.tables[1]
+    assert pos.name == "position"
+    theta[pos.offset + P.vocab_size * 1 + 0] = 10.0  # then EOS at step 1
+    P = P.with_theta(theta)
+    assert [_greedy_by_steps(P, x) for x in range(2)] == [1.0, 1.0]
+    assert list(exact_map.greedy_rewards(P)) == [1.0, 1.0]
 
 
 def test_cells_beyond_enumeration_are_na_with_the_multiset_count():
@@ -103,3 +135,11 @@ def test_readme_and_doc_match_the_committed_rows():
 def test_missing_readme_markers_are_refused():
     with pytest.raises(ValueError, match="markers"):
         tradeoff.replace_readme_block("no markers here", "x")
+
+
+def test_per_prompt_parameters_are_checked():
+    P = families.make("hard_arm_bandit")
+    with pytest.raises(ValueError, match="one value per prompt"):
+        exact.estimator_moments(P, "remax", 4, per_prompt={"greedy_reward": [0.5, 0.5]})
+    with pytest.raises(ValueError, match="name"):
+        exact.estimator_moments(P, estimators.get("rloo"), 4, per_prompt={"greedy_reward": [0, 0, 0]})
