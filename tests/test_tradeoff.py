@@ -117,6 +117,12 @@ def test_guide_picks_follow_the_numbers_and_skip_oracles():
     rows[1] = _row("grpo", 5.0, 0.5)  # negative control: worse numbers move the picks
     (g,) = tradeoff.guide(rows)
     assert (g["lowest_mse"], g["highest_gain"]) == ("optimal_loo", "optimal_loo")
+    rows.append(_row("reinforce", 2.0, 1.5 * (1 + 1e-12)))  # a tie within round-off is reported as one
+    (g,) = tradeoff.guide(rows)
+    assert g["highest_gain"] == "optimal_loo = reinforce" and g["lowest_mse"] == "optimal_loo = reinforce"
+    rows[-1] = _row("reinforce", 2.0, 1.5 * (1 + 1e-6))  # and a real gap is not
+    (g,) = tradeoff.guide(rows)
+    assert g["highest_gain"] == "reinforce"
 
 
 def test_readme_and_doc_match_the_committed_rows():
