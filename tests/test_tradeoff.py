@@ -149,3 +149,25 @@ def test_per_prompt_parameters_are_checked():
         exact.estimator_moments(P, "remax", 4, per_prompt={"greedy_reward": [0.5, 0.5]})
     with pytest.raises(ValueError, match="name"):
         exact.estimator_moments(P, estimators.get("rloo"), 4, per_prompt={"greedy_reward": [0, 0, 0]})
+
+
+def test_the_regenerate_command_checks_clean(tmp_path):
+    """``experiments/tradeoff_table.py --check`` on the committed files exits 0 (nothing to regenerate)."""
+    import subprocess
+    import sys
+
+    def check(*extra):
+        return subprocess.run([sys.executable, os.path.join(REPO, "experiments", "tradeoff_table.py"), "--check",
+                               *extra], capture_output=True, text=True, cwd=REPO)
+
+    p = check()
+    assert p.returncode == 0, p.stderr
+    # negative control: rows with one changed number make --check fail (and it writes nothing)
+    rows = tradeoff.load_rows(ROWS)
+    i = next(k for k, r in enumerate(rows) if "na" not in r)
+    rows[i] = dict(rows[i], mse=rows[i]["mse"] * 3)
+    changed = str(tmp_path / "rows.jsonl")
+    tradeoff.save_rows(rows, changed)
+    p = check("--rows", changed)
+    assert p.returncode == 1 and "differs" in p.stderr
+    assert check().returncode == 0
