@@ -251,12 +251,15 @@ def group_moments(out: Outcomes, estimator, group_size: int, progress=None):
     return mean, float(var)
 
 
-def estimator_moments(problem, name, group_size, batch_size=1, progress=None, **params) -> EstimatorMoments:
+def estimator_moments(problem, name, group_size, batch_size=1, progress=None, per_prompt=None,
+                      **params) -> EstimatorMoments:
     """Exact ``E ĝ``, ``∇J`` and ``V = tr Var(ĝ)`` of estimator ``name`` for a batch of
     ``batch_size`` i.i.d. prompts with one group of ``group_size`` each (T1, T2 without closed forms).
 
     ``name`` may also be an :class:`~oblr_theory.estimators.Estimator` (to pass an aggregation
-    mode). For ``oracle_optimal`` the engine supplies each prompt's exact ``b*`` itself.
+    mode). For ``oracle_optimal`` the engine supplies each prompt's exact ``b*`` itself;
+    ``per_prompt={param: values}`` gives prompt ``x`` the parameter ``values[x]`` (e.g. ReMax's
+    ``greedy_reward``, the reward of each prompt's greedy rollout).
     Every prompt's enumeration is checked against the limits first (:func:`check_enumeration`);
     ``progress`` (``None``: from :data:`PROGRESS_MIN` multisets on) shows a tqdm bar on stderr
     whose title states the multiset count and the memory.
@@ -273,6 +276,13 @@ def estimator_moments(problem, name, group_size, batch_size=1, progress=None, **
                          f"the law 'batch = independent groups' of this engine does not hold: use "
                          f"oblr_theory.exact_batch.batch_moments (whole batches enumerated) or "
                          f"oblr_theory.exact_batch.sample_batch_gradients (Monte Carlo)")
+    per_prompt = dict(per_prompt or {})
+    if per_prompt and isinstance(name, estimators.Estimator):
+        raise ValueError("per_prompt needs the estimator's name (a string), not an Estimator instance")
+    for k, v in per_prompt.items():
+        if len(v) != problem.num_prompts:
+            raise ValueError(f"per_prompt[{k!r}] must have one value per prompt ({problem.num_prompts}), "
+                             f"got {len(v)}")
     outs = all_outcomes(problem)
     plan = [check_enumeration(int(np.count_nonzero(o.probs > 0)), group_size, f"prompt {x}: ")
             for x, o in enumerate(outs)]
@@ -285,14 +295,14 @@ def estimator_moments(problem, name, group_size, batch_size=1, progress=None, **
         bar = tqdm(total=2 * total, unit="multiset", unit_scale=True, file=sys.stderr, leave=False,
                    desc=f"exact {est_name} G={group_size}: {total:,} multisets, ~{_bytes(peak)}")
     try:
-        return _estimator_moments(problem, outs, name, est_name, group_size, batch_size, params,
+        return _estimator_moments(problem, outs, name, est_name, group_size, batch_size, params, per_prompt,
                                   None if bar is None else bar.update)
     finally:
         if bar is not None:
             bar.close()
 
 
-def _estimator_moments(problem, outs, name, est_name, group_size, batch_size, params, progress):
+def _estimator_moments(problem, outs, name, est_name, group_size, batch_size, params, per_prompt, progress):
     moments = prompt_moments(problem)
     means, variances = [], []
     for x, out in enumerate(outs):
@@ -301,7 +311,7 @@ def _estimator_moments(problem, outs, name, est_name, group_size, batch_size, pa
         elif est_name == "oracle_optimal":
             est = estimators.get(est_name, **{**params, "b_star": moments.b_star[x]})
         else:
-            est = estimators.get(est_name, **params)
+            est = estimators.get(est_name, **params, **{k: v[x] for k, v in per_prompt.items()})
         m, v = group_moments(out, est, group_size, progress)
         means.append(m)
         variances.append(v)

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import estimators, exact, families
+from . import estimators, exact, exact_batch, families
 
-__all__ = ["map_rows", "shrinkage_quadratic", "smoothness", "FAMILY_GROUP_SIZES"]
+__all__ = ["map_rows", "moments", "greedy_rewards", "shrinkage_quadratic", "smoothness", "FAMILY_GROUP_SIZES"]
 
 #: ``G`` range per family (limited by the ``C(n+G−1, G)`` multisets of the token MDPs).
 FAMILY_GROUP_SIZES = {"hard_arm_bandit": tuple(range(2, 17)), "length_mdp": tuple(range(2, 9)),
@@ -43,6 +43,38 @@ def _gain(grad, mean, var, L):
     return (gm * gm / (2 * L * den), gm / (L * den)) if gm > 0 and den > 0 else (0.0, 0.0)
 
 
+def greedy_rewards(problem) -> np.ndarray:
+    """Per prompt, the reward of the greedy rollout (ReMax's baseline), shape ``(X,)``: the most
+    likely arm of a bandit; for a token MDP the response built by taking, at each step, the most
+    likely next token given the prefix (``π(v | prefix)`` from the exact response probabilities;
+    ties go to the lowest token id, as ``argmax``) until EOS or the horizon."""
+    out = []
+    for x, o in enumerate(exact.all_outcomes(problem)):
+        if not hasattr(problem, "sequences"):
+            out.append(float(o.rewards[int(np.argmax(o.probs))]))
+            continue
+        toks = problem.sequences(x)  # (n, H), padded with -1
+        match = np.ones(len(toks), dtype=bool)
+        for t in range(toks.shape[1]):
+            mass = np.bincount(toks[match, t], weights=o.probs[match], minlength=problem.vocab_size)
+            match &= toks[:, t] == int(np.argmax(mass))
+            if match.sum() == 1:
+                break
+        out.append(float(o.rewards[np.flatnonzero(match)[0]]))
+    return np.array(out)
+
+
+def moments(problem, name: str, G: int):
+    """Exact moments of one group (``B = 1``): the multiset engine (``remax`` with each prompt's
+    :func:`greedy_rewards`), or for a batch-coupled estimator (whose law is not "batch =
+    independent groups") whole-batch enumeration at ``B = 1``."""
+    if estimators.spec(name).batch_coupled:
+        return exact_batch.batch_moments(problem, name, G, 1)
+    if name == "remax":
+        return exact.estimator_moments(problem, name, G, per_prompt={"greedy_reward": greedy_rewards(problem)})
+    return exact.estimator_moments(problem, name, G)
+
+
 def map_rows(problem, family: str, group_sizes, names=None, L=None, progress=None) -> list[dict]:
     """One row per (estimator, G): ``bias_sq = ||E ĝ − ∇J||²``, ``trace_var``, ``mse``, ``gain``
     and ``eta_star`` (T5), for one group (``B = 1``); the oracle ``b*`` is supplied per prompt."""
@@ -53,7 +85,7 @@ def map_rows(problem, family: str, group_sizes, names=None, L=None, progress=Non
         for name in names:
             if G < estimators.spec(name).min_group:
                 continue
-            m = exact.estimator_moments(problem, name, G)
+            m = moments(problem, name, G)
             gain, eta = _gain(m.grad, m.mean, m.trace_var, L)
             rows.append(dict(family=family, estimator=name, group_size=int(G),
                              bias_sq=float(m.bias @ m.bias), trace_var=m.trace_var, mse=m.mse,
