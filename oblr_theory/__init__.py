@@ -5,3 +5,5 @@ Torch is needed only by :mod:`oblr_theory.bridge`, imported lazily.
 """
 
 __version__ = "0.1.0"
+
+from . import peers  # noqa: E402,F401  (registers the peers' estimators in the registry)

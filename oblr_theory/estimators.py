@@ -491,5 +491,3 @@ def _optimal_loo_shrink(r, S, ell, lam):
         raise ValueError(f"optimal_loo_shrink parameter lam must be finite, got {lam!r}")
     return r - (lam * _weighted_baseline(r, S, leave_one_out=True) + (1 - lam) * _loo_mean(r))
 
-
-from . import peers as _peers  # noqa: E402,F401  (registers the peers' estimators)

@@ -258,16 +258,17 @@ def _num(x, width: int = 8) -> str:
     return f"{mant}e{int(exp)}"
 
 
-#: Theorem labels of docs/theory.md (section 3; S6 = section 6, token aggregation).
+#: Theorem and claim labels of docs/theory.md (S6: its "Token aggregation" section).
 THEOREM_TITLES = {
     "T1": "unbiasedness", "T2": "exact variance", "T3": "optimal baseline", "T4": "one-step loss bound",
     "T5": "SNR learning rate", "T6": "convergence", "T7": "SNR estimation", "T8": "token-level facts",
     "S6": "token aggregation (peers' loss modes)", "meta": "runner consistency",
+    "DEF": "definitions against independent naive loops", "SMOOTH": "the bandit's smoothness constant",
     "PEERS": "peers' estimators and batch-coupled modes: exact bias", "KL": "KL estimators k1/k2/k3: exact biases",
 }
 #: The columns of the printed table: (header, width, what it holds).
 TABLE_COLUMNS = (
-    ("problem", 15, "the problem the claim is checked on (docs/theory.md section 4)"),
+    ("problem", 15, "the problem the claim is checked on (docs/theory.md, 'Problems with exact answers')"),
     ("statement", 29, "the claim; a negative control states a FALSE claim that the test must reject"),
     ("exact", 8, "the exact value (enumeration or closed form; a vector by its norm)"),
     ("estimate", 8, "what is compared with it: Monte Carlo estimate or second exact engine"),
