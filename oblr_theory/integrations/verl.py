@@ -76,7 +76,7 @@ def sequence_sq_norms(response_mask, *, s_source: str = "auto", sq_norms=None, o
     if s_source == "exact":
         if sq_norms is None:
             raise ValueError(f"s_source='exact' needs the batch field {SQ_NORMS_FIELD!r} (shape (bs,)), got None")
-        S = torch.as_tensor(sq_norms).to(torch.float64).reshape(-1)
+        S = torch.as_tensor(sq_norms).to(device=mask.device, dtype=torch.float64).reshape(-1)
         if S.shape[0] != mask.shape[0]:
             raise ValueError(f"{SQ_NORMS_FIELD} must have shape ({mask.shape[0]},), got {tuple(sq_norms.shape)}")
         return S

@@ -101,6 +101,17 @@ def test_verl_group_estimators_equal_the_registry(seed, verl_name, name, params,
     assert ok, info
 
 
+def test_negative_control_a_different_estimator_fails_the_bound():
+    """The comparison can fail: verl's ``rloo`` against the registry's ``dr_grpo`` (its ``(G−1)/G``
+    scale) exceeds the bound by orders of magnitude."""
+    fn = core_algos().get_adv_estimator_fn("rloo")
+    rewards, mask, index, *_ = batch((4, 2, 5, 4), 0)
+    a_verl, _ = fn(token_level_rewards=rewards.clone(), response_mask=mask, index=index)
+    a_reg, _ = ov.group_advantages(rewards, mask, index, "dr_grpo")
+    ok, (err, bound) = close(a_verl, a_reg, 5, float(rewards.abs().max()))
+    assert not ok and err > 1e6 * bound
+
+
 def grouped(B, G, seed):
     """Contiguous equal groups (the batch-coupled estimators' (B, G) layout)."""
     rewards, mask, index, S, logp, spi2, _ = batch((G,) * B, seed, shuffle=False)
