@@ -28,7 +28,12 @@ _prefixes = itertools.count()
 
 
 def core_algos():
-    return pytest.importorskip("verl.trainer.ppo.core_algos")
+    """verl's ``core_algos``, or a skip (verl absent, or one of its import-time dependencies)."""
+    try:
+        from verl.trainer.ppo import core_algos as ca
+    except ImportError as err:
+        pytest.skip(f"verl.trainer.ppo.core_algos does not import: {err}")
+    return ca
 
 
 def close(a, b, G, scale):
