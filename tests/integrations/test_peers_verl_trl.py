@@ -106,6 +106,29 @@ def test_verl_group_estimators_equal_the_registry(seed, verl_name, name, params,
     assert ok, info
 
 
+@pytest.mark.parametrize("fields", ["exact", "otb_proxy", "none"])
+def test_batch_kwargs_reads_a_verl_dataproto(fields):
+    """``batch_kwargs`` on verl's own ``DataProto``: the registered function gets the S field that the
+    batch holds (``"auto"`` picks it), and refuses when the batch holds none."""
+    core_algos()
+    from verl import DataProto
+
+    rewards, mask, index, S, logp, spi2, _ = batch((4, 3, 4), 11)
+    tensors = {"token_level_rewards": rewards, "response_mask": mask}
+    tensors.update({"exact": {ov.SQ_NORMS_FIELD: S}, "otb_proxy": {"old_log_probs": logp, "sum_pi_squared": spi2},
+                    "none": {}}[fields])
+    data = DataProto.from_dict(tensors=tensors, non_tensors={"uid": index})
+    fn = ov.make_adv_fn("optimal_loo")
+    if fields == "none":
+        with pytest.raises(ValueError, match="S is not available"):
+            fn(**ov.batch_kwargs(data))
+        return
+    a, _ = fn(**ov.batch_kwargs(data))
+    src = {"exact": {"sq_norms": S}, "otb_proxy": {"old_log_probs": logp, "sum_pi_squared": spi2}}[fields]
+    ref, _ = ov.group_advantages(rewards, mask, index, "optimal_loo", **src)
+    assert torch.equal(a, ref)
+
+
 def test_negative_control_a_different_estimator_fails_the_bound():
     """The comparison can fail: verl's ``rloo`` against the registry's ``dr_grpo`` (its ``(G−1)/G``
     scale) exceeds the bound by orders of magnitude."""
