@@ -49,7 +49,9 @@ def _token_whiten(x, ell, axis, eps):
     """verl ``masked_whiten`` of a per-response value broadcast to its ``ℓ`` tokens:
     ``(x − μ) / sqrt(v + eps)``, ``μ = Σ ℓ x / N``, ``v = N/(N−1) · Σ ℓ (x − μ)² / N`` over the
     batch's ``N = Σ ℓ`` tokens (axes ``axis`` and the group axis). Zero rules: a batch of equal
-    ``x`` has ``x − μ = 0`` exactly; ``v + eps = 0`` gives ``A = 0``. Valid only if ``N > 1``."""
+    ``x`` has ``x − μ = 0`` exactly; ``v + eps = 0`` gives ``A = 0``. verl's ``masked_mean``
+    divides by ``N + 1e-8`` rather than ``N`` (a guard against empty masks): a relative difference
+    of about ``1e-8 / N``, left out here. Valid only if ``N > 1``."""
     axes = (axis, -1)
     N = _ops.sum_axes_keep(ell, axes)
     if _ops.any_(N <= 1):
