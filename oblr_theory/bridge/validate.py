@@ -286,11 +286,11 @@ def statistics(pre: Precomputed, keep_m=None, ema_beta: float = 0.9, eta_max: fl
     sum_ref = float(np.sum(out["moment/grad_sq_norm"]))  # Σ_p ||g_p||² (sample U-statistics)
     for lab, _, _ in ESTIMATORS:
         me_ref, me_me = np.sum(out[f"inner/{lab}_ref"]), np.sum(out[f"inner/{lab}_{lab}"])
-        res[f"scale/{lab}"] = float(me_ref / sum_ref)
-        res[f"rel_bias_sq/{lab}"] = float((me_me - 2 * me_ref + sum_ref) / sum_ref)
+        res[f"scale/{lab}"] = _ratio(me_ref, sum_ref)
+        res[f"rel_bias_sq/{lab}"] = _ratio(me_me - 2 * me_ref + sum_ref, sum_ref)
     for base in ("rloo", "dr_grpo", "opo_loo", "logit_loo", "reinforce"):
         vb = res[f"V_measured/{base}"]
-        res[f"removed/optimal_loo_vs_{base}"] = (vb - res["V_measured/optimal_loo"]) / vb
+        res[f"removed/optimal_loo_vs_{base}"] = _ratio(vb - res["V_measured/optimal_loo"], vb)
     res["T3/mean_excess_over_b_star"] = res["V_predicted/fixed_mean"] - res["V_predicted/fixed_b_star"]
     res["T3/b_star_minus_mu"] = res["moment/b_star"] - res["moment/mu"]
     for lab in CLOSED_FORMS:  # jackknifed jointly, so its SE is the SE of the difference
@@ -298,6 +298,13 @@ def statistics(pre: Precomputed, keep_m=None, ema_beta: float = 0.9, eta_max: fl
     if pre.snr is not None:
         res.update(_snr_stats(pre, keep_m, ema_beta, eta_max))
     return res
+
+
+def _ratio(num, den) -> float:
+    """``num / den``, or NaN where ``den`` is 0 or not finite (e.g. every reward equal, so every
+    score-weighted gradient is 0): an undefined ratio, which the claims count as untested."""
+    num, den = float(num), float(den)
+    return num / den if den != 0 and np.isfinite(den) else float("nan")
 
 
 def _pearson(a, b) -> float:

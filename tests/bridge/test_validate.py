@@ -214,3 +214,15 @@ def test_validation_on_a_checkpoint_honours_dtype_and_gram_method(tmp_path):
     with pytest.raises(SystemExit, match="^error: .*has no tokenizer"):
         mod.run(mod.Config(model=str(ckpt), prompts=2, groups=2, group_size=2), str(tmp_path / "x"),
                 progress=False)
+
+
+def test_undefined_ratios_are_nan_not_an_exception():
+    """Every reward equal makes every score-weighted gradient 0: the relative statistics are
+    undefined (NaN, counted untested by the claims), not a ZeroDivisionError or ±inf."""
+    import math
+
+    from oblr_theory.bridge.validate import _ratio
+
+    assert math.isnan(_ratio(1.0, 0.0)) and math.isnan(_ratio(0.0, 0.0))
+    assert math.isnan(_ratio(1.0, float("nan")))
+    assert _ratio(3.0, 2.0) == 1.5
