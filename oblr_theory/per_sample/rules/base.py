@@ -26,11 +26,13 @@ embedding and output layer, or any other sharing. ``PARAM_RULES`` are asked in o
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import nn
 
 
-class LayerRule:
+class LayerRule(ABC):
     """One module type's per-sample gradient rule (see the module docstring)."""
 
     name = "layer"
@@ -38,8 +40,9 @@ class LayerRule:
     stackable = False  # linear weights fed one input are stacked into one
     tie_role: str | None = None  # "embedding" or "head": a use of a tied matrix
 
+    @abstractmethod
     def matches(self, module: nn.Module) -> bool:
-        raise NotImplementedError
+        ...
 
     def check(self, name: str, module: nn.Module, own: dict) -> None:
         """Refuse a configuration the rule cannot account for (default: none)."""
@@ -54,34 +57,40 @@ class LayerRule:
         reference models, ``bridge.models.make_float64_exact``); None: keep its own."""
         return None
 
+    @abstractmethod
     def capture(self, gp, use, x: torch.Tensor, output: torch.Tensor, args, kwargs) -> None:
-        raise NotImplementedError
+        ...
 
     def output_grad(self, use, g: torch.Tensor) -> torch.Tensor:
         return g
 
+    @abstractmethod
     def add(self, gp, use, pname: str, p: torch.Tensor, g_bg_: torch.Tensor) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def per_sample(self, gp, use, pname: str, p: torch.Tensor, g_bg_: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def weighted_source(self, wp, use, pname: str, p: torch.Tensor, g_bg_: torch.Tensor):
         """``("rows", f)`` with ``f(slice) -> (B, R, …)`` rows of ``V`` along ``p``'s first axis
         (``f(None)``: all of them), or ``("sparse", (U, rows_bu…, cuts))``."""
-        raise NotImplementedError
+        ...
 
 
-class ParamRule:
+class ParamRule(ABC):
     """A rule for a parameter used by several hooked calls (see the module docstring)."""
 
     name = "param"
 
+    @abstractmethod
     def matches(self, uses: list) -> bool:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def add(self, gp, use, pname: str, p: torch.Tensor, g_bg_: torch.Tensor) -> None:
-        raise NotImplementedError
+        ...
 
     def finalize(self, gp) -> None:
         """Add what was held back until every use's gradient arrived (default: nothing)."""
