@@ -61,8 +61,23 @@ class PromptMoments:
     prompt_probs: np.ndarray
 
 
+class BiasMSE:
+    """``bias`` and ``mse`` of any moments object with ``mean`` (E ĝ), ``grad`` (∇J) and
+    ``trace_var`` (V = tr Var ĝ)."""
+
+    @property
+    def bias(self) -> np.ndarray:
+        """``E ĝ − ∇J`` (T1)."""
+        return self.mean - self.grad
+
+    @property
+    def mse(self) -> float:
+        """``E||ĝ − ∇J||² = ||bias||² + V``."""
+        return float(self.bias @ self.bias + self.trace_var)
+
+
 @dataclass(frozen=True)
-class EstimatorMoments:
+class EstimatorMoments(BiasMSE):
     """Exact moments of an estimator's gradient estimate ``ĝ`` (one batch).
 
     mean ``E ĝ`` (d,), grad ``∇J`` (d,), trace_var ``V = tr Var(ĝ)``; per prompt:
@@ -76,16 +91,6 @@ class EstimatorMoments:
     prompt_trace_var: np.ndarray
     group_size: int
     batch_size: int
-
-    @property
-    def bias(self) -> np.ndarray:
-        """``E ĝ − ∇J`` (T1)."""
-        return self.mean - self.grad
-
-    @property
-    def mse(self) -> float:
-        """``E||ĝ − ∇J||² = ||bias||² + V``."""
-        return float(self.bias @ self.bias + self.trace_var)
 
 
 def all_outcomes(problem) -> list[Outcomes]:

@@ -36,7 +36,7 @@ _CHUNK = 1 << 14
 
 
 @dataclass(frozen=True)
-class BatchMoments:
+class BatchMoments(exact.BiasMSE):
     """Exact moments of a (possibly batch-coupled) estimator's batch estimate ``ĝ``: mean ``E ĝ``
     (d,), grad ``∇J`` (d,), trace_var ``V = tr Var ĝ``, and ``num_batches = U^B`` enumerated."""
 
@@ -46,16 +46,6 @@ class BatchMoments:
     group_size: int
     batch_size: int
     num_batches: int
-
-    @property
-    def bias(self) -> np.ndarray:
-        """``E ĝ − ∇J`` (T1)."""
-        return self.mean - self.grad
-
-    @property
-    def mse(self) -> float:
-        """``E||ĝ − ∇J||² = ||bias||² + V``."""
-        return float(self.bias @ self.bias + self.trace_var)
 
 
 def _as_estimator(estimator) -> estimators.Estimator:
