@@ -120,7 +120,7 @@ MUTANTS = (
     Mutant("snr-sigma-divisor", S, "(trace - B * mean_sq) / (B - 1))", "(trace - B * mean_sq) / B)",
            "T7 Σ̂ divides by B instead of B - 1"),
     Mutant("snr-noise-no-B", S, "noise_var = trace_cov / B  # V̂", "noise_var = trace_cov  # V̂", "T7 V̂ = Σ̂ (forgets /B)"),
-    Mutant("snr-ema-weight", S, "else b * self.num + (1 - b) * n", "else b * self.num + n", "EMA numerator misses (1 - β)"),
+    Mutant("snr-ema-weight", S, "else beta * prev + (1 - beta) * x", "else beta * prev + x", "EMA update misses (1 - β)"),
     Mutant("snr-ema-no-correction", S, "return self.den / (1 - self.beta**self.steps)", "return self.den",
            "EMA denominator without bias correction"),
     Mutant("snr-lr-floor-3x", S, "_ops.where(eta < eta_min,", "_ops.where(eta < 3 * eta_min,",

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _ops
 
-__all__ = ["SNRPieces", "snr_pieces_from_gram", "snr_pieces", "snr_hat", "EMASNR",
+__all__ = ["SNRPieces", "snr_pieces_from_gram", "snr_pieces", "snr_hat", "EMASNR", "ema_update",
            "snr_fraction", "constant_lr", "oracle_lr", "snr_lr",
            "secant_curvature", "EMACurvature", "local_lr"]
 
@@ -128,6 +128,14 @@ def snr_hat(pieces: SNRPieces):
     return _ops.plain(_ops.safe_ratio(num, den, _ops.where(num > 0, inf, _ops.zeros_like(num))))
 
 
+def ema_update(prev, x, beta: float):
+    """One step of an exponential moving sum: ``M_t = β M_{t−1} + (1 − β) x_t``, ``M_1 = (1 − β) x_1``
+    (``prev=None`` before the first step). Dividing by ``1 − βᵗ`` later removes the start-up bias,
+    so ``M_t / (1 − βᵗ)`` is a weighted mean of ``x_1..x_t`` (T7's smoothed pieces).
+    Valid only if ``0 ≤ β < 1``."""
+    return (1 - beta) * x if prev is None else beta * prev + (1 - beta) * x
+
+
 class EMASNR:
     """T7 smoothing: separate bias-corrected EMAs of the SNR's numerator and denominator.
 
@@ -163,9 +171,8 @@ class EMASNR:
         """Fold in one batch's pieces and return the smoothed ``SNR_t``."""
         n = _ops.as_float(pieces.grad_sq_norm_hat)
         v = _ops.as_float(pieces.noise_var_hat)
-        b = self.beta
-        self.num = (1 - b) * n if self.num is None else b * self.num + (1 - b) * n
-        self.den = (1 - b) * v if self.den is None else b * self.den + (1 - b) * v
+        self.num = ema_update(self.num, n, self.beta)
+        self.den = ema_update(self.den, v, self.beta)
         self.steps += 1
         return self.snr
 
@@ -309,10 +316,8 @@ class EMACurvature:
 
     def update(self, num, den):
         """Fold in one secant ``(num, den)`` and return ``κ_t``."""
-        b = self.beta
-        s_num, s_den = _ops.as_float(num), _ops.as_float(den)
-        self.num = (1 - b) * s_num if self.num is None else b * self.num + (1 - b) * s_num
-        self.den = (1 - b) * s_den if self.den is None else b * self.den + (1 - b) * s_den
+        self.num = ema_update(self.num, _ops.as_float(num), self.beta)
+        self.den = ema_update(self.den, _ops.as_float(den), self.beta)
         self.steps += 1
         return self.curvature
 
