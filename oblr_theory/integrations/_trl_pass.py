@@ -73,7 +73,7 @@ class GenerationResult:
     n_groups: int = 0
 
 
-def _sq_norms_rows(model, batch: LocalBatch, source: str, rows: int) -> torch.Tensor:
+def _sq_norms_rows(model, batch: LocalBatch, source: str, rows: int, temperature: float) -> torch.Tensor:
     """``S_n`` per row, ``rows`` rows per pass, float64 on the batch's device; a row with no loss
     token has ``s = 0`` exactly and is not passed to ``score_gram`` (which refuses it)."""
     n = batch.input_ids.shape[0]
@@ -82,7 +82,7 @@ def _sq_norms_rows(model, batch: LocalBatch, source: str, rows: int) -> torch.Te
     for c0 in range(0, live.numel(), rows):
         idx = live[c0:c0 + rows]
         sg = score_gram(model, batch.input_ids[idx][None], batch.attention_mask[idx][None],
-                        batch.loss_mask[idx][None], method=source,
+                        batch.loss_mask[idx][None], method=source, temperature=temperature,
                         **({"diagonal_only": True} if source == "ghost" else {}))
         S[idx] = sg.sq_norms_bg[0].to(torch.float64)
     return S
@@ -117,9 +117,12 @@ def _groups_view(batch: LocalBatch, b0: int, b1: int, G: int):
 def oblrpo_generation(model, batch: LocalBatch, rewards_all: torch.Tensor, estimator, *,
                       group_size: int, comm: Comm = Comm(), source: str = "ghost",
                       rows_per_pass: int = 8, loss_type: str | None = None,
-                      update_factor: float | None = None) -> GenerationResult:
+                      update_factor: float | None = None, temperature: float = 1.0) -> GenerationResult:
     """``S``, advantages and (``loss_type`` given) the T7 sums for one generation batch; with
     ``update_factor`` also the training gradient (the single-pass update).
+
+    ``temperature``: TRL's sampling temperature ``τ``; scores, ``S`` and the update are those of
+    ``softmax(z/τ)``, the policy TRL samples from and differentiates.
 
     ``rewards_all``: the gathered rewards (all processes, TRL order). ``S`` of this process's
     rows comes from ``score_gram`` (``source``: ``"ghost"`` exact, ``"logit"``/``"length"``
@@ -166,7 +169,7 @@ def oblrpo_generation(model, batch: LocalBatch, rewards_all: torch.Tensor, estim
         A_loc = torch.zeros(n, dtype=torch.float64, device=ell.device)
         r_loc = rewards_all[local]
     else:
-        S_loc = _sq_norms_rows(model, batch, source, rows_per_pass)  # also for the diagnostics
+        S_loc = _sq_norms_rows(model, batch, source, rows_per_pass, temperature)  # also diagnostics
         S_all = comm.gather(S_loc)
         A_all = group_advantages(estimator, rewards_all, S_all, lengths_all, G)
         A_loc, result_S = A_all[local], S_all
@@ -181,7 +184,7 @@ def oblrpo_generation(model, batch: LocalBatch, rewards_all: torch.Tensor, estim
             b1 = min(n // G, b0 + gpc)
             rows = slice(b0 * G, b1 * G)
             sg = score_gram(model, *_groups_view(batch, b0, b1, G), method="ghost",
-                            keep_factors=True, diagonal_only=True)
+                            keep_factors=True, diagonal_only=True, temperature=temperature)
             if fused:
                 S_loc[rows] = sg.sq_norms_bg.reshape(-1).to(torch.float64)
                 A_loc[rows] = group_advantages(estimator, r_loc[rows], S_loc[rows], ell[rows], G)

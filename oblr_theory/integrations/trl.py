@@ -278,7 +278,8 @@ class OBLRPOTrainer(GRPOTrainer):
                                     group_size=G, comm=AccelerateComm(self.accelerator),
                                     source=self.args.sq_norms_source, rows_per_pass=rows,
                                     loss_type=self.args.loss_type if snr or single else None,
-                                    update_factor=-scale * G if single else None)
+                                    update_factor=-scale * G if single else None,
+                                    temperature=self.temperature)
         out["advantages"] = res.advantages[res.local].to(out["advantages"].dtype)
         if single:  # TRL's loss value at the sampling policy, per row: its micro-batch sums add up
             ell = res.lengths[res.local].to(torch.float64)

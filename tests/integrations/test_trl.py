@@ -77,19 +77,21 @@ def _counting(trainer_cls):
     return Counting
 
 
-@pytest.mark.parametrize("loss_type, accumulation", [("dapo", 1), ("grpo", 1), ("dr_grpo", 1),
-                                                     ("luspo", 1), ("dapo", 2), ("grpo", 2)])
-def test_single_pass_update_equals_grpotrainer(tmp_path, loss_type, accumulation):
+@pytest.mark.parametrize("loss_type, accumulation, temperature", [
+    ("dapo", 1, 1.0), ("grpo", 1, 1.0), ("dr_grpo", 1, 1.0), ("luspo", 1, 1.0), ("dapo", 2, 1.0),
+    ("grpo", 2, 1.0), ("dapo", 1, 0.7)])
+def test_single_pass_update_equals_grpotrainer(tmp_path, loss_type, accumulation, temperature):
     """The update taken from the ghost pass (no forward or backward of TRL's loss) equals
-    GRPOTrainer's, for each supported loss type and with gradient accumulation (two micro-batches
-    of one group each per optimizer step); so does the logged loss. Negative control: the
-    two-pass path (``single_pass='off'``) runs TRL's loss forward, the single pass never does."""
+    GRPOTrainer's, for each supported loss type, with gradient accumulation (two micro-batches
+    of one group each per optimizer step) and at a sampling temperature; so does the logged loss.
+    Negative control: the two-pass path (``single_pass='off'``) runs TRL's loss forward, the
+    single pass never does."""
     from trl import GRPOConfig, GRPOTrainer
 
     m0 = tiny_model(dtype=torch.float64)
     init = {n: p.detach().clone() for n, p in m0.named_parameters()}
     kw = dict(loss_type=loss_type, max_steps=2, gradient_accumulation_steps=accumulation,
-              per_device_train_batch_size=8 // accumulation)
+              per_device_train_batch_size=8 // accumulation, temperature=temperature)
     m_ref, m_one, m_two = (copy.deepcopy(m0) for _ in range(3))
     ref = _run(GRPOTrainer, GRPOConfig, m_ref, tmp_path / "a", **kw)
     ours = dict(estimator="grpo", estimator_params={"eps": 1e-4, "ddof": 1}, lr_rule="constant", **kw)
