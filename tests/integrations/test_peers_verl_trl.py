@@ -220,13 +220,14 @@ def test_verl_otb_at_the_last_token_equals_the_peer_with_its_proxy(seed):
 
 def token_batch(seed):
     """A verl batch (groups of 4, 3, 5 and 1, rows shuffled, unequal lengths) whose first group has a
-    unique longest response of ``T`` tokens (so verl's zero tail fires there), outcome reward on
+    unique longest response of ``T`` tokens with reward 1 (so verl's zero tail matters there), outcome reward on
     each response's last token, and the OTB proxy ``w = 1 − 2π + Σπ²`` computed as verl does."""
     rewards, mask, index, _, logp, spi2, groups = batch((4, 3, 5, 1), seed)
     rng = np.random.default_rng(seed + 100)
     ell = mask.sum(-1).long()
     ell[torch.tensor(groups[0])] = torch.tensor([T] + list(rng.integers(1, T, size=len(groups[0]) - 1)))
     r = rewards.sum(-1)
+    r[int(groups[0][0])] = 1.0  # a non-zero reward, so that the zero tail changes its advantage
     mask = (torch.arange(T)[None, :] < ell[:, None]).to(torch.float64)
     rewards = torch.zeros_like(rewards)
     rewards[torch.arange(len(r)), ell - 1] = r
