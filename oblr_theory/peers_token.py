@@ -170,7 +170,8 @@ def token_outcomes(problem: TokenMDP, x: int) -> TokenOutcomes:
         raise ValueError(f"problem must be a TokenMDP, got {type(problem).__name__}")
     x = check_prompt(x, problem.num_prompts)
     V, H, d = problem.vocab_size, problem.horizon, problem.dim
-    check_enumerable(problem.num_sequences * H, d, f"TokenMDP(V={V}, H={H}) per token")
+    check_enumerable(problem.num_sequences, H * d, f"TokenMDP(V={V}, H={H}) with per-token scores (H·d numbers "
+                     f"per response)")
     toks = problem.sequences(x)  # (n, H), -1 after the end
     n = len(toks)
     scores = np.zeros((n, H, d))
