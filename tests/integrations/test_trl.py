@@ -10,6 +10,7 @@ docs/bridge.md).
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -298,3 +299,37 @@ def test_t5_factor_scales_the_scheduled_rate_of_the_step(tmp_path):
     assert d_c.abs().max() > 0
     assert (d_s - f * d_c).abs().max() <= 1e-12 * d_c.abs().max()
     assert all(g["lr"] == 0.1 and "oblrpo_scheduled_lr" not in g for g in snr.optimizer.param_groups)
+
+
+def test_local_rule_records_the_step_it_took(tmp_path):
+    """``lr_rule='local'`` (plain SGD): the parameters move by exactly ``η_eff ĝ`` with ``η_eff``
+    the step the rule recorded for its next secant (rate × the clipping factor; the clip is
+    active here: ``max_grad_norm`` is small); after three steps two secants are folded in and
+    ``κ`` is logged. Refusals: another optimizer, a zero floor."""
+    m = tiny_model(dtype=torch.float64)
+    init = torch.cat([p.detach().reshape(-1).clone() for p in m.parameters()])
+    tr = _run(OBLRPOTrainer, OBLRPOConfig, m, tmp_path / "a", lr_rule="local", snr_factor_min=0.05,
+              max_grad_norm=1e-3)
+    ghat, eta_eff = tr.oblrpo_last["ghat"], tr.oblrpo_local._prev[2]
+    sched = 0.1
+    assert 0 < eta_eff < tr.oblrpo_lr_factor * sched * 0.999  # clipped: the step is shorter
+    delta = torch.cat([p.detach().reshape(-1) for p in m.parameters()]) - init
+    assert (delta - eta_eff * ghat).abs().max() <= 1e-9 * delta.abs().max()
+    tr3 = _run(OBLRPOTrainer, OBLRPOConfig, tiny_model(dtype=torch.float64), tmp_path / "b",
+               lr_rule="local", snr_factor_min=0.05, max_steps=3)
+    assert tr3.oblrpo_local.curvature.steps == 2
+    kappas = [h["oblrpo/kappa"] for h in tr3.state.log_history if "oblrpo/kappa" in h]
+    assert len(kappas) == 3 and all(math.isfinite(k) for k in kappas)
+    for over, needle in ((dict(optim="adamw_torch"), "optim='sgd'"),
+                         (dict(snr_factor_min=0.0), "snr_factor_min > 0")):
+        args = OBLRPOConfig(**base_kwargs(output_dir=str(tmp_path / "c"), lr_rule="local",
+                                          **{"snr_factor_min": 0.05, **over}))
+        with pytest.raises(ValueError, match=needle):
+            OBLRPOTrainer(model=tiny_model(), reward_funcs=dense_reward, args=args,
+                          train_dataset=arithmetic_dataset(8), processing_class=char_tokenizer())
+    args = OBLRPOConfig(**base_kwargs(output_dir=str(tmp_path / "d"), lr_rule="local", snr_factor_min=0.05,
+                                      optim_args="momentum=0.9"))
+    tr = OBLRPOTrainer(model=tiny_model(), reward_funcs=dense_reward, args=args,
+                       train_dataset=arithmetic_dataset(8), processing_class=char_tokenizer())
+    with pytest.raises(ValueError, match="momentum"):
+        tr.create_optimizer()
