@@ -97,3 +97,17 @@ def test_local_rate_secant_is_the_exact_curvature_on_a_quadratic():
     assert abs(other.kappa(2.0) - exact) > 0.1 * exact
     with pytest.raises(RuntimeError, match="before observe"):
         LocalRate(0.9).stepped(0.1)
+
+
+def test_loss_scale_per_loss_type_and_refusals():
+    """``c`` of TRL's gradient per loss type (its agreement with TRL's own update is tested end to
+    end in test_trl.py); unsupported types and empty counts are refused."""
+    from oblr_theory.integrations._trl_math import loss_scale
+
+    assert loss_scale("dapo", 8, 40, 16) == 1 / 40
+    assert loss_scale("grpo", 8, 40, 16) == loss_scale("luspo", 8, 40, 16) == 1 / 8
+    assert loss_scale("dr_grpo", 8, 40, 16) == 1 / (8 * 16)
+    with pytest.raises(ValueError, match="bnpo"):
+        loss_scale("bnpo", 8, 40, 16)
+    with pytest.raises(ValueError, match="n_tokens=0"):
+        loss_scale("dapo", 8, 0, 16)
