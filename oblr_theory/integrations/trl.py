@@ -231,9 +231,12 @@ class OBLRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` with registry advantages from exact ``S`` and the T5/T7 learning rate.
 
     ``args`` must be an :class:`OBLRPOConfig`. Settings it cannot honour raise ``ValueError`` at
-    construction, naming the setting and why (:func:`unsupported_reasons`). After each generation,
-    ``self.oblrpo_last`` holds the gathered ``rewards``, ``sq_norms``, ``advantages``, ``lengths``
-    and the T7 ``pieces`` (None under ``lr_rule='constant'``).
+    construction, naming the setting and why (:func:`unsupported_reasons`;
+    :func:`single_pass_reasons` with ``single_pass="on"``). ``self.oblrpo_single_pass`` says
+    whether the update comes from the ghost pass. After each generation, ``self.oblrpo_last``
+    holds the gathered ``rewards``, ``sq_norms``, ``advantages``, ``lengths``, the T7 ``pieces``
+    (None when no weighted pass ran: ``lr_rule='constant'`` on the two-pass path) and, with
+    ``lr_rule='local'``, ``ghat`` (the step's ascent direction in TRL's gradient scale).
     """
 
     def __init__(self, model, reward_funcs, args: OBLRPOConfig | None = None, **kwargs):
