@@ -2,7 +2,7 @@
 verl or TRL is absent). verl 0.9's ``core_algos`` advantage functions against the registry
 (``oblr_theory.estimators`` and ``oblr_theory.peers``) on random batches, shuffled and of unequal
 group sizes where verl allows it; the adapter's registered names through verl's own
-``get_adv_estimator_fn``; TRL's ``nanstd`` (the one pure function of its advantage code) against
+``get_adv_estimator_fn``; the adapter's ``compute_advantage`` against verl's ``ray_trainer`` one; TRL's ``nanstd`` (the one pure function of its advantage code) against
 ``grpo`` with ``std_scope`` ``"group"`` and ``"batch"``. All in float64, so every tolerance is a
 rounding bound (tests/tolerances.py)."""
 

@@ -1,5 +1,6 @@
 """The verl adapter (oblr_theory.integrations.verl) without verl: its pure function equals the
-registry on whole groups (any group order, unequal sizes), its S sources, and its refusals.
+registry on whole groups (any group order, unequal sizes), its S sources, and its refusals; its
+``compute_advantage`` drop-in and ``patch_ray_trainer`` against small stand-ins for verl's modules.
 The cross-checks against verl's and TRL's own code: tests/integrations/test_peers_verl_trl.py (-m peers)."""
 
 from __future__ import annotations
