@@ -160,6 +160,8 @@ def oblrpo_generation(model, batch: LocalBatch, rewards_all: torch.Tensor, estim
     if update_factor is not None and not (weighted and source == "ghost"):
         raise ValueError("update_factor needs loss_type and source='ghost' (the update comes from "
                          "the ghost pass's weighted gradients)")
+    if keep_sum and not weighted:
+        raise ValueError("keep_sum needs loss_type (the weighted pass forms Σ_b u_b)")
     if weighted and n % G:
         raise ValueError(f"lr_rule='snr' and the single-pass update need whole groups on each process: "
                          f"{n} local completions are not a multiple of num_generations={G}")
@@ -178,8 +180,6 @@ def oblrpo_generation(model, batch: LocalBatch, rewards_all: torch.Tensor, estim
         S_all = comm.gather(S_loc)
         A_all = group_advantages(estimator, rewards_all, S_all, lengths_all, G)
         A_loc, result_S = A_all[local], S_all
-    if keep_sum and not weighted:
-        raise ValueError("keep_sum needs loss_type (the weighted pass forms Σ_b u_b)")
     if not weighted:
         return GenerationResult(result_S, A_all, lengths_all, local)
 
