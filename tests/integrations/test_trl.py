@@ -341,3 +341,30 @@ def test_local_rule_records_the_step_it_took(tmp_path):
                        train_dataset=arithmetic_dataset(8), processing_class=char_tokenizer())
     with pytest.raises(ValueError, match="momentum"):
         tr.create_optimizer()
+
+
+def test_lora_single_pass_update_equals_two_pass(tmp_path):
+    """LoRA adapters (peft): the single-pass update of the adapters equals TRL's backward
+    (``single_pass='off'``), unclipped, one step; the base weights do not move."""
+    from peft import LoraConfig
+
+    m0 = tiny_model(dtype=torch.float64)
+    deltas = {}
+    for single in ("on", "off"):
+        args = OBLRPOConfig(**base_kwargs(output_dir=str(tmp_path / single), single_pass=single,
+                                          lr_rule="constant", max_grad_norm=0.0, max_completion_length=8))
+        tr = OBLRPOTrainer(model=copy.deepcopy(m0), reward_funcs=dense_reward, args=args,
+                           train_dataset=arithmetic_dataset(64), processing_class=char_tokenizer(),
+                           peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        assert tr.oblrpo_single_pass == (single == "on")
+        model = tr.accelerator.unwrap_model(tr.model)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        tr.train()
+        deltas[single] = {n: p.detach() - before[n] for n, p in model.named_parameters()}
+    on, off = deltas["on"], deltas["off"]
+    lora = [n for n in on if "lora_" in n]
+    assert lora and all(on[n].abs().max() == 0 for n in on if "lora_" not in n)
+    d_on = torch.cat([on[n].reshape(-1) for n in lora])
+    d_off = torch.cat([off[n].reshape(-1) for n in lora])
+    assert d_off.abs().max() > 0
+    assert (d_on - d_off).abs().max() <= 1e-5 * d_off.abs().max()
