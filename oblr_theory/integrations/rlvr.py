@@ -201,10 +201,16 @@ def sft_checkpoint(out_dir: str, cfg: SFTConfig, progress: bool = False) -> dict
     hf_char_tokenizer().save_pretrained(tmp)
     with open(os.path.join(tmp, "sft.json"), "w") as fh:
         json.dump(rec, fh, indent=1)
+    import shutil
+
     if os.path.exists(path):  # a stale checkpoint of another config under the same name
-        import shutil
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+        shutil.rmtree(path, ignore_errors=True)
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process (a parallel chunk) saved the same checkpoint first
+        shutil.rmtree(tmp, ignore_errors=True)
+        with open(meta) as fh:
+            return json.load(fh)
     return rec
 
 
