@@ -163,7 +163,9 @@ class Study:
         path = os.path.join(self.out, "units", f"{key}.json")
         if os.path.exists(path):
             with open(path) as fh:
-                return json.load(fh)
+                rec = json.load(fh)
+            if rec["status"] == "done":  # a skipped (refused) unit is asked again: the code may support it now
+                return rec
         t = time.perf_counter()
         res = rl_run(sft["path"], cfg, self.plan.n_eval, self.plan.eval_seed)
         rec = {"key": key, "phase": phase, "method": method_name(m), **m, "lr": float(lr), "seed": int(seed),

@@ -323,8 +323,13 @@ def rl_run(ckpt_path: str, cfg: RunConfig, n_eval: int, eval_seed: int) -> dict:
         data = Dataset.from_dict({"prompt": [p.prompt for p in probs], "answer": [p.answer for p in probs]})
         ev = _EvalCallback(lambda: evaluate(model, tok, problems, max_new), cfg.eval_every, cfg.steps)
         ev.record(0)
-        trainer = OBLRPOTrainer(model=model, reward_funcs=answer_ids_reward, args=args, train_dataset=data,
-                                processing_class=hf_char_tokenizer(), callbacks=[ev.make()])
+        try:
+            trainer = OBLRPOTrainer(model=model, reward_funcs=answer_ids_reward, args=args, train_dataset=data,
+                                    processing_class=hf_char_tokenizer(), callbacks=[ev.make()])
+        except ValueError as err:
+            if not str(err).startswith("OBLRPOTrainer cannot run these settings"):
+                raise
+            return {"status": "skipped", "reason": str(err)}
         trainer.remove_callback(PrinterCallback)  # rows keep the logs; no dicts on stdout
         trainer.train()
         hist = trainer.state.log_history
