@@ -320,7 +320,15 @@ def _estimator_moments(problem, outs, name, est_name, group_size, batch_size, pa
         m, v = group_moments(out, est, group_size, progress)
         means.append(m)
         variances.append(v)
-    prompt_mean, prompt_var = np.array(means), np.array(variances)
+    return batch_of_groups(moments, np.array(means), np.array(variances), group_size, batch_size)
+
+
+def batch_of_groups(moments: PromptMoments, prompt_mean, prompt_var, group_size: int,
+                    batch_size: int) -> EstimatorMoments:
+    """A batch of ``batch_size`` i.i.d. prompts with one independent group each, from each prompt's
+    group moments ``E ĝ_x`` (X, d) and ``V_x`` (X,): ``E ĝ = Σ_x p_x E ĝ_x`` and (T2, law of total
+    variance) ``V_batch = (1/B) Σ_x p_x (V_x + ||E ĝ_x − E ĝ||²)``."""
+    prompt_mean, prompt_var = np.asarray(prompt_mean, dtype=np.float64), np.asarray(prompt_var, dtype=np.float64)
     p = moments.prompt_probs
     mean = p @ prompt_mean
     between = np.einsum("xd,xd->x", prompt_mean - mean, prompt_mean - mean)

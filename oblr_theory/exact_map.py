@@ -23,7 +23,7 @@ import numpy as np
 
 from . import estimators, exact, exact_batch, families
 
-__all__ = ["map_rows", "moments", "greedy_rewards", "shrinkage_quadratic", "smoothness", "FAMILY_GROUP_SIZES"]
+__all__ = ["map_rows", "moments", "moments_row", "greedy_rewards", "shrinkage_quadratic", "smoothness", "FAMILY_GROUP_SIZES"]
 
 #: ``G`` range per family (limited by the ``C(n+G−1, G)`` multisets of the token MDPs).
 FAMILY_GROUP_SIZES = {"hard_arm_bandit": tuple(range(2, 17)), "length_mdp": tuple(range(2, 9)),
@@ -85,15 +85,19 @@ def map_rows(problem, family: str, group_sizes, names=None, L=None, progress=Non
         for name in names:
             if G < estimators.spec(name).min_group:
                 continue
-            m = moments(problem, name, G)
-            gain, eta = _gain(m.grad, m.mean, m.trace_var, L)
-            rows.append(dict(family=family, estimator=name, group_size=int(G),
-                             bias_sq=float(m.bias @ m.bias), trace_var=m.trace_var, mse=m.mse,
-                             grad_sq_norm=float(m.grad @ m.grad), grad_dot_mean=float(m.grad @ m.mean),
-                             gain=gain, eta_star=eta, smoothness=L))
+            rows.append(moments_row(family, name, G, moments(problem, name, G), L))
             if progress is not None:
                 progress(1)
     return rows
+
+
+def moments_row(family: str, name: str, G: int, m, L: float) -> dict:
+    """The map's row of one estimator's exact moments ``m`` (``.mean``, ``.grad``, ``.trace_var``):
+    ``bias_sq``, ``trace_var``, ``mse``, ``||∇J||²``, ``∇J·E ĝ`` and T5's ``gain`` and ``eta_star``."""
+    gain, eta = _gain(m.grad, m.mean, m.trace_var, L)
+    return dict(family=family, estimator=name, group_size=int(G), bias_sq=float(m.bias @ m.bias),
+                trace_var=m.trace_var, mse=m.mse, grad_sq_norm=float(m.grad @ m.grad),
+                grad_dot_mean=float(m.grad @ m.mean), gain=gain, eta_star=eta, smoothness=float(L))
 
 
 def shrinkage_quadratic(v_rloo: float, v_half: float, v_oloo: float):

@@ -24,7 +24,10 @@ References (verl: ``verl/trainer/ppo/core_algos.py`` and ``verl/utils/torch_func
   the best response gets ``r_max − r_second``, optionally over ``std + ε``).
 * OTB: verl ``compute_optimal_token_baseline_advantage`` (docs/algo/otb.md, arXiv:2602.07078):
   ``B_t = Σ_i G_t^i W_t^i / (Σ_i W_t^i + ε)`` with ``W_t`` the cumulative squared-score proxy
-  ``Σ_{s≤t} (1 − 2π_s + Σπ²_s)``.
+  ``Σ_{s≤t} (1 − 2π_s + Σπ²_s)``. The registry's ``otb`` is its sequence-level form (the baseline at
+  a response's last token); the per-token estimator itself, whose advantage varies along the
+  response and so is no map ``A = f(r, S, ℓ)``, is :mod:`oblr_theory.peers_token` (verl's rules,
+  its leave-one-out form, and its exact bias on token MDPs).
 """
 
 from __future__ import annotations
@@ -147,7 +150,8 @@ def _otb(r, S, ell, eps):
     response's squared-score proxy; pass the proxy ``Σ_t (1 − 2π_t + Σπ²_t)`` or the exact ``S``).
     T1: biased, O(1/G) — the baseline includes ``y_j`` (inclusive, as ``optimal``; ``optimal_loo``
     is its unbiased leave-one-out form). verl's per-token baselines ``B_t`` at earlier tokens are
-    not of this form (the advantage varies along the response). Valid for ``S ≥ 0``, ``eps ≥ 0``."""
+    not of this form (the advantage varies along the response):
+    :func:`oblr_theory.peers_token.otb_token_advantages`. Valid for ``S ≥ 0``, ``eps ≥ 0``."""
     if not eps >= 0:
         raise ValueError(f"otb parameter eps must be >= 0, got {eps!r}")
     den = _ops.sum_keep(S) + eps

@@ -25,15 +25,19 @@ from collections import Counter
 
 import numpy as np
 
-from . import estimators, exact, exact_map, families
+from . import estimators, exact, exact_map, families, peers_token
+from .problems import TokenMDP
 
-__all__ = ["GROUP_SIZES", "ORACLES", "table_names", "unavailable", "compute_rows", "guide",
+__all__ = ["GROUP_SIZES", "ORACLES", "TOKEN_ESTIMATORS", "table_names", "is_unbiased", "unavailable", "compute_rows", "guide",
            "render_doc", "render_readme", "load_rows", "save_rows", "README_BEGIN", "README_END"]
 
 #: The group sizes of the table.
 GROUP_SIZES = (4, 8, 16)
 #: Estimators that need an exact quantity of the problem (``b*``): references, not guide picks.
 ORACLES = ("oracle_optimal",)
+#: Per-token estimators outside the registry (:mod:`oblr_theory.peers_token`, plain token sum):
+#: name -> (keyword arguments of ``otb_token_moments``, unbiased by T1). Token MDPs only.
+TOKEN_ESTIMATORS = {"otb_token": ({}, False), "otb_token_loo": ({"leave_one_out": True}, True)}
 #: Relative gap below which two values count as equal (a tie): the enumeration's round-off,
 #: ``N·u`` for up to ``N = 10^7`` multisets and ``u = 2^-53``.
 TIE_RTOL = 1e-9
@@ -43,8 +47,14 @@ COMMAND = "python experiments/tradeoff_table.py"
 
 
 def table_names() -> list[str]:
-    """The package's estimators, then the peers' (:func:`oblr_theory.estimators.peer_names`)."""
-    return list(estimators.names()) + list(estimators.peer_names())
+    """The package's estimators, then the peers' (:func:`oblr_theory.estimators.peer_names`), then the
+    per-token ones (:data:`TOKEN_ESTIMATORS`)."""
+    return list(estimators.names()) + list(estimators.peer_names()) + list(TOKEN_ESTIMATORS)
+
+
+def is_unbiased(name: str) -> bool:
+    """T1 as registered (or as stated in :data:`TOKEN_ESTIMATORS`)."""
+    return TOKEN_ESTIMATORS[name][1] if name in TOKEN_ESTIMATORS else estimators.spec(name).unbiased
 
 
 def _responses_per_prompt(problem) -> int:
@@ -53,7 +63,10 @@ def _responses_per_prompt(problem) -> int:
 
 def unavailable(family: str, name: str, G: int, n_responses: int) -> str | None:
     """Why the cell (family, estimator, G) has no exact value, or ``None`` when it has one."""
-    if G < estimators.spec(name).min_group:
+    if name in TOKEN_ESTIMATORS:
+        if not isinstance(families.make(family), TokenMDP):
+            return "a per-token estimator needs a token MDP (with one token per response it is `otb` with the exact S)"
+    elif G < estimators.spec(name).min_group:
         return f"needs G ≥ {estimators.spec(name).min_group}"
     if G not in exact_map.FAMILY_GROUP_SIZES[family]:
         M = exact.num_multisets(n_responses, G)
@@ -75,8 +88,15 @@ def compute_rows(family_names=None, group_sizes=GROUP_SIZES, names=None, progres
         for G in group_sizes:
             why = {n: unavailable(fam, n, G, sizes["n_responses"]) for n in names}
             ok = [n for n in names if why[n] is None]
-            got = ({r["estimator"]: r for r in exact_map.map_rows(problem, fam, [G], ok, L=L, progress=progress)}
-                   if ok else {})  # map_rows reads an empty list of names as "all"
+            reg = [n for n in ok if n not in TOKEN_ESTIMATORS]
+            got = ({r["estimator"]: r for r in exact_map.map_rows(problem, fam, [G], reg, L=L, progress=progress)}
+                   if reg else {})  # map_rows reads an empty list of names as "all"
+            for n in ok:
+                if n in TOKEN_ESTIMATORS:
+                    m = peers_token.otb_token_moments(problem, G, **TOKEN_ESTIMATORS[n][0])
+                    got[n] = exact_map.moments_row(fam, n, G, m, L)
+                    if progress is not None:
+                        progress(1)
             for n in names:
                 base = dict(family=fam, estimator=n, group_size=int(G), **sizes)
                 rows.append(dict(base, **got[n]) if n in got else dict(base, na=why[n]))
@@ -106,7 +126,7 @@ def guide(rows) -> list[dict]:
                 and r["estimator"] not in ORACLES]
         if not cand:
             continue
-        unb = [r for r in cand if estimators.spec(r["estimator"]).unbiased]
+        unb = [r for r in cand if is_unbiased(r["estimator"])]
         lo, mse = _best(cand, "mse", min)
         hi, gain = _best(cand, "gain", max)
         bu, gain_u = _best(unb, "gain", max) if unb else (None, None)
@@ -164,7 +184,9 @@ def _header(rows) -> list[str]:
             "V = tr Var ĝ, MSE = bias² + V, gain = T5's (∇J·m)²/(2L(||m||² + V)) at the best step η* "
             "(L: the family's smoothness constant, `exact_map.smoothness`). An unbiased estimator's bias² is "
             "the float64 round-off of the enumeration (tiny, not exactly 0). `remax`: each prompt's "
-            "greedy-rollout reward as its baseline. "
+            "greedy-rollout reward as its baseline. `otb_token`: verl's optimal token baseline at the token "
+            "level (a baseline per token, zero tail) with the plain token sum, and `otb_token_loo` its "
+            "leave-one-out form (`oblr_theory.peers_token`; token MDPs only). "
             f"Oracles ({', '.join(f'`{o}`' for o in ORACLES)}) are references, never picked. Problem sizes:",
             ""] + [f"- {s}" for s in _sizes(rows)]
 
@@ -194,7 +216,7 @@ def render_doc(rows) -> str:
         cell = [r for r in rows if r["family"] == fam and r["group_size"] == G]
         rloo = next((r for r in cell if r["estimator"] == "rloo" and "na" not in r), None)
         for r in cell:
-            unb = "yes" if estimators.spec(r["estimator"]).unbiased else "no"
+            unb = "yes" if is_unbiased(r["estimator"]) else "no"
             if "na" in r:
                 notes.append((fam, G, r["estimator"], r["na"]))
                 lines.append(f"| {fam} | {G} | `{r['estimator']}` | {unb} | n/a | n/a | n/a | n/a | n/a | n/a |")

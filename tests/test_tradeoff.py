@@ -103,6 +103,23 @@ def test_cells_beyond_enumeration_are_na_with_the_multiset_count():
     assert tradeoff.unavailable("length_mdp", "otb", 8, 15) is None
 
 
+def test_token_level_otb_rows_are_its_exact_moments():
+    """The per-token estimators' rows (outside the registry) carry :func:`peers_token.otb_token_moments`;
+    on the bandit they are n/a (no tokens); the guide reads T1 from ``TOKEN_ESTIMATORS``."""
+    from oblr_theory import peers_token
+
+    rows = tradeoff.compute_rows(["length_mdp"], (4,), ["otb_token", "otb_token_loo"])
+    P = families.make("length_mdp")
+    for r in rows:
+        m = peers_token.otb_token_moments(P, 4, **tradeoff.TOKEN_ESTIMATORS[r["estimator"]][0])
+        assert r["trace_var"] == m.trace_var and r["bias_sq"] == float(m.bias @ m.bias)
+    by = {r["estimator"]: r for r in rows}
+    assert by["otb_token"]["bias_sq"] > 1e6 * by["otb_token_loo"]["bias_sq"]  # biased vs round-off
+    assert not tradeoff.is_unbiased("otb_token") and tradeoff.is_unbiased("otb_token_loo")
+    assert "needs a token MDP" in tradeoff.unavailable("hard_arm_bandit", "otb_token", 4, 4)
+    assert "multisets" in tradeoff.unavailable("length_mdp", "otb_token_loo", 16, 15)
+
+
 def _row(est, mse, gain, fam="f", G=4):
     return dict(family=fam, group_size=G, estimator=est, mse=mse, gain=gain, bias_sq=0.0, trace_var=mse,
                 eta_star=1.0, num_prompts=1, n_responses=2, dim=2)

@@ -52,7 +52,7 @@ from torch import nn
 from ..per_sample import GhostPass, group_gram, trainable_parameters
 from ..per_sample.kernels import logit_span
 from .checks import check_score_inputs
-from .logprobs import check_inputs, forward_logprobs, logit_proxy_from_logits
+from .logprobs import check_inputs, check_temperature, forward_logprobs, logit_proxy_from_logits
 
 __all__ = ["ScoreGram", "score_gram", "METHODS"]
 
@@ -195,7 +195,8 @@ def _check_model(model: nn.Module, method: str) -> None:
 
 
 def gram_loop(
-    model: nn.Module, input_ids: torch.Tensor, attn_bgt: torch.Tensor, comp_bgt: torch.Tensor
+    model: nn.Module, input_ids: torch.Tensor, attn_bgt: torch.Tensor, comp_bgt: torch.Tensor,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference Gram: per group, one forward of its ``G`` sequences and ``G`` backward passes.
 
@@ -206,7 +207,8 @@ def gram_loop(
     grams, token_rows = [], []
     for b in range(input_ids.shape[0]):
         with torch.enable_grad():
-            token_logp_gt, _ = forward_logprobs(model, input_ids[b], attn_bgt[b], comp_bgt[b])
+            token_logp_gt, _ = forward_logprobs(model, input_ids[b], attn_bgt[b], comp_bgt[b],
+                                                temperature)
             grams.append(group_gram(token_logp_gt.sum(-1), params))
         token_rows.append(token_logp_gt.detach())
     return torch.stack(grams), torch.stack(token_rows)
@@ -221,6 +223,7 @@ def gram_ghost(
     max_elems: int = 2**26,
     keep_factors: bool = False,
     diagonal_only: bool = False,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, GhostPass | None]:
     """Ghost Gram: one forward and one backward of ``L = Σ_n seq_logp_n`` for the whole batch.
 
@@ -240,7 +243,7 @@ def gram_ghost(
                    head_span=logit_span(_flat(comp_bgt)) if head is not None else None)
     with gp, torch.enable_grad():
         token_logp_nt, _ = forward_logprobs(
-            model, _flat(input_ids), _flat(attn_bgt), _flat(comp_bgt)
+            model, _flat(input_ids), _flat(attn_bgt), _flat(comp_bgt), temperature
         )
         loss = token_logp_nt.sum()
         if gp.trainable and loss.requires_grad:
@@ -259,17 +262,19 @@ def _proxy(
     attn_bgt: torch.Tensor,
     comp_bgt: torch.Tensor,
     method: str,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward-only proxies on the diagonal: ``ℓ`` (length) or the logit proxy (T8)."""
     B, G, T = input_ids.shape
     with torch.no_grad():
         token_logp_nt, logits_ntv = forward_logprobs(
-            model, _flat(input_ids), _flat(attn_bgt), _flat(comp_bgt)
+            model, _flat(input_ids), _flat(attn_bgt), _flat(comp_bgt), temperature
         )
         if method == "length":
             proxy_n = _flat(comp_bgt).sum(-1).to(torch.float64)
         else:
-            proxy_n = logit_proxy_from_logits(logits_ntv, _flat(input_ids), _flat(comp_bgt))
+            proxy_n = logit_proxy_from_logits(logits_ntv, _flat(input_ids), _flat(comp_bgt),
+                                              temperature)
     gram_bgg = torch.diag_embed(proxy_n.to(torch.float64).reshape(B, G))
     return gram_bgg, token_logp_nt.reshape(B, G, T)
 
@@ -285,6 +290,7 @@ def score_gram(
     max_elems: int = 2**26,
     keep_factors: bool = False,
     diagonal_only: bool = False,
+    temperature: float = 1.0,
 ) -> ScoreGram:
     """Within-group Gram ``K[b, i, j] = s_bi · s_bj`` of per-sequence scores, plus log-probs.
 
@@ -302,9 +308,13 @@ def score_gram(
     ``gram_bgg = diag(S)``, zeros off the diagonal (about ``1/G`` of the full Gram's extra cost);
     use it when only ``S`` is needed (advantages), not ``||ĝ_x||²`` from the cross terms.
 
+    ``temperature``: the scores are those of the policy the completions were sampled from,
+    ``softmax(z/τ)`` (``s = ∇ Σ_t log softmax(z_t/τ)[y_t]``); 1 for plain sampling.
+
     Raises ValueError naming the argument for malformed masks, and naming the module for any
     trainable parameter the ghost method cannot account for.
     """
+    temperature = check_temperature(temperature)
     _check_model(model, method)
     check_score_inputs(model, input_ids, attention_mask, completion_mask, method)
     if keep_factors and method != "ghost":
@@ -317,12 +327,12 @@ def score_gram(
     if method == "ghost":
         gram_bgg, token_logp_bgt, kept = gram_ghost(
             model, input_ids, attn_bgt, comp_bgt, route=route, max_elems=max_elems,
-            keep_factors=keep_factors, diagonal_only=diagonal_only,
+            keep_factors=keep_factors, diagonal_only=diagonal_only, temperature=temperature,
         )
     elif method == "loop":
-        gram_bgg, token_logp_bgt = gram_loop(model, input_ids, attn_bgt, comp_bgt)
+        gram_bgg, token_logp_bgt = gram_loop(model, input_ids, attn_bgt, comp_bgt, temperature)
     else:
-        gram_bgg, token_logp_bgt = _proxy(model, input_ids, attn_bgt, comp_bgt, method)
+        gram_bgg, token_logp_bgt = _proxy(model, input_ids, attn_bgt, comp_bgt, method, temperature)
     return ScoreGram(
         gram_bgg=gram_bgg,
         seq_logp_bg=token_logp_bgt.sum(-1),

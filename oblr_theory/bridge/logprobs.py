@@ -29,6 +29,7 @@ __all__ = [
     "logit_proxy_from_logits",
     "forward_logprobs",
     "sequence_logprobs",
+    "check_temperature",
 ]
 
 
@@ -111,15 +112,32 @@ def _log_softmax_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def _tempered(logits_ntv: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``z / τ`` in the log-softmax dtype, for the positions that predict ``t = 1..T−1``; the
+    sampling policy at temperature ``τ`` is ``softmax(z / τ)``."""
+    z_ntv = logits_ntv[:, :-1].to(_log_softmax_dtype(logits_ntv.dtype))
+    return z_ntv if temperature == 1.0 else z_ntv / temperature
+
+
+def check_temperature(temperature) -> float:
+    """``τ`` as a float; refuses a non-finite or non-positive value, naming the argument."""
+    t = float(temperature)
+    if not (t > 0 and t != float("inf")):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    return t
+
+
 def token_logprobs_from_logits(
-    logits_ntv: torch.Tensor, input_ids_nt: torch.Tensor, completion_nt: torch.Tensor
+    logits_ntv: torch.Tensor, input_ids_nt: torch.Tensor, completion_nt: torch.Tensor,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Per-token log-probabilities ``log π(y_t | y_<t) = z_{t−1}[y_t] − logsumexp(z_{t−1})``.
+    """Per-token log-probabilities ``log π(y_t | y_<t) = z_{t−1}[y_t]/τ − logsumexp(z_{t−1}/τ)``
+    (``τ``: the sampling temperature, 1 for plain ancestral sampling).
 
     Returns (N, T) with 0 wherever ``completion_nt`` is False (masked with ``where``, so a
     non-finite logit at a padding position never leaks into the result).
     """
-    z_ntv = logits_ntv[:, :-1].to(_log_softmax_dtype(logits_ntv.dtype))  # predicts t = 1..T-1
+    z_ntv = _tempered(logits_ntv, temperature)  # predicts t = 1..T-1
     target_nt = input_ids_nt[:, 1:]
     picked_nt = z_ntv.gather(-1, target_nt.unsqueeze(-1)).squeeze(-1)
     logp_nt = picked_nt - torch.logsumexp(z_ntv, dim=-1)  # (N, T-1)
@@ -128,21 +146,23 @@ def token_logprobs_from_logits(
 
 
 def logit_proxy_from_logits(
-    logits_ntv: torch.Tensor, input_ids_nt: torch.Tensor, completion_nt: torch.Tensor
+    logits_ntv: torch.Tensor, input_ids_nt: torch.Tensor, completion_nt: torch.Tensor,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Forward-only logit proxy of ``S`` (T8): ``Σ_{t ∈ completion} 1 − 2 π_t(y_t) + ||π_t||²``.
+    """Forward-only logit proxy of ``S`` (T8): ``Σ_{t ∈ completion} 1 − 2 π_t(y_t) + ||π_t||²``
+    with ``π_t = softmax(z_t / τ)`` (the proxy of the tempered policy, without its ``1/τ²``).
 
-    ``||e_y − π||²`` is the squared norm of ``∂ log π(y)/∂z`` at one position; summing over
+    ``||e_y − π||²/τ²`` is the squared norm of ``∂ log π(y)/∂z`` at one position; summing over
     positions ignores the Jacobian from logits to ``θ`` and the cross terms between positions.
     Returns (N,). Valid only as a proxy: it is not the norm of the parameter score.
     """
     with torch.no_grad():
-        z_ntv = logits_ntv[:, :-1].to(_log_softmax_dtype(logits_ntv.dtype))
+        z_ntv = _tempered(logits_ntv, temperature)
         pi_ntv = torch.softmax(z_ntv, dim=-1)
         pi_y_nt = pi_ntv.gather(-1, input_ids_nt[:, 1:].unsqueeze(-1)).squeeze(-1)
         per_tok_nt = 1.0 - 2.0 * pi_y_nt + pi_ntv.pow(2).sum(-1)  # (N, T-1)
         per_tok_nt = torch.where(completion_nt[:, 1:], per_tok_nt, torch.zeros_like(per_tok_nt))
-        return per_tok_nt.sum(-1)
+        return per_tok_nt.sum(-1) / (temperature * temperature)
 
 
 def forward_logprobs(
@@ -150,8 +170,10 @@ def forward_logprobs(
     input_ids_nt: torch.Tensor,
     attention_nt: torch.Tensor,
     completion_nt: torch.Tensor,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass on a flattened batch ``(N, T)``; returns ``(token_logp_nt, logits_ntv)``.
+    """One forward pass on a flattened batch ``(N, T)``; returns ``(token_logp_nt, logits_ntv)``
+    (log-probs of the policy at sampling temperature ``temperature``; the raw logits).
 
     The model is called with explicit position ids from the attention mask and no KV cache.
     Gradients flow if grad mode is on.
@@ -164,7 +186,7 @@ def forward_logprobs(
         use_cache=False,
     )
     logits_ntv = out.logits if hasattr(out, "logits") else out[0]
-    return token_logprobs_from_logits(logits_ntv, input_ids_nt, completion_nt), logits_ntv
+    return token_logprobs_from_logits(logits_ntv, input_ids_nt, completion_nt, temperature), logits_ntv
 
 
 def sequence_logprobs(
@@ -173,8 +195,10 @@ def sequence_logprobs(
     attention_mask: torch.Tensor,
     completion_mask: torch.Tensor,
     keep_logits: bool = False,
+    temperature: float = 1.0,
 ) -> SequenceLogProbs:
-    """Per-token and per-sequence completion log-probs for ``(B, G, T)`` inputs, one forward pass.
+    """Per-token and per-sequence completion log-probs for ``(B, G, T)`` inputs, one forward pass,
+    of the policy at sampling temperature ``temperature`` (``softmax(z/τ)``).
 
     ``seq_logp[b, g] = Σ_t completion_mask[b, g, t] · log π(y_t | y_<t)``. The batch is flattened to
     ``(B·G, T)`` through the model. Runs with the current grad mode, so the result can be
@@ -183,7 +207,8 @@ def sequence_logprobs(
     attn_bgt, comp_bgt = check_inputs(input_ids, attention_mask, completion_mask)
     B, G, T = input_ids.shape
     token_logp_nt, logits_ntv = forward_logprobs(
-        model, input_ids.reshape(B * G, T), attn_bgt.reshape(B * G, T), comp_bgt.reshape(B * G, T)
+        model, input_ids.reshape(B * G, T), attn_bgt.reshape(B * G, T), comp_bgt.reshape(B * G, T),
+        check_temperature(temperature),
     )
     token_logp_bgt = token_logp_nt.reshape(B, G, T)
     return SequenceLogProbs(

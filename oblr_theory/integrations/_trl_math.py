@@ -15,7 +15,7 @@ import torch
 from .. import estimators
 from ..snr import SNRPieces, snr_fraction, snr_hat, snr_pieces_from_norms
 
-__all__ = ["SNR_LOSS_WEIGHTS", "sequence_weights", "group_advantages", "snr_pieces_dp",
+__all__ = ["SNR_LOSS_WEIGHTS", "sequence_weights", "loss_scale", "group_advantages", "snr_pieces_dp",
            "informative", "lr_factor", "diagnostics", "snr_metrics"]
 
 #: TRL ``loss_type`` -> the per-sequence weight ``λ_j`` of ``A_j s_j`` in TRL's on-policy gradient,
@@ -40,6 +40,36 @@ def sequence_weights(loss_type: str, lengths_n: torch.Tensor) -> torch.Tensor:
     if SNR_LOSS_WEIGHTS[loss_type] == "one":
         return torch.ones_like(ell)
     return torch.where(ell > 0, 1.0 / ell.clamp(min=1.0), torch.zeros_like(ell))
+
+
+def loss_scale(loss_type: str, n_sequences: int, n_tokens: int, max_completion_length: int) -> float:
+    """``c`` in TRL's on-policy gradient ``∇L = −c Σ_j λ_j A_j s_j`` of one optimizer step.
+
+    ``n_sequences`` and ``n_tokens``: the completions and loss tokens of the whole generation
+    batch (all processes). With ``num_iterations = 1`` and ``steps_per_generation`` equal to
+    ``gradient_accumulation_steps`` (one generation batch per optimizer step), at the sampling
+    policy (importance ratio 1, inside the clip range) each token's loss gradient is
+    ``−A_j ∇ log π(y_jt)`` times TRL's aggregation weight; summed over the accumulation window and
+    averaged over the data-parallel processes, the weight of ``λ_j A_j s_j`` is:
+
+    - ``dapo``: ``1/n_tokens`` (token sum over ``num_items_in_batch / processes`` per window);
+    - ``grpo``: ``1/n_sequences`` (per-sequence token mean, ``λ_j = 1/ℓ_j``, mean over rows);
+    - ``luspo``: ``1/n_sequences`` (per-sequence token sum, mean over rows);
+    - ``dr_grpo``: ``1/(n_sequences · max_completion_length)``.
+
+    Valid only if: ``loss_type`` is a key of :data:`SNR_LOSS_WEIGHTS`; the counts are positive.
+    """
+    if loss_type not in SNR_LOSS_WEIGHTS:
+        raise ValueError(f"loss_type={loss_type!r} has no per-sequence gradient weight; "
+                         f"supported: {sorted(SNR_LOSS_WEIGHTS)}")
+    if n_sequences < 1 or n_tokens < 1 or max_completion_length < 1:
+        raise ValueError(f"need positive counts, got n_sequences={n_sequences}, n_tokens={n_tokens}, "
+                         f"max_completion_length={max_completion_length}")
+    if loss_type == "dapo":
+        return 1.0 / n_tokens
+    if loss_type == "dr_grpo":
+        return 1.0 / (n_sequences * max_completion_length)
+    return 1.0 / n_sequences
 
 
 def group_advantages(estimator, rewards_n: torch.Tensor, sq_norms_n: torch.Tensor | None,

@@ -73,7 +73,7 @@ class GenerationResult:
     n_groups: int = 0
 
 
-def _sq_norms_rows(model, batch: LocalBatch, source: str, rows: int) -> torch.Tensor:
+def _sq_norms_rows(model, batch: LocalBatch, source: str, rows: int, temperature: float) -> torch.Tensor:
     """``S_n`` per row, ``rows`` rows per pass, float64 on the batch's device; a row with no loss
     token has ``s = 0`` exactly and is not passed to ``score_gram`` (which refuses it)."""
     n = batch.input_ids.shape[0]
@@ -82,23 +82,30 @@ def _sq_norms_rows(model, batch: LocalBatch, source: str, rows: int) -> torch.Te
     for c0 in range(0, live.numel(), rows):
         idx = live[c0:c0 + rows]
         sg = score_gram(model, batch.input_ids[idx][None], batch.attention_mask[idx][None],
-                        batch.loss_mask[idx][None], method=source,
+                        batch.loss_mask[idx][None], method=source, temperature=temperature,
                         **({"diagonal_only": True} if source == "ghost" else {}))
         S[idx] = sg.sq_norms_bg[0].to(torch.float64)
     return S
 
 
 @contextlib.contextmanager
-def _scratch_grads(params):
-    """Empty ``.grad`` fields inside the block (the caller's gradients are restored after)."""
+def _scratch_grads(params, keep_factor: float | None = None):
+    """Empty ``.grad`` fields inside the block. After it, the caller's gradients are restored, or
+    (``keep_factor`` given, and the block finished) become ``saved + keep_factor · scratch``."""
     saved = [p.grad for p in params]
     for p in params:
         p.grad = None
+    done = False
     try:
         yield
+        done = True
     finally:
         for p, g in zip(params, saved):
+            scratch = p.grad
             p.grad = g
+            if done and keep_factor is not None and scratch is not None:
+                scratch.mul_(keep_factor)
+                p.grad = scratch if g is None else g.add_(scratch)
 
 
 def _groups_view(batch: LocalBatch, b0: int, b1: int, G: int):
@@ -109,21 +116,32 @@ def _groups_view(batch: LocalBatch, b0: int, b1: int, G: int):
 
 def oblrpo_generation(model, batch: LocalBatch, rewards_all: torch.Tensor, estimator, *,
                       group_size: int, comm: Comm = Comm(), source: str = "ghost",
-                      rows_per_pass: int = 8, snr_loss_type: str | None = None) -> GenerationResult:
-    """``S``, advantages and (``snr_loss_type`` given) the T7 sums for one generation batch.
+                      rows_per_pass: int = 8, loss_type: str | None = None,
+                      update_factor: float | None = None, temperature: float = 1.0) -> GenerationResult:
+    """``S``, advantages and (``loss_type`` given) the T7 sums for one generation batch; with
+    ``update_factor`` also the training gradient (the single-pass update).
+
+    ``temperature``: TRL's sampling temperature ``τ``; scores, ``S`` and the update are those of
+    ``softmax(z/τ)``, the policy TRL samples from and differentiates.
 
     ``rewards_all``: the gathered rewards (all processes, TRL order). ``S`` of this process's
     rows comes from ``score_gram`` (``source``: ``"ghost"`` exact, ``"logit"``/``"length"``
     proxies) and is gathered like the rewards, so the registry sees whole groups even when a
     group is split across processes (``estimator.advantages`` on ``(B, G)``).
 
-    T7 (``snr_loss_type`` set): ``u_b = (1/G) Σ_j λ_j A_bj s_bj`` (``λ``: TRL's per-sequence
+    T7 (``loss_type`` set): ``u_b = (1/G) Σ_j λ_j A_bj s_bj`` (``λ``: TRL's per-sequence
     weight for that loss type, :func:`sequence_weights`). Per chunk of whole local groups one
     ghost pass keeps its factors, ``ScoreGram.weighted_gradients(w)`` with ``w = λA/G`` adds
     ``Σ_b u_b`` into scratch ``.grad`` fields and returns ``||u_b||²``; then ``Σ_b ||u_b||²`` is
     summed and the ``.grad`` fields all-reduced across processes, giving ``||ū||²`` exactly.
     With ``source="ghost"`` that one pass also gives ``S`` (no separate ``S`` pass): the groups
     are whole on this process, so its advantages need no other process's ``S``.
+
+    Single-pass update (``update_factor = κ`` given, ``source="ghost"``): the all-reduced
+    ``Σ_b u_b`` over all processes is kept, ``.grad ← .grad + κ Σ_b u_b``. With
+    ``κ = −c G`` (``c``: :func:`~._trl_math.loss_scale`) this is TRL's on-policy gradient
+    ``−c Σ_j λ_j A_j s_j`` of the whole generation batch, already averaged over processes, so the
+    caller's forward and backward of TRL's loss are not needed.
 
     Valid only if (T7): every group is whole on one process, the model's trainable parameters
     are not sharded, and the caller's gradients may be set aside during the call (they are).
@@ -133,14 +151,17 @@ def oblrpo_generation(model, batch: LocalBatch, rewards_all: torch.Tensor, estim
     local = slice(comm.rank * n, (comm.rank + 1) * n)
     ell = batch.lengths
     lengths_all = comm.gather(ell)
-    snr = snr_loss_type is not None
-    if snr and n % G:
-        raise ValueError(f"lr_rule='snr' needs whole groups on each process: {n} local completions "
-                         f"are not a multiple of num_generations={G}")
-    if snr and not bool((ell > 0).all()):
-        raise ValueError("lr_rule='snr' needs at least one loss token per completion "
-                         "(mask_truncated_completions or tool masks left a completion empty)")
-    fused = snr and source == "ghost"
+    weighted = loss_type is not None
+    if update_factor is not None and not (weighted and source == "ghost"):
+        raise ValueError("update_factor needs loss_type and source='ghost' (the update comes from "
+                         "the ghost pass's weighted gradients)")
+    if weighted and n % G:
+        raise ValueError(f"lr_rule='snr' and the single-pass update need whole groups on each process: "
+                         f"{n} local completions are not a multiple of num_generations={G}")
+    if weighted and not bool((ell > 0).all()):
+        raise ValueError("lr_rule='snr' and the single-pass update need at least one loss token per "
+                         "completion (mask_truncated_completions or tool masks left a completion empty)")
+    fused = weighted and source == "ghost"
     result_S = None
     params = [p for p in model.parameters() if p.requires_grad]
     if fused:
@@ -148,22 +169,22 @@ def oblrpo_generation(model, batch: LocalBatch, rewards_all: torch.Tensor, estim
         A_loc = torch.zeros(n, dtype=torch.float64, device=ell.device)
         r_loc = rewards_all[local]
     else:
-        S_loc = _sq_norms_rows(model, batch, source, rows_per_pass)  # also for the diagnostics
+        S_loc = _sq_norms_rows(model, batch, source, rows_per_pass, temperature)  # also diagnostics
         S_all = comm.gather(S_loc)
         A_all = group_advantages(estimator, rewards_all, S_all, lengths_all, G)
         A_loc, result_S = A_all[local], S_all
-    if not snr:
+    if not weighted:
         return GenerationResult(result_S, A_all, lengths_all, local)
 
-    lam = sequence_weights(snr_loss_type, ell)
+    lam = sequence_weights(loss_type, ell)
     gpc = max(1, rows_per_pass // G)  # whole groups per ghost pass
     sum_sq = torch.zeros((), dtype=torch.float64, device=ell.device)
-    with _scratch_grads(params):
+    with _scratch_grads(params, keep_factor=update_factor):
         for b0 in range(0, n // G, gpc):
             b1 = min(n // G, b0 + gpc)
             rows = slice(b0 * G, b1 * G)
             sg = score_gram(model, *_groups_view(batch, b0, b1, G), method="ghost",
-                            keep_factors=True, diagonal_only=True)
+                            keep_factors=True, diagonal_only=True, temperature=temperature)
             if fused:
                 S_loc[rows] = sg.sq_norms_bg.reshape(-1).to(torch.float64)
                 A_loc[rows] = group_advantages(estimator, r_loc[rows], S_loc[rows], ell[rows], G)

@@ -14,7 +14,10 @@ has generated, scored and gathered the rewards):
    processes as TRL gathers rewards;
 2. the advantages ``A = f(r, S, ℓ)`` of the registry estimator (default ``optimal_loo``, T1/T3)
    on whole groups replace TRL's; the loss, clipping and aggregation stay TRL's;
-3. ``lr_rule="snr"``: T7's pieces from per-group gradients at the sampling policy, exact under
+3. the single-pass update (``single_pass="auto"``, where TRL's on-policy gradient has the
+   per-sequence form ``−c Σ_j λ_j A_j s_j``): the ghost pass that gives ``S`` also forms that
+   gradient from its kept factors, so TRL's own forward and backward of the loss are skipped;
+4. ``lr_rule="snr"``: T7's pieces from per-group gradients at the sampling policy, exact under
    the data-parallel split, EMA-smoothed, and the T5 factor ``SNR/(1+SNR)`` multiplies TRL's
    scheduled learning rate at every optimizer step (optimizer pre-step hook; the scheduled rate
    is restored after the step).
@@ -26,19 +29,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import time
+
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from .. import estimators
 from ..snr import EMASNR
-from ._trl_math import (SNR_LOSS_WEIGHTS, diagnostics, informative, lr_factor, snr_metrics,
-                        snr_pieces_dp)
+from ._trl_math import (SNR_LOSS_WEIGHTS, diagnostics, informative, loss_scale, lr_factor,
+                        sequence_weights, snr_metrics, snr_pieces_dp)
 from ._trl_pass import Comm, LocalBatch, oblrpo_generation
 
-__all__ = ["OBLRPOConfig", "OBLRPOTrainer", "AccelerateComm"]
+__all__ = ["OBLRPOConfig", "OBLRPOTrainer", "AccelerateComm", "unsupported_reasons",
+           "single_pass_reasons"]
 
 SQ_NORMS_SOURCES = ("ghost", "logit", "length")
 LR_RULES = ("snr", "constant")
+SINGLE_PASS = ("auto", "on", "off")
 
 
 @dataclass
@@ -62,6 +69,10 @@ class OBLRPOConfig(GRPOConfig):
     snr_factor_max: float = field(default=1.0, metadata={"help": "Ceiling of the T5 factor."})
     sq_norms_batch_size: int | None = field(default=None, metadata={
         "help": "Completions per ghost pass (memory); default per_device_train_batch_size."})
+    single_pass: str = field(default="auto", metadata={
+        "help": "'on': the update gradient comes from the ghost pass that gives S (no second forward "
+                "and backward; settings that prevent it are refused); 'off': TRL's own loss and "
+                "backward; 'auto': 'on' where supported (see single_pass_reasons)."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -77,6 +88,8 @@ class OBLRPOConfig(GRPOConfig):
                              f"{self.snr_factor_min!r}, {self.snr_factor_max!r}")
         if self.sq_norms_batch_size is not None and self.sq_norms_batch_size < 1:
             raise ValueError(f"sq_norms_batch_size must be >= 1, got {self.sq_norms_batch_size!r}")
+        if self.single_pass not in SINGLE_PASS:
+            raise ValueError(f"single_pass={self.single_pass!r} is not one of {SINGLE_PASS}")
 
 
 class AccelerateComm(Comm):
@@ -95,6 +108,40 @@ class AccelerateComm(Comm):
         return x
 
 
+def _gradient_form_reasons(args: OBLRPOConfig, what: str) -> list[str]:
+    """Settings under which TRL's on-policy gradient is not ``−c Σ_j λ_j A_j s_j`` (the form that
+    T7's per-group gradients and the single-pass update rely on), each with its reason."""
+    why = []
+    if args.loss_type not in SNR_LOSS_WEIGHTS:
+        why.append(f"{what} with loss_type={args.loss_type!r}: its gradient is not a fixed "
+                   f"per-sequence weighting of A_j s_j (supported: {sorted(SNR_LOSS_WEIGHTS)})")
+    if args.beta != 0.0:
+        why.append(f"{what} with beta != 0: the KL term is not of the form A_j s_j")
+    if args.top_entropy_quantile < 1.0 or getattr(args, "entropy_coef", 0.0) \
+            or getattr(args, "use_adaptive_entropy", False):
+        why.append(f"{what} with entropy masking or an entropy bonus: not of the form A_j s_j")
+    if args.importance_sampling_level != "token":
+        why.append(f"{what} with importance_sampling_level={args.importance_sampling_level!r}: the "
+                   "sequence-level ratio reweights each token by 1/length")
+    if getattr(args, "off_policy_mask_threshold", None) is not None:
+        why.append(f"{what} with off_policy_mask_threshold: the mask depends on the advantages' sign")
+    if getattr(args, "delta", None) is not None and args.delta <= 1.0:
+        why.append(f"{what} with delta={args.delta} <= 1: the two-sided clip zeroes the on-policy gradient")
+    if args.mask_truncated_completions:
+        why.append(f"{what} with mask_truncated_completions: a completion with no loss token has no "
+                   "score to weight")
+    return why
+
+
+def _whole_groups_reasons(args: OBLRPOConfig, num_processes: int, what: str) -> list[str]:
+    local = args.per_device_train_batch_size * args.steps_per_generation
+    if local % args.num_generations:
+        return [f"{what} needs whole groups on each process (T7's unit): "
+                f"per_device_train_batch_size*steps_per_generation={local} is not a multiple of "
+                f"num_generations={args.num_generations}"]
+    return []
+
+
 def unsupported_reasons(args: OBLRPOConfig, num_processes: int, deepspeed: bool, fsdp: bool) -> list[str]:
     """Every setting ``OBLRPOTrainer`` refuses, each with its reason (empty: supported)."""
     why = []
@@ -105,24 +152,51 @@ def unsupported_reasons(args: OBLRPOConfig, num_processes: int, deepspeed: bool,
         why.append(f"scale_rewards={args.scale_rewards!r} would be ignored: the advantages come from "
                    "the registry (use estimator='dr_grpo' for no std scaling, 'grpo' for group std)")
     if args.lr_rule == "snr":
-        if args.loss_type not in SNR_LOSS_WEIGHTS:
-            why.append(f"lr_rule='snr' with loss_type={args.loss_type!r}: its gradient is not a fixed "
-                       f"per-sequence weighting of A_j s_j (supported: {sorted(SNR_LOSS_WEIGHTS)})")
-        if args.beta != 0.0:
-            why.append("lr_rule='snr' with beta != 0: the KL term is not part of T7's per-group gradients")
-        if args.top_entropy_quantile < 1.0 or getattr(args, "entropy_coef", 0.0):
-            why.append("lr_rule='snr' with entropy masking or an entropy bonus: not part of T7's gradients")
+        why += _gradient_form_reasons(args, "lr_rule='snr'")
+        whole = _whole_groups_reasons(args, num_processes, "lr_rule='snr'")
+        why += whole
         local = args.per_device_train_batch_size * args.steps_per_generation
-        if local % args.num_generations:
-            why.append(f"lr_rule='snr' needs whole groups on each process (T7's unit): "
-                       f"per_device_train_batch_size*steps_per_generation={local} is not a multiple of "
-                       f"num_generations={args.num_generations}")
-        elif local // args.num_generations * num_processes < 2:
+        if not whole and local // args.num_generations * num_processes < 2:
             why.append("lr_rule='snr' needs >= 2 prompt groups per generation batch (T7), got "
                        f"{local // args.num_generations * num_processes}")
         if deepspeed or fsdp:
             why.append("lr_rule='snr' under DeepSpeed or FSDP: sharded parameters and DeepSpeed's own "
                        "optimizer step are not supported (use lr_rule='constant')")
+    if args.single_pass == "on":
+        why += single_pass_reasons(args, num_processes, deepspeed, fsdp)
+    return why
+
+
+def single_pass_reasons(args: OBLRPOConfig, num_processes: int, deepspeed: bool, fsdp: bool) -> list[str]:
+    """Why the update cannot come from the ghost pass (empty: it can).
+
+    The single pass replaces TRL's forward and backward of the loss by the ghost pass's weighted
+    gradients at the sampling policy, so it needs: exact ``S`` (``"ghost"``); one optimizer step
+    per generation batch, at the policy that sampled it (``num_iterations = 1`` and
+    ``steps_per_generation = gradient_accumulation_steps``); TRL's gradient of the form
+    ``−c Σ_j λ_j A_j s_j`` (:func:`_gradient_form_reasons`); whole groups on each process;
+    gradients the optimizer reads as they are (no fp16 loss scaling, no DeepSpeed or FSDP
+    gradient handling); generation by the model itself (vLLM's importance-sampling weights
+    are not applied).
+    """
+    what = "single_pass"
+    why = []
+    if args.sq_norms_source != "ghost":
+        why.append(f"{what} needs sq_norms_source='ghost', got {args.sq_norms_source!r}")
+    if args.num_iterations != 1:
+        why.append(f"{what} needs num_iterations=1 (later iterations are off the sampling policy)")
+    if args.steps_per_generation != args.gradient_accumulation_steps:
+        why.append(f"{what} needs steps_per_generation == gradient_accumulation_steps (one generation "
+                   f"batch per optimizer step), got {args.steps_per_generation} and "
+                   f"{args.gradient_accumulation_steps}")
+    why += _gradient_form_reasons(args, what)
+    why += _whole_groups_reasons(args, num_processes, what)
+    if args.fp16:
+        why.append(f"{what} with fp16: the gradient scaler expects scaled gradients from its backward")
+    if deepspeed or fsdp:
+        why.append(f"{what} under DeepSpeed or FSDP: their gradient handling runs inside backward")
+    if args.use_vllm:
+        why.append(f"{what} with use_vllm: vLLM's importance-sampling weights are not applied")
     return why
 
 
@@ -143,6 +217,13 @@ class OBLRPOTrainer(GRPOTrainer):
         if why:
             raise ValueError("OBLRPOTrainer cannot run these settings: " + "; ".join(why))
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
+        why = single_pass_reasons(args, args.world_size, bool(args.deepspeed), bool(args.fsdp))
+        if self.aux_loss_enabled:
+            why.append("single_pass with a router auxiliary loss (MoE): not of the form A_j s_j")
+        if why and args.single_pass == "on":
+            raise ValueError("OBLRPOTrainer cannot run these settings: " + "; ".join(why))
+        #: True when the update comes from the ghost pass (``single_pass``), not TRL's backward
+        self.oblrpo_single_pass = args.single_pass != "off" and not why
         self.oblrpo_estimator = estimators.get(args.estimator, **(args.estimator_params or {}))
         self.oblrpo_ema = EMASNR(args.snr_ema_beta)
         self.oblrpo_lr_factor = 1.0 if args.lr_rule == "constant" else None
@@ -185,28 +266,41 @@ class OBLRPOTrainer(GRPOTrainer):
         rewards = (rpf * self.reward_weights.to(rpf.device).unsqueeze(0)).nansum(dim=1)
         rewards[torch.isnan(rpf).all(dim=1)] = torch.nan  # unscored: refused by the estimator step
         snr = mode == "train" and self.args.lr_rule == "snr"
+        single = mode == "train" and self.oblrpo_single_pass
+        scale = None
+        if single:  # TRL's gradient is −c Σ λ A s over the generation batch (all processes)
+            scale = loss_scale(self.args.loss_type, rewards.numel(), int(out["num_items_in_batch"]),
+                               self.max_completion_length)
         model = self.accelerator.unwrap_model(self.model)
         rows = self.args.sq_norms_batch_size or self.args.per_device_train_batch_size
         with _no_checkpointing(model, self.args.gradient_checkpointing_kwargs):
             res = oblrpo_generation(model, LocalBatch.from_trl(out), rewards, self.oblrpo_estimator,
                                     group_size=G, comm=AccelerateComm(self.accelerator),
                                     source=self.args.sq_norms_source, rows_per_pass=rows,
-                                    snr_loss_type=self.args.loss_type if snr else None)
+                                    loss_type=self.args.loss_type if snr or single else None,
+                                    update_factor=-scale * G if single else None,
+                                    temperature=self.temperature)
         out["advantages"] = res.advantages[res.local].to(out["advantages"].dtype)
+        if single:  # TRL's loss value at the sampling policy, per row: its micro-batch sums add up
+            ell = res.lengths[res.local].to(torch.float64)
+            lam = sequence_weights(self.args.loss_type, ell)
+            P = self.accelerator.num_processes
+            out["oblrpo_row_loss"] = -P * scale * lam * ell * res.advantages[res.local]
         logged = self._logs["advantages"]  # TRL logged its own advantages: replace them
         for _ in range(min(len(logged), res.advantages.numel())):
             logged.pop()
         logged.extend(res.advantages.tolist())
         pieces = None
         stats = diagnostics(rewards, res.sq_norms, res.lengths, G)
-        if snr:
+        if res.n_groups >= 2:  # the weighted pass ran: T7's pieces come free
             pieces = snr_pieces_dp(res.sum_group_sq, res.mean_grad_sq, res.n_groups)
+        if snr:
             if informative(res.advantages, rewards):
-                snr_ema = float(self.oblrpo_ema.update(pieces))
-                self.oblrpo_lr_factor = lr_factor(snr_ema, self.args.snr_factor_min,
-                                                  self.args.snr_factor_max)
+                self.oblrpo_lr_factor = lr_factor(float(self.oblrpo_ema.update(pieces)),
+                                                  self.args.snr_factor_min, self.args.snr_factor_max)
             elif self.oblrpo_lr_factor is None:  # nothing measured yet: the floor
                 self.oblrpo_lr_factor = self.args.snr_factor_min
+        if pieces is not None:
             snr_ema = float(self.oblrpo_ema.snr) if self.oblrpo_ema.steps else float("nan")
             stats.update(snr_metrics(pieces, snr_ema, self.oblrpo_lr_factor))
         for k, v in stats.items():
@@ -214,6 +308,27 @@ class OBLRPOTrainer(GRPOTrainer):
         self.oblrpo_last = {"rewards": rewards, "sq_norms": res.sq_norms, "advantages": res.advantages,
                             "lengths": res.lengths, "pieces": pieces}
         return out
+
+    # ------------------------------------------------------------------ the single-pass update
+    def training_step(self, model, inputs, num_items_in_batch):
+        """With the single pass, the gradient of this optimizer step was set in ``.grad`` by the
+        generation (at the first micro-step of the accumulation window): no forward or backward
+        here. The returned loss is TRL's loss value at the sampling policy for this micro-batch.
+        The bookkeeping is ``GRPOTrainer.training_step``'s (step counter, ``step_time``)."""
+        if not self.oblrpo_single_pass:
+            return super().training_step(model, inputs, num_items_in_batch)
+        t0 = time.perf_counter()
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(inputs)
+        loss = inputs["oblrpo_row_loss"].sum().detach().to(torch.float32)
+        self._step += 1
+        self._current_train_step_time += time.perf_counter() - t0
+        if self._step % self.current_gradient_accumulation_steps == 0:
+            self._metrics["train"]["step_time"].append(self._current_train_step_time)
+            self._current_train_step_time = 0.0
+        return loss
 
 
 class _no_checkpointing:

@@ -8,6 +8,11 @@ holds when ``max|E ĝ − ∇J| ≤ tol``; one registered as biased holds when i
 ``||bias|| / ||∇J||``. ``tol`` is the float64 round-off of the engine's weighted sums,
 ``16 · (N + d) · u · Σ_batches w ||ĝ||_∞``, bounded by ``16 (N + d) u · max|A| · max|s|_∞``.
 
+The token-level OTB rows (:mod:`oblr_theory.peers_token`, not a registry estimator: its advantage
+varies along the response) state verl's inclusive form biased and the leave-one-out form unbiased on
+the token MDP families, with two planted baseline terms as controls: one that reads the response's
+own current token must come out biased, one that reads only its prefix unbiased.
+
 KL rows compare :func:`oblr_theory.kl.kl_moments` (sums over outcomes) with the softmax closed
 forms ``∇KL(π‖q) = π ⊙ (log(π/q) − KL)`` and ``∇KL(q‖π) = π − q`` (gradients in the logits), and
 state k2's biases (which have no shorter form) as non-zero facts.
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import estimators, exact, exact_batch, kl, stats
+from .. import estimators, exact, exact_batch, families, kl, peers_token, stats
 from ..problems import SoftmaxBandit, TokenMDP
 from .report import Claim, Row, test_row, z_row
 
@@ -45,17 +50,22 @@ def _greedy_reward(P) -> float:
 
 
 def _bias_row(est, m, where, N, scale) -> Row:
+    modes = "".join(f"; {k}={v}" for k, v in (("aggregation", est.aggregation), ("std_scope", est.std_scope))
+                    if v not in ("seq-mean-token-sum", "group"))
+    return _bias_fact(f"{est.name}{modes}", est.unbiased, m, where, N, scale)
+
+
+def _bias_fact(name, unbiased, m, where, N, scale, note="T1") -> Row:
+    """The exact-bias row of ``name``: unbiased holds when ``max|E ĝ − ∇J| ≤ tol``, biased when it
+    exceeds ``tol = 16 (N + d) u · scale``."""
     bias = m.mean - m.grad
     err = float(np.max(np.abs(bias)))
     tol = 16.0 * (N + m.grad.size) * U * scale
     gn = float(np.linalg.norm(m.grad))
     rel = float(np.linalg.norm(bias)) / gn if gn > 0 else float("inf")
-    modes = "".join(f"; {k}={v}" for k, v in (("aggregation", est.aggregation), ("std_scope", est.std_scope))
-                    if v not in ("seq-mean-token-sum", "group"))
-    name = f"{est.name}{modes}"
-    if est.unbiased:
+    if unbiased:
         return Row("PEERS", f"{name}: unbiased, E ĝ = ∇J", where, "exact", gn, float(np.linalg.norm(m.mean)),
-                   err, tol, bool(err <= tol), note="T1")
+                   err, tol, bool(err <= tol), note=note)
     return Row("PEERS", f"{name}: biased, ||E ĝ − ∇J|| = {rel:.3g} ||∇J||", where, "exact", 0.0, err, err, tol,
                bool(err > tol), note=f"exact bias: max|E ĝ − ∇J| = {err:.3g}; relative {rel:.3g}",
                details={"bias": bias.tolist(), "relative_bias": rel})
@@ -94,6 +104,40 @@ def _batch_claim(G: int, B: int, ctx) -> list[Row]:
         scale = (B * G) ** 1.5 * 2.0 * 6.0
         rows.append(_bias_row(est, m, f"mdp V=2 H=3 X=2, G={G}, B={B}", m.num_batches * B * G, scale))
     return rows
+
+
+#: The planted baseline terms' coefficient (``c · w_{j,t}`` reads y_j's own token; ``c · W_{j,t−1}`` its prefix).
+_PLANT = 0.3
+
+
+def _planted(extra):
+    """The leave-one-out token OTB with a baseline term ``extra(W, w)`` of the response's own tokens added."""
+    def fn(r, w, mask):
+        W = np.cumsum(w * mask, axis=-1)
+        return peers_token.otb_token_advantages(r, w, mask, leave_one_out=True) - _PLANT * extra(W, w) * mask
+    return fn
+
+
+def _token_claim(family: str, G: int, ctx) -> list[Row]:
+    """verl's token-level OTB (:mod:`oblr_theory.peers_token`, plain token sum) on a token MDP with
+    lengths 1–3, by multiset enumeration: the inclusive baseline (verl) is biased, its leave-one-out form
+    unbiased; a planted baseline term that reads the response's own current token must come out
+    biased, one that reads only its prefix unbiased (so the check can go both ways)."""
+    P = families.make(family)
+    H, d = P.horizon, P.dim
+    M = sum(exact.num_multisets(int(np.count_nonzero(o.probs > 0)), G) for o in exact.all_outcomes(P))
+    R = max(float(np.max(np.abs(o.rewards))) for o in exact.all_outcomes(P))
+    # scale ≥ 2 max|ĝ|_∞: |A| ≤ 2R (r − a convex combination of rewards, shrunk by ε) plus the planted
+    # c·W ≤ c·2H (a proxy ||e_y − π||² ≤ 2 per token); a score entry is ≤ 1 per token, H tokens
+    scale = 2.0 * (2.0 * R + 2.0 * _PLANT * H) * H
+    N, where = M * G * H, f"{family}, G={G}"
+    cases = [("otb_token (verl: inclusive, zero tail)", False, peers_token.otb_token_moments(P, G), "T1"),
+             ("otb_token leave-one-out", True, peers_token.otb_token_moments(P, G, leave_one_out=True), "T1"),
+             (f"planted: leave-one-out + {_PLANT}·w_(j,t) (reads y_j's own token)", False,
+              peers_token.token_estimator_moments(P, _planted(lambda W, w: w), G), "control: must be biased"),
+             (f"planted: leave-one-out + {_PLANT}·W_(j,t−1) (reads y_j's prefix only)", True,
+              peers_token.token_estimator_moments(P, _planted(lambda W, w: W - w), G), "control: T1 holds")]
+    return [_bias_fact(name, unbiased, m, where, N, scale, note=note) for name, unbiased, m, note in cases]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +236,9 @@ def claims(quick: bool, seed: int) -> list[Claim]:
     out += [Claim(f"peers/batch/G={G}/B={B}", "PEERS", "mdp V=2 H=3 X=2",
                   lambda ctx, G=G, B=B: _batch_claim(G, B, ctx), cost=1.0 if (G, B) == (2, 2) else 20.0)
             for G, B in batches]
+    tokens = (("length_mdp", 2), ("length_mdp", 3), ("sparse_mdp", 2)) + ((("sparse_mdp", 3),) if not quick else ())
+    out += [Claim(f"peers/otb_token/{fam}/G={G}", "PEERS", fam, lambda ctx, fam=fam, G=G: _token_claim(fam, G, ctx))
+            for fam, G in tokens]
     if not quick:
         out.append(Claim("peers/mc", "PEERS", "mdp V=2 H=3 X=2", _mc_claim, num_tests=7, cost=20.0))
     out += [Claim(f"kl/{key}", "KL", f"softmax {key}", lambda ctx, key=key: _kl_claim(key, ctx)) for key in _KL_CASES]

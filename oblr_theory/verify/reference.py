@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 __all__ = ["NAMES", "BATCH_NAMES", "AGGREGATIONS", "group_advantages", "advantages", "batch_advantages", "batch_law", "ordered_law", "law_moments",
+           "otb_token_group", "ordered_token_law",
            "bandit_outcomes", "bandit_objective", "bandit_gradient", "bandit_smoothness",
            "one_step_bound", "optimal_step_size", "guaranteed_gain", "snr_fraction", "snr_step_size",
            "snr_lr", "constant_step_bound", "adaptive_step_bound", "adaptive_step_progress",
@@ -320,6 +321,79 @@ def batch_law(outcomes_by_prompt, prompt_probs, name, G, B, **kw):
                     g += A[b][j] * outs[b][4][i]
             weights.append(w)
             values.append(g / (B * G))
+    return np.array(weights), np.array(values)
+
+
+def otb_token_group(r, w, lengths, *, eps, zero_tail=True, leave_one_out=False, fired=None) -> list:
+    """verl's optimal token baseline, one group, outcome rewards (``compute_optimal_token_baseline_advantage``,
+    no rollout IS weights): ``A[j][t] = r_j − B_{j,t}`` for ``t < ℓ_j``, with the cumulative weight
+    ``W_{i,t} = w_{i,0} + … + w_{i,t}`` and ``B_{j,t} = Σ_i r_i W_{i,t} / (Σ_i W_{i,t} + eps)`` over the
+    responses ``i`` that have a token ``t`` (all of them, or the others ``i ≠ j`` with
+    ``leave_one_out``); ``B = 0`` for a group of one (no baseline) and where the denominator is 0;
+    with ``zero_tail``, ``B = 0`` on the unique longest response from the second longest length on.
+    ``w[j]``: the per-token weights of response j (at least ``ℓ_j`` of them)."""
+    fired = set() if fired is None else fired
+    G = len(r)
+    ell = [int(l) for l in lengths]
+    W = []
+    for j in range(G):
+        acc, row = 0.0, []
+        for t in range(ell[j]):
+            acc += float(w[j][t])
+            row.append(acc)
+        W.append(row)
+    top = max(ell)
+    second = sorted(ell)[-2] if G > 1 else top
+    n_top = 0
+    for l in ell:
+        n_top += l == top
+    out = []
+    for j in range(G):
+        row = []
+        for t in range(ell[j]):
+            if G == 1:
+                b = 0.0
+            else:
+                num, den = 0.0, 0.0
+                for i in range(G):
+                    if (leave_one_out and i == j) or t >= ell[i]:
+                        continue
+                    num += float(r[i]) * W[i][t]
+                    den += W[i][t]
+                den += float(eps)
+                if den == 0:
+                    fired.add("otb token: Σ W + eps = 0 -> baseline 0")
+                    b = 0.0
+                else:
+                    b = num / den
+            if zero_tail and G > 1 and n_top == 1 and ell[j] == top and top > second and t >= second:
+                b = 0.0
+            row.append(float(r[j]) - b)
+        out.append(row)
+    return out
+
+
+def ordered_token_law(token_outcomes_by_prompt, prompt_probs, G, **kw):
+    """The law of ``ĝ_x = (1/G) Σ_j Σ_t A_{j,t} s_{j,t}`` with :func:`otb_token_group`'s advantages, prompt
+    ``x ~ p``: one value per (prompt, ordered G-tuple of responses) with probability ``p_x Π_j π(y_j)``.
+
+    ``token_outcomes_by_prompt``: per prompt ``(probs (n,), rewards (n,), lengths (n,), token_weights
+    (n, H), token_scores (n, H, d))``. Returns ``(weights (N,), values (N, d))``."""
+    weights, values = [], []
+    for x, (probs, rewards, lengths, tw, ts) in enumerate(token_outcomes_by_prompt):
+        for tup in itertools.product(range(len(probs)), repeat=G):
+            wt = float(prompt_probs[x])
+            for i in tup:
+                wt *= float(probs[i])
+            if wt == 0.0:
+                continue
+            A = otb_token_group([rewards[i] for i in tup], [tw[i] for i in tup], [lengths[i] for i in tup], **kw)
+            g = np.zeros(ts.shape[2])
+            for j, i in enumerate(tup):
+                for t, a in enumerate(A[j]):
+                    g += a * ts[i, t]
+            weights.append(wt)
+            values.append(g / G)
     return np.array(weights), np.array(values)
 
 

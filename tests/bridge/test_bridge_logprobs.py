@@ -126,3 +126,26 @@ def test_import_is_lazy():
         "assert 'torch' not in sys.modules, 'torch imported eagerly'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_logit_proxy_at_a_temperature_is_the_logit_score_norm():
+    """T8's proxy at ``τ``: ``Σ_t ||∂ log softmax(z_t/τ)[y_t] / ∂z_t||²`` by autograd on the logits
+    (``(1 − 2π_y + ||π||²)/τ²`` per token); negative control: ``τ = 1`` differs."""
+    model = make_float64_exact(tiny_model("qwen3"))
+    ids, attn, comp = make_batch(pad_side="right")
+    flat = [x.flatten(0, 1) for x in (ids, attn, comp)]
+    with torch.no_grad():
+        logits = model(input_ids=flat[0], attention_mask=flat[1]).logits
+    z = logits.clone().requires_grad_(True)
+    tau = 0.6
+    logp = (z[:, :-1] / tau).log_softmax(-1).gather(-1, flat[0][:, 1:, None])[..., 0]
+    mask = flat[2][:, 1:].bool()
+    ref = torch.zeros(z.shape[0], dtype=torch.float64)
+    for n in range(z.shape[0]):
+        for t in mask[n].nonzero()[:, 0].tolist():
+            (g,) = torch.autograd.grad(logp[n, t], z, retain_graph=True)
+            ref[n] += float(g.pow(2).sum())
+    got = logit_proxy_from_logits(logits, flat[0], flat[2].bool(), temperature=tau)
+    # per token ≤ 3 terms of size ≤ 2/τ² each, over ≤ T tokens: far inside 1e-12 relative
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)
+    assert not torch.allclose(logit_proxy_from_logits(logits, flat[0], flat[2].bool()), ref, rtol=1e-3)

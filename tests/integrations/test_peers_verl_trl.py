@@ -218,6 +218,55 @@ def test_verl_otb_at_the_last_token_equals_the_peer_with_its_proxy(seed):
     assert ok, info
 
 
+def token_batch(seed):
+    """A verl batch (groups of 4, 3, 5 and 1, rows shuffled, unequal lengths) whose first group has a
+    unique longest response of ``T`` tokens with reward 1 (so verl's zero tail matters there), outcome reward on
+    each response's last token, and the OTB proxy ``w = 1 − 2π + Σπ²`` computed as verl does."""
+    rewards, mask, index, _, logp, spi2, groups = batch((4, 3, 5, 1), seed)
+    rng = np.random.default_rng(seed + 100)
+    ell = mask.sum(-1).long()
+    ell[torch.tensor(groups[0])] = torch.tensor([T] + list(rng.integers(1, T, size=len(groups[0]) - 1)))
+    r = rewards.sum(-1)
+    r[int(groups[0][0])] = 1.0  # a non-zero reward, so that the zero tail changes its advantage
+    mask = (torch.arange(T)[None, :] < ell[:, None]).to(torch.float64)
+    rewards = torch.zeros_like(rewards)
+    rewards[torch.arange(len(r)), ell - 1] = r
+    w = 1 - 2 * torch.exp(logp) + spi2
+    return rewards, mask, index, logp, spi2, w, groups
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("zero_tail", [True, False])
+def test_verl_token_level_otb_equals_otb_token_advantages(seed, zero_tail):
+    """verl's ``compute_optimal_token_baseline_advantage`` (every token, every group: a group of one,
+    unequal lengths, the zero tail) equals :func:`oblr_theory.peers_token.otb_token_advantages` on each
+    group; the leave-one-out form (not verl's) must differ (negative control)."""
+    from oblr_theory import peers_token
+
+    fn = core_algos().get_adv_estimator_fn("optimal_token_baseline")
+    rewards, mask, index, logp, spi2, w, groups = token_batch(seed)
+    a_verl, _ = fn(token_level_rewards=rewards, response_mask=mask, index=index, old_log_probs=logp,
+                   sum_pi_squared=spi2, handle_zero_tail=zero_tail)
+    r = rewards.sum(-1)
+    loo_gap = 0.0
+    for rows in groups:
+        ix = torch.tensor(rows)
+        args = (r[ix].numpy(), w[ix].numpy(), mask[ix].numpy())
+        ours = peers_token.otb_token_advantages(*args, zero_tail=zero_tail)
+        # G-term sums of ≤T-term cumulative sums, one division: n = 2T + 2G + 8, |A| ≤ 2 max|r|
+        bound = rounding_tol(2 * T + 2 * len(rows) + 8, 2.0 * max(1.0, float(r.abs().max())))
+        err = float(np.max(np.abs(a_verl[ix].numpy() - ours)))
+        assert err <= bound, (rows, err, bound)
+        if len(rows) > 1:
+            loo = peers_token.otb_token_advantages(*args, zero_tail=zero_tail, leave_one_out=True)
+            loo_gap = max(loo_gap, float(np.max(np.abs(a_verl[ix].numpy() - loo))) / bound)
+    assert loo_gap > 1e6
+    ix0 = torch.tensor(groups[0])  # the zero tail is exercised: it changes group 0's longest response
+    args0 = (r[ix0].numpy(), w[ix0].numpy(), mask[ix0].numpy())
+    assert not np.array_equal(peers_token.otb_token_advantages(*args0, zero_tail=True),
+                              peers_token.otb_token_advantages(*args0, zero_tail=False))
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("scope", ["group", "batch"])
 def test_trl_nanstd_scaling_equals_grpo(seed, scope):

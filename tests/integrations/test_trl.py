@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,6 +61,74 @@ def test_grpo_estimator_matches_grpotrainer(tmp_path):
     other = estimators.get("optimal_loo").advantages(last["rewards"].double().view(-1, 4),
                                                      sq_norms=last["sq_norms"].view(-1, 4))
     assert not torch.allclose(other.reshape(-1).float(), a_ours["advantages"], atol=1e-3)
+
+
+def _counting(trainer_cls):
+    """A subclass of ``trainer_cls`` that counts TRL's loss forwards (``_compute_loss`` calls) in
+    its class attribute ``loss_forwards``."""
+
+    class Counting(trainer_cls):
+        loss_forwards = 0
+
+        def _compute_loss(self, model, inputs):
+            Counting.loss_forwards += 1
+            return super()._compute_loss(model, inputs)
+
+    return Counting
+
+
+@pytest.mark.parametrize("loss_type, accumulation, temperature", [
+    ("dapo", 1, 1.0), ("grpo", 1, 1.0), ("dr_grpo", 1, 1.0), ("luspo", 1, 1.0), ("dapo", 2, 1.0),
+    ("grpo", 2, 1.0), ("dapo", 1, 0.7)])
+def test_single_pass_update_equals_grpotrainer(tmp_path, loss_type, accumulation, temperature):
+    """The update taken from the ghost pass (no forward or backward of TRL's loss) equals
+    GRPOTrainer's, for each supported loss type, with gradient accumulation (two micro-batches
+    of one group each per optimizer step) and at a sampling temperature; so does the logged loss.
+    Negative control: the two-pass path (``single_pass='off'``) runs TRL's loss forward, the
+    single pass never does."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    m0 = tiny_model(dtype=torch.float64)
+    init = {n: p.detach().clone() for n, p in m0.named_parameters()}
+    kw = dict(loss_type=loss_type, max_steps=2, gradient_accumulation_steps=accumulation,
+              per_device_train_batch_size=8 // accumulation, temperature=temperature)
+    m_ref, m_one, m_two = (copy.deepcopy(m0) for _ in range(3))
+    ref = _run(GRPOTrainer, GRPOConfig, m_ref, tmp_path / "a", **kw)
+    ours = dict(estimator="grpo", estimator_params={"eps": 1e-4, "ddof": 1}, lr_rule="constant", **kw)
+    one_cls, two_cls = _counting(OBLRPOTrainer), _counting(OBLRPOTrainer)
+    one = _run(one_cls, OBLRPOConfig, m_one, tmp_path / "b", single_pass="on", **ours)
+    two = _run(two_cls, OBLRPOConfig, m_two, tmp_path / "c", single_pass="off", **ours)
+    assert one.oblrpo_single_pass and not two.oblrpo_single_pass
+    assert one_cls.loss_forwards == 0 and two_cls.loss_forwards == 2 * accumulation
+    for step in range(2):
+        assert torch.equal(ref.captured[step]["completion_ids"], one.captured[step]["completion_ids"])
+    assert ref.captured[0]["advantages"].abs().max() > 0.5
+    d_ref, d_one, d_two = (_delta(m, init) for m in (m_ref, m_one, m_two))
+    assert d_ref.abs().max() > 0
+    assert (d_one - d_ref).abs().max() <= 1e-5 * d_ref.abs().max()
+    assert (d_one - d_two).abs().max() <= 1e-5 * d_ref.abs().max()
+    losses = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in (ref, one)]
+    assert len(losses[0]) == 2 and np.allclose(losses[1], losses[0], rtol=1e-4, atol=1e-6)
+
+
+def test_single_pass_auto_falls_back_and_on_refuses(tmp_path):
+    """``auto`` takes the two-pass path where the single pass is not valid; ``on`` refuses there,
+    naming the setting."""
+    from oblr_theory.integrations.trl import single_pass_reasons
+
+    args = OBLRPOConfig(**base_kwargs(output_dir=str(tmp_path), num_iterations=2))
+    assert any("num_iterations" in w for w in single_pass_reasons(args, 1, False, False))
+    tr = OBLRPOTrainer(model=tiny_model(), reward_funcs=dense_reward, args=args,
+                       train_dataset=arithmetic_dataset(8), processing_class=char_tokenizer())
+    assert not tr.oblrpo_single_pass
+    for over, needle in ((dict(num_iterations=2), "num_iterations"),
+                         (dict(sq_norms_source="logit"), "sq_norms_source"),
+                         (dict(steps_per_generation=2), "steps_per_generation"),
+                         (dict(loss_type="bnpo", lr_rule="constant"), "loss_type='bnpo'")):
+        args = OBLRPOConfig(**base_kwargs(output_dir=str(tmp_path), single_pass="on", **over))
+        with pytest.raises(ValueError, match=needle):
+            OBLRPOTrainer(model=tiny_model(), reward_funcs=dense_reward, args=args,
+                          train_dataset=arithmetic_dataset(8), processing_class=char_tokenizer())
 
 
 def test_rloo_estimator_matches_rlootrainer(tmp_path):
@@ -135,7 +204,7 @@ def test_snr_refuses_groups_split_across_processes(tmp_path):
 
 def test_config_rejects_bad_values(tmp_path):
     for bad in (dict(estimator="nope"), dict(sq_norms_source="exact"), dict(lr_rule="cosine"),
-                dict(snr_factor_min=0.5, snr_factor_max=0.2)):
+                dict(snr_factor_min=0.5, snr_factor_max=0.2), dict(single_pass="yes")):
         with pytest.raises(ValueError):
             OBLRPOConfig(**base_kwargs(output_dir=str(tmp_path), **bad))
 
@@ -166,24 +235,30 @@ def _ddp_worker(rank, world, port, path):
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    args = OBLRPOConfig(**base_kwargs(output_dir=path, per_device_train_batch_size=4, max_steps=2,
-                                      ddp_backend="gloo"))
-    tr = OBLRPOTrainer(model=tiny_model(dtype=torch.float64), reward_funcs=dense_reward, args=args,
-                       train_dataset=arithmetic_dataset(64), processing_class=char_tokenizer())
-    tr.train()
-    last = tr.oblrpo_last
-    torch.save({"S": last["sq_norms"], "A": last["advantages"], "pieces": torch.tensor(last["pieces"][:4]),
-                "world": tr.accelerator.num_processes,
-                "params": torch.cat([p.detach().reshape(-1) for p in tr.model.parameters()])},
-               f"{path}/rank{rank}.pt")
+    saved = {}
+    for single in ("on", "off"):
+        args = OBLRPOConfig(**base_kwargs(output_dir=path, per_device_train_batch_size=4, max_steps=2,
+                                          ddp_backend="gloo", single_pass=single, snr_factor_min=0.5))
+        tr = capture(OBLRPOTrainer)(model=tiny_model(dtype=torch.float64), reward_funcs=dense_reward,
+                                    args=args, train_dataset=arithmetic_dataset(64),
+                                    processing_class=char_tokenizer())
+        tr.train()
+        last = tr.oblrpo_last
+        saved[single] = {"S": last["sq_norms"], "A": last["advantages"],
+                         "pieces": torch.tensor(last["pieces"][:4]), "world": tr.accelerator.num_processes,
+                         "single": tr.oblrpo_single_pass,
+                         "ids": torch.cat([c["completion_ids"].reshape(-1) for c in tr.captured]),
+                         "params": torch.cat([p.detach().reshape(-1) for p in tr.model.parameters()])}
+    torch.save(saved, f"{path}/rank{rank}.pt")
 
 
 @pytest.mark.slow
 def test_full_trl_run_in_two_gloo_processes(tmp_path):
     """accelerate's multi-CPU data parallelism (gloo), 2 steps, whole groups per process: both
-    ranks hold the same gathered S and advantages, the same T7 pieces and the same parameters.
-    (Equality with one process is tested on the integration's pass in test_trl_pass.py: TRL's
-    sampling differs between one and two processes.)"""
+    ranks hold the same gathered S and advantages, the same T7 pieces and the same parameters,
+    with the single-pass update and with TRL's backward (DDP's gradient average); and the two
+    paths give the same update. (Equality with one process is tested on the integration's pass
+    in test_trl_pass.py: TRL's sampling differs between one and two processes.)"""
     import socket
 
     import torch.multiprocessing as mp
@@ -193,9 +268,18 @@ def test_full_trl_run_in_two_gloo_processes(tmp_path):
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{k}.pt") for k in (0, 1))
-    assert r0["world"] == 2 and r0["S"].numel() == 8  # the gathered batch: 2 processes x 4
-    for key in ("S", "A", "pieces", "params"):
-        assert torch.equal(r0[key], r1[key]), key
+    for single in ("on", "off"):
+        a, b = r0[single], r1[single]
+        assert a["world"] == 2 and a["S"].numel() == 8  # the gathered batch: 2 processes x 4
+        assert a["single"] == (single == "on")
+        for key in ("S", "A", "pieces", "params"):
+            assert torch.equal(a[key], b[key]), (single, key)
+    on, off = r0["on"], r0["off"]
+    assert torch.equal(on["ids"], off["ids"])  # the same samples in both runs
+    init = torch.cat([p.detach().reshape(-1) for p in tiny_model(dtype=torch.float64).parameters()])
+    d_on, d_off = on["params"] - init, off["params"] - init
+    assert d_off.abs().max() > 0
+    assert (d_on - d_off).abs().max() <= 1e-5 * d_off.abs().max()
 
 
 def test_t5_factor_scales_the_scheduled_rate_of_the_step(tmp_path):

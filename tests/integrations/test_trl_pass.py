@@ -59,7 +59,7 @@ def model():
 def test_t7_sums_equal_per_group_gradients(model, loss_type):
     batch, r = make_batch(3)
     est = estimators.get("optimal_loo")
-    res = oblrpo_generation(model, batch, r, est, group_size=G, rows_per_pass=8, snr_loss_type=loss_type)
+    res = oblrpo_generation(model, batch, r, est, group_size=G, rows_per_pass=8, loss_type=loss_type)
     # reference: S from the per-sequence loop, A from the registry, u_b by autograd
     ref = score_gram(model, batch.input_ids[None], batch.attention_mask[None], batch.loss_mask[None],
                      method="loop")
@@ -83,8 +83,49 @@ def test_t7_sums_equal_per_group_gradients(model, loss_type):
     assert all(p.grad is None for p in params)  # the caller's gradients are untouched
     # negative control: lambda matters (grpo's 1/length changes the sums when lengths differ)
     other = oblrpo_generation(model, batch, r, est, group_size=G,
-                              snr_loss_type="grpo" if loss_type == "dapo" else "dapo")
+                              loss_type="grpo" if loss_type == "dapo" else "dapo")
     assert not np.isclose(other.sum_group_sq, res.sum_group_sq, rtol=1e-6)
+
+
+def _flat_grad(params):
+    return torch.cat([p.grad.reshape(-1) for p in params])
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
+def test_update_factor_adds_the_scaled_gradient_of_the_batch(model, loss_type):
+    """The single-pass update: ``.grad ← .grad + κ Σ_b u_b`` with ``Σ_b u_b`` by autograd of
+    ``Σ_j λ_j A_j log π(y_j) / G``; the caller's earlier gradient is kept (added to)."""
+    m = copy.deepcopy(model)
+    batch, r = make_batch(3, seed=3)
+    params = [p for p in m.parameters() if p.requires_grad]
+    g = torch.Generator().manual_seed(0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+    before = _flat_grad(params).clone()
+    kappa = -0.7
+    res = oblrpo_generation(m, batch, r, estimators.get("optimal_loo"), group_size=G,
+                            loss_type=loss_type, update_factor=kappa)
+    lam = sequence_weights(loss_type, batch.lengths)
+    seq = sequence_logprobs(m, batch.input_ids[None], batch.attention_mask[None],
+                            batch.loss_mask[None]).seq_logp_bg[0]
+    ref = torch.autograd.grad((lam * res.advantages * seq).sum() / G, params)
+    ref = torch.cat([x.reshape(-1) for x in ref])
+    got = _flat_grad(params) - before
+    assert ref.abs().max() > 0
+    assert (got - kappa * ref).abs().max() <= 1e-9 * ref.abs().max()
+    # ||Σ_b u_b||² / B² is the T7 piece, from the same kept gradient
+    assert np.isclose(res.mean_grad_sq, float(ref.pow(2).sum()) / 9, rtol=1e-9)
+    # negative control: without update_factor the caller's gradient is restored unchanged
+    oblrpo_generation(m, batch, r, estimators.get("optimal_loo"), group_size=G, loss_type=loss_type)
+    assert torch.equal(_flat_grad(params) - before, got)
+
+
+def test_update_factor_needs_the_ghost_weighted_pass(model):
+    batch, r = make_batch(2)
+    for kw in (dict(), dict(loss_type="dapo", source="logit")):
+        with pytest.raises(ValueError, match="update_factor"):
+            oblrpo_generation(model, batch, r, estimators.get("optimal_loo"), group_size=G,
+                              update_factor=-1.0, **kw)
 
 
 class ThreadComm(Comm):
@@ -108,15 +149,19 @@ class ThreadComm(Comm):
         return x
 
 
-def run_ranks(model, batch, r, world, **kw):
-    """``oblrpo_generation`` on ``world`` contiguous row slices, one thread (and model copy) each."""
+def run_ranks(model, batch, r, world, models=None, **kw):
+    """``oblrpo_generation`` on ``world`` contiguous row slices, one thread (and model copy) each;
+    the copies are appended to ``models`` (in rank order) when it is given."""
     n = batch.input_ids.shape[0] // world
     shared = {"barrier": threading.Barrier(world), "slots": [None] * world}
     out, errors = [None] * world, []
+    copies = [copy.deepcopy(model) for _ in range(world)]
+    if models is not None:
+        models.extend(copies)
 
     def work(k):
         try:
-            out[k] = oblrpo_generation(copy.deepcopy(model), rows(batch, slice(k * n, (k + 1) * n)), r,
+            out[k] = oblrpo_generation(copies[k], rows(batch, slice(k * n, (k + 1) * n)), r,
                                        estimators.get("optimal_loo"), group_size=G,
                                        comm=ThreadComm(k, world, shared), **kw)
         except Exception as err:  # surfaced below
@@ -136,13 +181,29 @@ def run_ranks(model, batch, r, world, **kw):
 def test_two_ranks_equal_one_process(model):
     batch, r = make_batch(4, seed=1)
     one = oblrpo_generation(model, batch, r, estimators.get("optimal_loo"), group_size=G,
-                            snr_loss_type="dapo")
-    for res in run_ranks(model, batch, r, 2, snr_loss_type="dapo"):
+                            loss_type="dapo")
+    for res in run_ranks(model, batch, r, 2, loss_type="dapo"):
         assert torch.allclose(res.sq_norms, one.sq_norms, rtol=1e-12, atol=0)
         assert torch.allclose(res.advantages, one.advantages, rtol=1e-12, atol=1e-15)
         assert res.n_groups == one.n_groups == 4
         assert np.isclose(res.sum_group_sq, one.sum_group_sq, rtol=1e-12)
         assert np.isclose(res.mean_grad_sq, one.mean_grad_sq, rtol=1e-12)
+
+
+def test_two_ranks_keep_the_one_process_update(model):
+    """Under the split, every rank's kept gradient is the whole batch's (the all-reduced sum)."""
+    batch, r = make_batch(4, seed=1)
+    one_model = copy.deepcopy(model)
+    oblrpo_generation(one_model, batch, r, estimators.get("optimal_loo"), group_size=G,
+                      loss_type="grpo", update_factor=-2.0)
+    params = [p for p in one_model.parameters() if p.requires_grad]
+    ref = _flat_grad(params)
+    models = []
+    run_ranks(model, batch, r, 2, models=models, loss_type="grpo", update_factor=-2.0)
+    for m in models:
+        got = _flat_grad([p for p in m.parameters() if p.requires_grad])
+        assert (got - ref).abs().max() <= 1e-12 * ref.abs().max()
+    assert all(p.grad is None for p in model.parameters())  # the rank copies were used
 
 
 def test_group_split_across_ranks_gets_whole_group_advantages(model):
@@ -157,7 +218,7 @@ def test_group_split_across_ranks_gets_whole_group_advantages(model):
         for k in range(2)]
     assert not torch.allclose(alone[1].reshape(-1), one.advantages[6:10], atol=1e-6)
     with pytest.raises(ValueError, match="whole groups"):
-        run_ranks(model, batch, r, 2, snr_loss_type="dapo")
+        run_ranks(model, batch, r, 2, loss_type="dapo")
 
 
 def _gloo_worker(rank, world, port, path):
@@ -182,7 +243,7 @@ def _gloo_worker(rank, world, port, path):
         n = batch.input_ids.shape[0] // world
         res = oblrpo_generation(tiny_model(dtype=torch.float64), rows(batch, slice(rank * n, (rank + 1) * n)),
                                 r, estimators.get("optimal_loo"), group_size=G, comm=DistComm(),
-                                snr_loss_type="dapo")
+                                loss_type="dapo")
         torch.save({"S": res.sq_norms, "A": res.advantages, "sum": res.sum_group_sq,
                     "mean": res.mean_grad_sq, "B": res.n_groups}, f"{path}.{rank}")
     finally:
@@ -201,7 +262,7 @@ def test_two_gloo_processes_equal_one_process(model, tmp_path):
     mp.spawn(_gloo_worker, args=(2, port, str(tmp_path / "res")), nprocs=2, join=True)
     batch, r = make_batch(4, seed=1)
     one = oblrpo_generation(model, batch, r, estimators.get("optimal_loo"), group_size=G,
-                            snr_loss_type="dapo")
+                            loss_type="dapo")
     for k in range(2):
         res = torch.load(f"{tmp_path / 'res'}.{k}")
         assert torch.allclose(res["S"], one.sq_norms, rtol=1e-12, atol=0)
