@@ -327,7 +327,8 @@ def main(argv=None) -> int:
         return cmd_run(a)
     from oblr_theory.rlvr_report import report
 
-    write_rows(a.out)
+    if os.path.isdir(os.path.join(a.out, "units")):  # else: saved rows only (e.g. a committed run)
+        write_rows(a.out)
     print(report(a.out, n_boot=a.n_boot, seed=a.seed))
     return 0
 

@@ -36,10 +36,17 @@ DIAGNOSTICS = ("oblrpo/corr_S_length", "oblrpo/b_star_minus_mean_abs", "oblrpo/l
 
 
 def load_rows(out: str) -> list[dict]:
+    """The rows of ``OUT/rows.jsonl`` (or of ``OUT/rows.jsonl.gz``, as saved runs are committed)."""
+    import gzip
+
     path = os.path.join(out, "rows.jsonl")
-    if not os.path.exists(path):
+    if os.path.exists(path):
+        fh = open(path)
+    elif os.path.exists(path + ".gz"):
+        fh = gzip.open(path + ".gz", "rt")
+    else:
         raise FileNotFoundError(f"{path} is missing: run `experiments/rlvr_study.py run --out {out}` first")
-    with open(path) as fh:
+    with fh:
         return [json.loads(line) for line in fh if line.strip()]
 
 
