@@ -69,13 +69,14 @@ def runs_of(rows: list[dict], phase: str = "eval") -> dict:
             continue
         run = out.setdefault(r["key"], {k: r[k] for k in ("method", "variant", "estimator", "rule", "optim",
                                                            "lr", "seed")} | {"pts": []})
-        run["pts"].append((r["step"], r["acc_sampled"], r["acc_greedy"], r.get("train_log") or {}))
+        run["pts"].append((r["step"], r["acc_sampled"], r["acc_greedy"], r.get("train_log") or {}, r["wall_s"]))
     for run in out.values():
         pts = sorted(run.pop("pts"), key=lambda p: p[0])
         run["steps"] = [p[0] for p in pts]
         run["acc_sampled"] = [p[1] for p in pts]
         run["acc_greedy"] = [p[2] for p in pts]
         run["logs"] = [p[3] for p in pts]
+        run["wall_s"] = [p[4] for p in pts]
     return out
 
 
@@ -83,7 +84,7 @@ def run_summary(run: dict) -> dict:
     s, v, g = run["steps"], run["acc_sampled"], run["acc_greedy"]
     j0 = v[0]
     return {"auc": rs.area_under_curve(s, v), "auc_greedy": rs.area_under_curve(s, g), "final": v[-1],
-            "final_greedy": g[-1], "initial": j0, "steps_to_threshold": rs.steps_to_threshold(s, v, j0 + THRESHOLD_GAIN),
+            "final_greedy": g[-1], "initial": j0, "wall_s": run["wall_s"][-1], "steps_to_threshold": rs.steps_to_threshold(s, v, j0 + THRESHOLD_GAIN),
             "collapsed": rs.collapsed(v, j0)}
 
 
@@ -131,7 +132,8 @@ def summarize(rows: list[dict], tuning: list[dict], n_boot: int = 10000, seed: i
             "final": _mean_se([x["final"] for x in summ]), "final_greedy": _mean_se([x["final_greedy"] for x in summ]),
             "initial": float(np.mean([x["initial"] for x in summ])),
             "reached": len(reached), "median_steps_to_threshold": float(np.median(reached)) if reached else None,
-            "collapsed": int(sum(x["collapsed"] for x in summ)), "diagnostics": diag})
+            "collapsed": int(sum(x["collapsed"] for x in summ)), "wall_s": _mean_se([x["wall_s"] for x in summ]),
+            "diagnostics": diag})
     paired = []
     for name, m in sorted(by_method.items()):
         meta = m["meta"]
@@ -170,11 +172,12 @@ def _ci(c) -> str:
 def markdown(s: dict) -> str:
     """The report's tables as Markdown."""
     lines = ["| method | rate (grid position) | seeds | AUC sampled (± se) | final sampled | AUC greedy | "
-             f"reached J0+{THRESHOLD_GAIN} (median step) | collapsed |", "|---|---|---|---|---|---|---|---|"]
+             f"reached J0+{THRESHOLD_GAIN} (median step) | collapsed | training wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for m in s["methods"]:
         lines.append(f"| {m['method']} | {m['lr']:g} ({m['grid_position']}) | {m['n_seeds']} | {_fmt(m['auc'])} | "
                      f"{_fmt(m['final'])} | {_fmt(m['auc_greedy'])} | {m['reached']}/{m['n_seeds']} "
-                     f"({m['median_steps_to_threshold']}) | {m['collapsed']}/{m['n_seeds']} |")
+                     f"({m['median_steps_to_threshold']}) | {m['collapsed']}/{m['n_seeds']} | {m['wall_s'][0]:.1f} |")
     lines += ["", f"Paired differences (method − other, same seeds; {s['n_boot']} paired bootstrap resamples, seed "
               f"{s['bootstrap_seed']}; 95% percentile intervals; 'wins'/'loses' = interval excludes 0):", "",
               "| method | against | Δ AUC sampled | Δ final sampled | Δ AUC greedy |", "|---|---|---|---|---|"]

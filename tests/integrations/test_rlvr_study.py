@@ -99,7 +99,8 @@ def _planted_rows(gain: float, seeds=range(8)):
                     "seed": s, "status": "done"}
             for step in (0, 10, 20):
                 acc = 0.2 + (0.0 if step == 0 else 0.01 * step / 10 + extra + noise + 0.002 * s)
-                rows.append({**base, "step": step, "acc_sampled": acc, "acc_greedy": acc, "train_log": {}})
+                rows.append({**base, "step": step, "wall_s": 0.1 * step, "acc_sampled": acc, "acc_greedy": acc,
+                             "train_log": {}})
     return rows
 
 
