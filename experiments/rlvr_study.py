@@ -293,7 +293,11 @@ def cmd_run(a) -> int:
     study = Study(plan, a.out, progress=not a.no_progress)
     try:
         for m in tqdm(methods, desc="methods", disable=a.no_progress):
-            study.method(m)
+            if a.fixed_lr is None:
+                study.method(m)
+            else:  # a same-rate check: no tuning, the evaluation seeds at the given rate
+                for s in plan.eval_seeds:
+                    study.unit(m, a.fixed_lr, s, "fixed")
     except KeyboardInterrupt:
         print("interrupted: finished units are kept; rerun the same command to resume", file=sys.stderr)
         write_rows(a.out)
@@ -317,6 +321,8 @@ def main(argv=None) -> int:
     r.add_argument("--eval-seeds", type=int, default=None, help="evaluation seeds 0..N-1")
     r.add_argument("--tune-seeds", type=int, default=None, help="tuning seeds 1000..1000+N-1")
     r.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    r.add_argument("--fixed-lr", type=float, default=None,
+                   help="same-rate check: run the selected methods on the evaluation seeds at this rate, untuned")
     r.add_argument("--no-progress", action="store_true")
     rp = sub.add_parser("report", help="tables and paired bootstrap intervals from the saved rows")
     rp.add_argument("--out", required=True)

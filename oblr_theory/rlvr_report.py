@@ -60,12 +60,13 @@ def load_tuning(out: str) -> list[dict]:
     return recs
 
 
-def runs_of(rows: list[dict], phase: str = "eval") -> dict:
-    """``{run key: {meta..., "steps", "acc_sampled", "acc_greedy", "logs"}}`` of the finished runs
-    of ``phase``, points in step order."""
+def runs_of(rows: list[dict], phase: str | tuple = "eval") -> dict:
+    """``{run key: {meta..., "steps", "acc_sampled", "acc_greedy", "logs", "wall_s"}}`` of the
+    finished runs of ``phase`` (one or a tuple), points in step order."""
+    phases = (phase,) if isinstance(phase, str) else tuple(phase)
     out: dict = {}
     for r in rows:
-        if r.get("phase") != phase or r.get("status") != "done":
+        if r.get("phase") not in phases or r.get("status") != "done":
             continue
         run = out.setdefault(r["key"], {k: r[k] for k in ("method", "variant", "estimator", "rule", "optim",
                                                            "lr", "seed")} | {"pts": []})
@@ -149,16 +150,39 @@ def summarize(rows: list[dict], tuning: list[dict], n_boot: int = 10000, seed: i
             for metric in ("auc", "final", "auc_greedy"):
                 entry[metric] = _paired(m["seeds"], by_method[other]["seeds"], metric, n_boot, seed)
             paired.append(entry)
+    same_rate = _same_rate(rows, by_method, n_boot, seed)
     grid = [{"method": t["method"], "best_lr": t.get("best_lr"), "grid": t.get("grid"),
              "position": t.get("position"), "extensions": t.get("extensions"), "status": t.get("status"),
              "reason": t.get("reason")} for t in tuning]
     skipped = sorted({r["method"]: r.get("reason") for r in rows if r.get("status") == "skipped"}.items())
-    return {"methods": methods, "paired": paired, "grid": grid, "skipped": [list(s) for s in skipped],
+    return {"methods": methods, "paired": paired, "same_rate": same_rate, "grid": grid, "skipped": [list(s) for s in skipped],
             "edge_tuned": [g["method"] for g in grid if g["status"] == "done" and g["position"] != "interior"],
             "n_boot": n_boot, "bootstrap_seed": seed, "threshold_gain": THRESHOLD_GAIN}
 
 
 REFERENCE = "grpo"
+
+
+def _same_rate(rows: list[dict], by_method: dict, n_boot: int, seed: int) -> list[dict]:
+    """Each method against ``grpo`` run at the method's own tuned rate (any ``grpo`` runs at that
+    rate on the evaluation seeds: phase ``eval`` or ``fixed``), to tell the estimator's effect from
+    the rate's."""
+    ref: dict = {}
+    for run in runs_of(rows, ("eval", "fixed")).values():
+        if run["estimator"] == REFERENCE:
+            ref.setdefault((run["variant"], run["rule"], run["optim"], run["lr"]), {})[run["seed"]] = run_summary(run)
+    out = []
+    for name, m in sorted(by_method.items()):
+        meta = m["meta"]
+        other = ref.get((meta["variant"], meta["rule"], meta["optim"], meta["lr"]))
+        if meta["estimator"] == REFERENCE or not other:
+            continue
+        entry = {"method": name, "against": f"{meta['variant']}/{REFERENCE}/{meta['rule']}/{meta['optim']} "
+                                            f"at lr {meta['lr']:g}", "kind": "vs_grpo_same_rate"}
+        for metric in ("auc", "final", "auc_greedy"):
+            entry[metric] = _paired(m["seeds"], other, metric, n_boot, seed)
+        out.append(entry)
+    return out
 
 
 def _fmt(ms) -> str:
@@ -181,7 +205,7 @@ def markdown(s: dict) -> str:
     lines += ["", f"Paired differences (method − other, same seeds; {s['n_boot']} paired bootstrap resamples, seed "
               f"{s['bootstrap_seed']}; 95% percentile intervals; 'wins'/'loses' = interval excludes 0):", "",
               "| method | against | Δ AUC sampled | Δ final sampled | Δ AUC greedy |", "|---|---|---|---|---|"]
-    for p in s["paired"]:
+    for p in s["paired"] + s["same_rate"]:
         lines.append(f"| {p['method']} | {p['against']} | {_ci(p['auc'])} | {_ci(p['final'])} | {_ci(p['auc_greedy'])} |")
     lines += ["", "Diagnostics (means over the logged steps of the evaluation runs):", "",
               "| method | " + " | ".join(DIAGNOSTICS) + " |", "|---|" + "---|" * len(DIAGNOSTICS)]

@@ -112,6 +112,8 @@ def test_report_detects_a_planted_difference_and_not_a_null_one():
     s = rlvr_report.summarize(_planted_rows(0.05), tuning, n_boot=2000)
     (p,) = s["paired"]
     assert p["kind"] == "vs_grpo" and p["auc"]["verdict"] == "wins" and p["auc"]["low"] > 0
+    (same,) = s["same_rate"]  # grpo's runs share optimal_loo's rate here
+    assert same["kind"] == "vs_grpo_same_rate" and same["auc"]["verdict"] == "wins"
     assert s["edge_tuned"] == ["base/optimal_loo/constant/adamw_torch"]
     assert "EDGE" in rlvr_report.markdown(s)
     (p0,) = rlvr_report.summarize(_planted_rows(0.0), tuning, n_boot=2000)["paired"]
