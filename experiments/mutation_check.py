@@ -64,6 +64,12 @@ E, X, T, S, ST, SEQ, MC, OS, DY = ("oblr_theory/estimators.py", "oblr_theory/exa
                                    "oblr_theory/snr.py", "oblr_theory/stats.py", "oblr_theory/sequences.py",
                                    "oblr_theory/montecarlo.py", "oblr_theory/onestep.py", "oblr_theory/dynamics.py")
 SUR, STEP, LIN = "oblr_theory/bridge/surrogate.py", "oblr_theory/bridge/step.py", "oblr_theory/per_sample/rules/linear.py"
+TRLM, TRLP, TRLT = ("oblr_theory/integrations/_trl_math.py", "oblr_theory/integrations/_trl_pass.py",
+                    "oblr_theory/integrations/trl.py")
+#: the TRL integration's tests of the single-pass update and the local rule against TRL
+TRL_UPDATE = ("tests/integrations/test_trl.py::test_single_pass_update_equals_grpotrainer",
+              "tests/integrations/test_trl.py::test_local_rule_records_the_step_it_took",
+              "tests/integrations/test_trl_pass.py")
 
 MUTANTS = (
     # ---- estimators: weights, divisors, eps placement, fallbacks, aggregation
@@ -163,6 +169,16 @@ MUTANTS = (
            verify=False, tests=BRIDGE_STEP),
     Mutant("bridge-bias-mean", LIN, "return b_bgto.sum(dim=2)", "return b_bgto.mean(dim=2)",
            "ghost bias gradient averaged over tokens instead of summed", verify=False, tests=BRIDGE_GRAM),
+    # ---- TRL integration (checked by its tests against GRPOTrainer)
+    Mutant("trl-dapo-scale", TRLM, "        return 1.0 / n_tokens", "        return 1.0 / n_sequences",
+           "TRL single pass: dapo's gradient over the completions instead of the tokens",
+           verify=False, tests=TRL_UPDATE),
+    Mutant("trl-pass-temperature", TRLP, "keep_factors=True, diagonal_only=True, temperature=temperature)",
+           "keep_factors=True, diagonal_only=True)", "TRL pass: scores of softmax(z), not softmax(z/τ)",
+           verify=False, tests=TRL_UPDATE),
+    Mutant("trl-local-clip", TRLT, "self.oblrpo_local.stepped(eta * min(rho, 1.0))",
+           "self.oblrpo_local.stepped(eta)", "T5-local: the recorded step ignores gradient clipping",
+           verify=False, tests=TRL_UPDATE),
 )
 
 

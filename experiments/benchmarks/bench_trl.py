@@ -1,6 +1,7 @@
 """OBLRPOTrainer against GRPOTrainer on the same config: time and memory ratios, side by side.
 
     python experiments/benchmarks/bench_trl.py [--rounds 3] [--steps 4] [--gpu]
+        [--single-pass auto|on|off] [--no-checkpointing]
 
 Each round runs one fresh child process per trainer (alternating which goes first), each doing
 ``--steps`` optimizer steps on the built-in arithmetic task after one warm-up step. A child
@@ -9,6 +10,11 @@ rewards, OBLR-PO's ghost pass, forward, backward), the generation time alone (``
 their difference, the training step alone; and its peak memory (GPU: ``max_memory_allocated``;
 CPU: the child's peak resident set). The JSON on stdout has the medians over rounds and the
 ratios OBLR-PO / GRPO computed within the run.
+
+Both trainers run with TRL's default gradient checkpointing unless ``--no-checkpointing``
+(OBLR-PO's ghost pass runs without it either way, bounded by ``sq_norms_batch_size`` rows per
+pass). ``--single-pass`` sets ``OBLRPOConfig.single_pass`` (default ``auto``: the update comes
+from the ghost pass; ``off``: the ghost pass, then TRL's own forward and backward).
 
 CPU default: tiny Qwen3 shape (hidden 256, 4 layers), float32. ``--gpu``: the Qwen3-0.6B shape
 (random weights, bf16) on ``cuda``; the vocabulary is the task's character vocabulary in both
@@ -55,12 +61,13 @@ def child(kind: str, a) -> dict:
     kw = base_kwargs(output_dir="/tmp/bench_trl", max_steps=a.steps + 1, use_cpu=not a.gpu,
                      per_device_train_batch_size=a.batch, num_generations=a.group,
                      max_completion_length=a.completion, learning_rate=1e-6, optim="adamw_torch",
-                     bf16=a.gpu, gradient_checkpointing=True, logging_steps=1)
+                     bf16=a.gpu, gradient_checkpointing=not a.no_checkpointing, logging_steps=1)
     task = ArithmeticTask(max_operand=99)
     if kind == "grpo":
         cfg_cls, tr_cls = GRPOConfig, GRPOTrainer
     else:
         cfg_cls, tr_cls = OBLRPOConfig, OBLRPOTrainer
+        kw["single_pass"] = a.single_pass
     gen_times = []
 
     class Timed(tr_cls):
@@ -93,13 +100,16 @@ def main(argv=None):
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--completion", type=int, default=16)
     ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--single-pass", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--no-checkpointing", action="store_true")
     ap.add_argument("--child", choices=["grpo", "oblrpo"])
     a = ap.parse_args(argv)
     if a.child:
         print(json.dumps(child(a.child, a)))
         return
     passthrough = [f"--steps={a.steps}", f"--batch={a.batch}", f"--group={a.group}",
-                   f"--completion={a.completion}"] + (["--gpu"] if a.gpu else [])
+                   f"--completion={a.completion}", f"--single-pass={a.single_pass}"]
+    passthrough += (["--gpu"] if a.gpu else []) + (["--no-checkpointing"] if a.no_checkpointing else [])
     rows = {"grpo": [], "oblrpo": []}
     for r in range(a.rounds):
         for kind in (("grpo", "oblrpo") if r % 2 == 0 else ("oblrpo", "grpo")):

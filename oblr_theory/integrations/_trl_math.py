@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 from .. import estimators
-from ..snr import SNRPieces, snr_fraction, snr_hat, snr_pieces_from_norms
+from ..snr import (EMACurvature, SNRPieces, local_lr, secant_curvature, snr_fraction, snr_hat,
+                   snr_pieces_from_norms)
 
 __all__ = ["SNR_LOSS_WEIGHTS", "sequence_weights", "loss_scale", "group_advantages", "snr_pieces_dp",
-           "informative", "lr_factor", "diagnostics", "snr_metrics"]
+           "informative", "lr_factor", "LocalRate", "diagnostics", "snr_metrics"]
 
 #: TRL ``loss_type`` -> the per-sequence weight ``λ_j`` of ``A_j s_j`` in TRL's on-policy gradient,
 #: up to one constant per generation batch (T7's SNR does not see that constant):
@@ -143,6 +144,49 @@ def lr_factor(snr: float, factor_min: float, factor_max: float) -> float:
     """
     f = float(snr_fraction(np.float64(snr)))
     return min(max(f, factor_min), factor_max)
+
+
+class LocalRate:
+    """T5-local for TRL's SGD steps: ``η_t = clip((1/κ_t) SNR/(1+SNR), η_min, η_max)`` with the
+    curvature ``κ_t`` of ``J`` along the recent steps from T7-corrected secants
+    (:func:`oblr_theory.snr.secant_curvature`, smoothed by :class:`~oblr_theory.snr.EMACurvature`)
+    and ``η_max``, ``η_min`` fractions of the scheduled rate (``η_max`` a trust region).
+
+    Per optimizer step ``t`` (one generation batch, ``num_iterations = 1``):
+    :meth:`observe` takes ``ĝ_t`` (the ascent direction of the step, in the scale of TRL's
+    gradient, before clipping) and ``n̂_t`` (T7's unbiased ``||∇J||²`` in that scale) and folds
+    in the secant of the previous step; :meth:`rate` gives ``η_t``; :meth:`stepped` records the
+    rate the step took along ``ĝ_t`` (the learning rate times the gradient-clipping factor), so
+    that ``θ_{t+1} = θ_t + η ĝ_t`` is the step the next secant divides by. Before any secant,
+    ``κ_0 = 1/η_max`` (the step is then the SNR rule's ``η_max SNR/(1+SNR)``); a ``κ`` that is
+    undefined (every step so far zero) keeps ``κ_0``.
+
+    Valid only if: plain SGD (no momentum, no weight decay), so that the step is along ``ĝ_t``;
+    ``ĝ_t`` is a fresh estimate given ``θ_t`` (a new generation batch per step).
+    """
+
+    def __init__(self, beta: float):
+        self.curvature = EMACurvature(beta)
+        self._prev = None  # (ĝ_{t−1}, n̂_{t−1}, η_{t−1} along ĝ_{t−1} or None before its step)
+
+    def observe(self, ghat, grad_sq_norm_hat: float) -> None:
+        if self._prev is not None and self._prev[2] is not None and self._prev[2] > 0:
+            num, den = secant_curvature(ghat, self._prev[0], self._prev[2], self._prev[1])
+            self.curvature.update(float(num), float(den))
+        self._prev = (ghat, float(grad_sq_norm_hat), None)
+
+    def kappa(self, eta_max: float) -> float:
+        """``κ_t``, or ``κ_0 = 1/η_max`` where none is defined yet."""
+        k = float(self.curvature.curvature) if self.curvature.steps else math.nan
+        return 1.0 / eta_max if math.isnan(k) else k
+
+    def rate(self, snr: float, eta_max: float, eta_min: float) -> float:
+        return float(local_lr(float(snr), self.kappa(eta_max), eta_max, eta_min))
+
+    def stepped(self, eta_along_ghat: float) -> None:
+        if self._prev is None:
+            raise RuntimeError("LocalRate.stepped before observe: no gradient of this step")
+        self._prev = (self._prev[0], self._prev[1], float(eta_along_ghat))
 
 
 def _corr(x: np.ndarray, y: np.ndarray) -> float:

@@ -62,7 +62,9 @@ class LocalBatch:
 class GenerationResult:
     """Gathered (all processes, TRL order) ``sq_norms`` (computed for every estimator, for the
     diagnostics), ``advantages`` (float64), ``lengths``; this process's slice; the T7 sums (None unless
-    asked): ``sum_group_sq = Σ_b ||u_b||²`` and ``mean_grad_sq = ||ū||²`` over all ``n_groups``."""
+    asked): ``sum_group_sq = Σ_b ||u_b||²`` and ``mean_grad_sq = ||ū||²`` over all ``n_groups``;
+    ``group_grad_sum``: ``Σ_b u_b`` over all processes, flattened over the trainable parameters
+    in ``model.parameters()`` order, float64 (only when asked with ``keep_sum``)."""
 
     sq_norms: torch.Tensor | None
     advantages: torch.Tensor
@@ -71,6 +73,7 @@ class GenerationResult:
     sum_group_sq: float | None = None
     mean_grad_sq: float | None = None
     n_groups: int = 0
+    group_grad_sum: torch.Tensor | None = None
 
 
 def _sq_norms_rows(model, batch: LocalBatch, source: str, rows: int, temperature: float) -> torch.Tensor:
@@ -117,7 +120,8 @@ def _groups_view(batch: LocalBatch, b0: int, b1: int, G: int):
 def oblrpo_generation(model, batch: LocalBatch, rewards_all: torch.Tensor, estimator, *,
                       group_size: int, comm: Comm = Comm(), source: str = "ghost",
                       rows_per_pass: int = 8, loss_type: str | None = None,
-                      update_factor: float | None = None, temperature: float = 1.0) -> GenerationResult:
+                      update_factor: float | None = None, temperature: float = 1.0,
+                      keep_sum: bool = False) -> GenerationResult:
     """``S``, advantages and (``loss_type`` given) the T7 sums for one generation batch; with
     ``update_factor`` also the training gradient (the single-pass update).
 
@@ -141,7 +145,8 @@ def oblrpo_generation(model, batch: LocalBatch, rewards_all: torch.Tensor, estim
     ``Σ_b u_b`` over all processes is kept, ``.grad ← .grad + κ Σ_b u_b``. With
     ``κ = −c G`` (``c``: :func:`~._trl_math.loss_scale`) this is TRL's on-policy gradient
     ``−c Σ_j λ_j A_j s_j`` of the whole generation batch, already averaged over processes, so the
-    caller's forward and backward of TRL's loss are not needed.
+    caller's forward and backward of TRL's loss are not needed. ``keep_sum``: a float64 copy of
+    ``Σ_b u_b`` is returned too (memory: one copy of the trainable parameters in float64).
 
     Valid only if (T7): every group is whole on one process, the model's trainable parameters
     are not sharded, and the caller's gradients may be set aside during the call (they are).
@@ -155,6 +160,8 @@ def oblrpo_generation(model, batch: LocalBatch, rewards_all: torch.Tensor, estim
     if update_factor is not None and not (weighted and source == "ghost"):
         raise ValueError("update_factor needs loss_type and source='ghost' (the update comes from "
                          "the ghost pass's weighted gradients)")
+    if keep_sum and not weighted:
+        raise ValueError("keep_sum needs loss_type (the weighted pass forms Σ_b u_b)")
     if weighted and n % G:
         raise ValueError(f"lr_rule='snr' and the single-pass update need whole groups on each process: "
                          f"{n} local completions are not a multiple of num_generations={G}")
@@ -198,9 +205,11 @@ def oblrpo_generation(model, batch: LocalBatch, rewards_all: torch.Tensor, estim
                 p.grad = torch.zeros_like(p)
             comm.all_reduce_sum_(p.grad)
             grad_sq = grad_sq + p.grad.to(torch.float64).pow(2).sum()
+        kept = (torch.cat([p.grad.detach().reshape(-1).to(torch.float64) for p in params])
+                if keep_sum else None)
     sum_sq = comm.all_reduce_sum_(sum_sq)
     B = int(comm.all_reduce_sum_(torch.tensor(float(n // G), dtype=torch.float64, device=ell.device)).item())
     if fused:
         result_S, A_all = comm.gather(S_loc), comm.gather(A_loc)
     return GenerationResult(result_S, A_all, lengths_all, local, float(sum_sq),
-                            float(grad_sq) / B**2, B)
+                            float(grad_sq) / B**2, B, kept)

@@ -17,10 +17,11 @@ has generated, scored and gathered the rewards):
 3. the single-pass update (``single_pass="auto"``, where TRL's on-policy gradient has the
    per-sequence form ``−c Σ_j λ_j A_j s_j``): the ghost pass that gives ``S`` also forms that
    gradient from its kept factors, so TRL's own forward and backward of the loss are skipped;
-4. ``lr_rule="snr"``: T7's pieces from per-group gradients at the sampling policy, exact under
+4. ``lr_rule="snr"`` (or ``"local"``): T7's pieces from per-group gradients at the sampling policy, exact under
    the data-parallel split, EMA-smoothed, and the T5 factor ``SNR/(1+SNR)`` multiplies TRL's
    scheduled learning rate at every optimizer step (optimizer pre-step hook; the scheduled rate
-   is restored after the step).
+   is restored after the step). ``lr_rule="local"`` (plain SGD): T5 with the curvature along
+   the recent steps from T7-corrected secants instead of the fixed scheduled ``η_max``.
 
 Metrics go to TRL's logs under ``oblrpo/*``. See ``docs/trl.md``.
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import math
 import time
 
 import torch
@@ -36,15 +38,15 @@ from trl import GRPOConfig, GRPOTrainer
 
 from .. import estimators
 from ..snr import EMASNR
-from ._trl_math import (SNR_LOSS_WEIGHTS, diagnostics, informative, loss_scale, lr_factor,
-                        sequence_weights, snr_metrics, snr_pieces_dp)
+from ._trl_math import (SNR_LOSS_WEIGHTS, LocalRate, diagnostics, informative, loss_scale,
+                        lr_factor, sequence_weights, snr_metrics, snr_pieces_dp)
 from ._trl_pass import Comm, LocalBatch, oblrpo_generation
 
 __all__ = ["OBLRPOConfig", "OBLRPOTrainer", "AccelerateComm", "unsupported_reasons",
            "single_pass_reasons"]
 
 SQ_NORMS_SOURCES = ("ghost", "logit", "length")
-LR_RULES = ("snr", "constant")
+LR_RULES = ("snr", "constant", "local")
 SINGLE_PASS = ("auto", "on", "off")
 
 
@@ -61,7 +63,9 @@ class OBLRPOConfig(GRPOConfig):
         "help": "S = ||score||²: 'ghost' (exact, one ghost pass) or the proxies 'logit', 'length'."})
     lr_rule: str = field(default="snr", metadata={
         "help": "'snr': scheduled rate x clip(SNR/(1+SNR), snr_factor_min, snr_factor_max) (T5/T7); "
-                "'constant': the scheduled rate."})
+                "'constant': the scheduled rate; 'local' (plain SGD): clip(SNR/(1+SNR)/kappa, "
+                "snr_factor_min x rate, snr_factor_max x rate), kappa the secant curvature along "
+                "recent steps (T5-local)."})
     snr_ema_beta: float = field(default=0.9, metadata={
         "help": "EMA factor of the SNR's numerator and denominator (T7), one update per generation."})
     snr_factor_min: float = field(default=0.0, metadata={
@@ -151,19 +155,42 @@ def unsupported_reasons(args: OBLRPOConfig, num_processes: int, deepspeed: bool,
     if args.scale_rewards != "group":
         why.append(f"scale_rewards={args.scale_rewards!r} would be ignored: the advantages come from "
                    "the registry (use estimator='dr_grpo' for no std scaling, 'grpo' for group std)")
-    if args.lr_rule == "snr":
-        why += _gradient_form_reasons(args, "lr_rule='snr'")
-        whole = _whole_groups_reasons(args, num_processes, "lr_rule='snr'")
+    if args.lr_rule in ("snr", "local"):
+        what = f"lr_rule={args.lr_rule!r}"
+        why += _gradient_form_reasons(args, what)
+        whole = _whole_groups_reasons(args, num_processes, what)
         why += whole
         local = args.per_device_train_batch_size * args.steps_per_generation
         if not whole and local // args.num_generations * num_processes < 2:
-            why.append("lr_rule='snr' needs >= 2 prompt groups per generation batch (T7), got "
+            why.append(f"{what} needs >= 2 prompt groups per generation batch (T7), got "
                        f"{local // args.num_generations * num_processes}")
         if deepspeed or fsdp:
-            why.append("lr_rule='snr' under DeepSpeed or FSDP: sharded parameters and DeepSpeed's own "
+            why.append(f"{what} under DeepSpeed or FSDP: sharded parameters and DeepSpeed's own "
                        "optimizer step are not supported (use lr_rule='constant')")
+    if args.lr_rule == "local":
+        why += _local_rule_reasons(args)
     if args.single_pass == "on":
         why += single_pass_reasons(args, num_processes, deepspeed, fsdp)
+    return why
+
+
+def _local_rule_reasons(args: OBLRPOConfig) -> list[str]:
+    """``lr_rule="local"``: its secant divides by the step along ``ĝ``, so the step must be plain
+    SGD along the fresh gradient of each generation batch, with a positive floor."""
+    why = []
+    if args.optim != "sgd":
+        why.append(f"lr_rule='local' needs optim='sgd' (its secant assumes the step is along the "
+                   f"gradient), got {args.optim!r}; use lr_rule='snr' to scale {args.optim!r}'s rate")
+    if args.weight_decay != 0.0:
+        why.append(f"lr_rule='local' needs weight_decay=0 (the decay moves θ off the gradient), "
+                   f"got {args.weight_decay}")
+    if args.num_iterations != 1 or args.steps_per_generation != args.gradient_accumulation_steps:
+        why.append("lr_rule='local' needs one optimizer step per generation batch (num_iterations=1, "
+                   "steps_per_generation == gradient_accumulation_steps): each secant needs a fresh "
+                   "gradient at the new parameters")
+    if not args.snr_factor_min > 0:
+        why.append("lr_rule='local' needs snr_factor_min > 0: its floor eta_min = snr_factor_min x "
+                   "the scheduled rate (e.g. 0.05)")
     return why
 
 
@@ -204,9 +231,12 @@ class OBLRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` with registry advantages from exact ``S`` and the T5/T7 learning rate.
 
     ``args`` must be an :class:`OBLRPOConfig`. Settings it cannot honour raise ``ValueError`` at
-    construction, naming the setting and why (:func:`unsupported_reasons`). After each generation,
-    ``self.oblrpo_last`` holds the gathered ``rewards``, ``sq_norms``, ``advantages``, ``lengths``
-    and the T7 ``pieces`` (None under ``lr_rule='constant'``).
+    construction, naming the setting and why (:func:`unsupported_reasons`;
+    :func:`single_pass_reasons` with ``single_pass="on"``). ``self.oblrpo_single_pass`` says
+    whether the update comes from the ghost pass. After each generation, ``self.oblrpo_last``
+    holds the gathered ``rewards``, ``sq_norms``, ``advantages``, ``lengths``, the T7 ``pieces``
+    (None when no weighted pass ran: ``lr_rule='constant'`` on the two-pass path) and, with
+    ``lr_rule='local'``, ``ghat`` (the step's ascent direction in TRL's gradient scale).
     """
 
     def __init__(self, model, reward_funcs, args: OBLRPOConfig | None = None, **kwargs):
@@ -227,6 +257,7 @@ class OBLRPOTrainer(GRPOTrainer):
         self.oblrpo_estimator = estimators.get(args.estimator, **(args.estimator_params or {}))
         self.oblrpo_ema = EMASNR(args.snr_ema_beta)
         self.oblrpo_lr_factor = 1.0 if args.lr_rule == "constant" else None
+        self.oblrpo_local = LocalRate(args.snr_ema_beta) if args.lr_rule == "local" else None
         self.oblrpo_last: dict = {}
         self._oblrpo_rewards_per_func = None
         self._oblrpo_hooked = None
@@ -234,7 +265,9 @@ class OBLRPOTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ the learning rate (T5)
     def create_optimizer(self, model=None):
         opt = super().create_optimizer(model) if model is not None else super().create_optimizer()
-        if self.args.lr_rule == "snr" and self._oblrpo_hooked is not opt:
+        if self.args.lr_rule in ("snr", "local") and self._oblrpo_hooked is not opt:
+            if self.args.lr_rule == "local":
+                _check_plain_sgd(opt)
             opt.register_step_pre_hook(self._oblrpo_pre_step)
             opt.register_step_post_hook(self._oblrpo_post_step)
             self._oblrpo_hooked = opt
@@ -242,11 +275,32 @@ class OBLRPOTrainer(GRPOTrainer):
 
     def _oblrpo_pre_step(self, optimizer, args, kwargs):
         """Scheduled rate × the T5 factor of the latest generation, for this step only."""
+        if self.oblrpo_local is not None:
+            self._oblrpo_local_factor(optimizer)
         if self.oblrpo_lr_factor is None:
             raise RuntimeError("optimizer step before any generation: no SNR estimate yet")
         for group in optimizer.param_groups:
             group["oblrpo_scheduled_lr"] = group["lr"]
             group["lr"] = group["lr"] * self.oblrpo_lr_factor
+
+    def _oblrpo_local_factor(self, optimizer):
+        """T5-local: ``η_t`` from the scheduled rate (``η_max``, ``η_min`` its fractions), the
+        smoothed SNR and ``κ_t``; records the step along ``ĝ_t`` (rate × the clipping factor
+        ``||clipped grad|| / ||ĝ_t||``) for the next secant."""
+        last = self.oblrpo_last
+        if "ghat" not in last:
+            raise RuntimeError("optimizer step before any generation: no gradient estimate yet")
+        sched = optimizer.param_groups[0]["lr"]
+        snr = float(self.oblrpo_ema.snr) if self.oblrpo_ema.steps else 0.0
+        eta = self.oblrpo_local.rate(snr, self.args.snr_factor_max * sched, self.args.snr_factor_min * sched)
+        self.oblrpo_lr_factor = eta / sched
+        ghat_sq = float(last["ghat"].pow(2).sum())
+        grad_sq = sum(float(p.grad.detach().to(torch.float64).pow(2).sum())
+                      for g in optimizer.param_groups for p in g["params"] if p.grad is not None)
+        rho = math.sqrt(grad_sq / ghat_sq) if ghat_sq > 0 else 0.0
+        self.oblrpo_local.stepped(eta * min(rho, 1.0))
+        self._metrics["train"]["oblrpo/lr_factor"].append(self.oblrpo_lr_factor)
+        self._metrics["train"]["oblrpo/kappa"].append(self.oblrpo_local.kappa(self.args.snr_factor_max * sched))
 
     def _oblrpo_post_step(self, optimizer, args, kwargs):
         for group in optimizer.param_groups:
@@ -265,10 +319,11 @@ class OBLRPOTrainer(GRPOTrainer):
         rpf = self._oblrpo_rewards_per_func
         rewards = (rpf * self.reward_weights.to(rpf.device).unsqueeze(0)).nansum(dim=1)
         rewards[torch.isnan(rpf).all(dim=1)] = torch.nan  # unscored: refused by the estimator step
-        snr = mode == "train" and self.args.lr_rule == "snr"
+        snr = mode == "train" and self.args.lr_rule in ("snr", "local")
+        local = mode == "train" and self.oblrpo_local is not None
         single = mode == "train" and self.oblrpo_single_pass
         scale = None
-        if single:  # TRL's gradient is −c Σ λ A s over the generation batch (all processes)
+        if single or local:  # TRL's gradient is −c Σ λ A s over the generation batch (all processes)
             scale = loss_scale(self.args.loss_type, rewards.numel(), int(out["num_items_in_batch"]),
                                self.max_completion_length)
         model = self.accelerator.unwrap_model(self.model)
@@ -279,7 +334,7 @@ class OBLRPOTrainer(GRPOTrainer):
                                     source=self.args.sq_norms_source, rows_per_pass=rows,
                                     loss_type=self.args.loss_type if snr or single else None,
                                     update_factor=-scale * G if single else None,
-                                    temperature=self.temperature)
+                                    temperature=self.temperature, keep_sum=local)
         out["advantages"] = res.advantages[res.local].to(out["advantages"].dtype)
         if single:  # TRL's loss value at the sampling policy, per row: its micro-batch sums add up
             ell = res.lengths[res.local].to(torch.float64)
@@ -300,13 +355,20 @@ class OBLRPOTrainer(GRPOTrainer):
                                                   self.args.snr_factor_min, self.args.snr_factor_max)
             elif self.oblrpo_lr_factor is None:  # nothing measured yet: the floor
                 self.oblrpo_lr_factor = self.args.snr_factor_min
+        extra = {}
+        if local:  # ĝ_t = c G Σ_b u_b (TRL's scale, ascent), n̂_t = (c G B)² n̂(ū)
+            extra["ghat"] = scale * G * res.group_grad_sum
+            k = scale * G * res.n_groups
+            self.oblrpo_local.observe(extra["ghat"], k * k * float(pieces.grad_sq_norm_hat))
         if pieces is not None:
             snr_ema = float(self.oblrpo_ema.snr) if self.oblrpo_ema.steps else float("nan")
             stats.update(snr_metrics(pieces, snr_ema, self.oblrpo_lr_factor))
+            if local:  # its factor is set at the optimizer step (it needs the scheduled rate)
+                del stats["lr_factor"]
         for k, v in stats.items():
             self._metrics[mode][f"oblrpo/{k}"].append(v)
         self.oblrpo_last = {"rewards": rewards, "sq_norms": res.sq_norms, "advantages": res.advantages,
-                            "lengths": res.lengths, "pieces": pieces}
+                            "lengths": res.lengths, "pieces": pieces, **extra}
         return out
 
     # ------------------------------------------------------------------ the single-pass update
@@ -329,6 +391,18 @@ class OBLRPOTrainer(GRPOTrainer):
             self._metrics["train"]["step_time"].append(self._current_train_step_time)
             self._current_train_step_time = 0.0
         return loss
+
+
+def _check_plain_sgd(optimizer):
+    """``lr_rule="local"`` needs every step along the gradient: SGD without momentum or decay."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+    if not isinstance(inner, torch.optim.SGD):
+        raise ValueError(f"lr_rule='local' needs torch.optim.SGD, got {type(inner).__name__}")
+    for g in inner.param_groups:
+        if g.get("momentum", 0) or g.get("weight_decay", 0) or g.get("nesterov", False):
+            raise ValueError("lr_rule='local' needs SGD without momentum, nesterov or weight decay "
+                             f"(optim_args gave momentum={g.get('momentum')}, "
+                             f"weight_decay={g.get('weight_decay')})")
 
 
 class _no_checkpointing:

@@ -2,7 +2,7 @@
 verl or TRL is absent). verl 0.9's ``core_algos`` advantage functions against the registry
 (``oblr_theory.estimators`` and ``oblr_theory.peers``) on random batches, shuffled and of unequal
 group sizes where verl allows it; the adapter's registered names through verl's own
-``get_adv_estimator_fn``; TRL's ``nanstd`` (the one pure function of its advantage code) against
+``get_adv_estimator_fn``; the adapter's ``compute_advantage`` against verl's ``ray_trainer`` one; TRL's ``nanstd`` (the one pure function of its advantage code) against
 ``grpo`` with ``std_scope`` ``"group"`` and ``"batch"``. All in float64, so every tolerance is a
 rounding bound (tests/tolerances.py)."""
 
@@ -18,7 +18,7 @@ import torch
 from oblr_theory import estimators
 from oblr_theory.integrations import verl as ov
 
-from .test_verl import T, batch
+from .test_verl import T, batch, tol
 from tolerances import rounding_tol
 
 pytestmark = [pytest.mark.peers, pytest.mark.torch]
@@ -127,6 +127,69 @@ def test_batch_kwargs_reads_a_verl_dataproto(fields):
     src = {"exact": {"sq_norms": S}, "otb_proxy": {"old_log_probs": logp, "sum_pi_squared": spi2}}[fields]
     ref, _ = ov.group_advantages(rewards, mask, index, "optimal_loo", **src)
     assert torch.equal(a, ref)
+
+
+def ray_trainer():
+    """verl's ``ray_trainer`` (its ``compute_advantage``), or a skip naming the missing dependency."""
+    core_algos()
+    try:
+        from verl.trainer.ppo import ray_trainer as rt
+    except ImportError as err:
+        pytest.skip(f"verl.trainer.ppo.ray_trainer does not import (it also needs torchdata, cachetools, "
+                    f"uvicorn and fastapi): {err}")
+    return rt
+
+
+def dataproto(seed, **extra):
+    """verl's own ``DataProto``: shuffled unequal groups, ``oblr_sq_norms`` and the OTB fields."""
+    from verl import DataProto
+
+    rewards, mask, index, S, logp, spi2, _ = batch((4, 3, 5, 4), seed)
+    tensors = {"token_level_rewards": rewards, "response_mask": mask, ov.SQ_NORMS_FIELD: S,
+               "old_log_probs": logp, "sum_pi_squared": spi2, **extra}
+    return DataProto.from_dict(tensors={k: v.clone() for k, v in tensors.items()}, non_tensors={"uid": index.copy()})
+
+
+@pytest.mark.parametrize("seed", SEEDS[:2])
+@pytest.mark.parametrize("name,norm", [("grpo", True), ("grpo", False), ("rloo", True)])
+def test_drop_in_equals_verl_compute_advantage_on_its_own_estimators(seed, name, norm):
+    """``oblr_verl.compute_advantage`` hands verl's own estimators to verl's ``compute_advantage``:
+    the advantages and returns are identical, bit for bit."""
+    rt = ray_trainer()
+    from verl.trainer.ppo.core_algos import AdvantageEstimator
+
+    est = AdvantageEstimator(name)
+    d_verl = rt.compute_advantage(dataproto(seed), est, norm_adv_by_std_in_grpo=norm)
+    d_ours = ov.compute_advantage(dataproto(seed), est, norm_adv_by_std_in_grpo=norm)
+    for key in ("advantages", "returns"):
+        assert torch.equal(d_verl.batch[key], d_ours.batch[key])
+
+
+def test_patched_ray_trainer_gives_our_estimator_the_sq_norms():
+    """Through ``verl.trainer.ppo.ray_trainer.compute_advantage`` (the name verl's trainer calls) on verl's
+    ``DataProto``: unpatched, verl passes no ``S`` field and ``"auto"`` refuses (the negative control; the
+    length proxy it leaves gives other advantages); patched, the estimator reads ``oblr_sq_norms``."""
+    rt = ray_trainer()
+    original = rt.compute_advantage
+    prefix = f"oblrtest{next(_prefixes)}_"
+    ov.register(names=("optimal_loo",), prefix=prefix)
+    ov.register(names=("optimal_loo",), prefix=prefix + "len_", s_source="length")
+    data = dataproto(5)
+    b = data.batch
+    ref, _ = ov.group_advantages(b["token_level_rewards"], b["response_mask"], data.non_tensor_batch["uid"],
+                                 sq_norms=b[ov.SQ_NORMS_FIELD])
+    with pytest.raises(ValueError, match="S is not available"):
+        rt.compute_advantage(dataproto(5), prefix + "optimal_loo")
+    a_len = rt.compute_advantage(dataproto(5), prefix + "len_optimal_loo").batch["advantages"]
+    assert (a_len - ref).abs().max().item() > 1e3 * tol(5, b["token_level_rewards"])
+    try:
+        assert ov._RAY_TRAINER in ov.patch_ray_trainer()
+        assert rt.compute_advantage is ov.compute_advantage
+        out = rt.compute_advantage(data, prefix + "optimal_loo")
+        assert torch.equal(out.batch["advantages"], ref) and torch.equal(out.batch["returns"], ref)
+    finally:
+        ov.unpatch_ray_trainer()
+    assert rt.compute_advantage is original
 
 
 def test_negative_control_a_different_estimator_fails_the_bound():

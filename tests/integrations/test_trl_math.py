@@ -65,3 +65,49 @@ def test_diagnostics_plugin_b_star():
     assert np.isclose(d["b_star_mean"], 0.375) and np.isclose(d["b_star_minus_mean_abs"], 0.125)
     assert np.isclose(d["corr_S_length"], 1.0)
     assert math.isnan(diagnostics(r, S, torch.tensor([2, 2, 2, 2]), 2)["corr_S_length"])  # undefined
+
+
+def test_local_rate_secant_is_the_exact_curvature_on_a_quadratic():
+    """Exact gradients of ``J = −½ θᵀAθ`` (so ``V̂ = 0`` and ``n̂ = ||∇J||²``): after one step
+    ``θ₁ = θ₀ + η ĝ₀`` the secant's curvature is ``dᵀAd / ||d||²`` with ``d = ĝ₀``, and the rate
+    is ``clip(SNR/(1+SNR)/κ, η_min, η_max)``; before any step ``κ₀ = 1/η_max``. Negative control:
+    recording another step size gives another curvature."""
+    from oblr_theory.integrations._trl_math import LocalRate
+
+    A = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    theta0 = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    grad = lambda th: -A @ th  # noqa: E731
+    eta = 0.3
+    rule = LocalRate(beta=0.0)
+    g0 = grad(theta0)
+    rule.observe(g0, float(g0 @ g0))
+    assert rule.kappa(eta_max=2.0) == 0.5  # κ₀ = 1/η_max before any secant
+    rule.stepped(eta)
+    g1 = grad(theta0 + eta * g0)
+    rule.observe(g1, float(g1 @ g1))
+    exact = float(g0 @ A @ g0 / (g0 @ g0))
+    assert abs(rule.kappa(2.0) - exact) <= 1e-14 * exact
+    snr = 3.0
+    assert abs(rule.rate(snr, eta_max=2.0, eta_min=0.01) - (snr / (1 + snr)) / exact) <= 1e-14
+    assert rule.rate(snr, eta_max=0.1, eta_min=0.01) == 0.1  # the trust region caps
+    other = LocalRate(beta=0.0)
+    other.observe(g0, float(g0 @ g0))
+    other.stepped(2 * eta)
+    other.observe(g1, float(g1 @ g1))
+    assert abs(other.kappa(2.0) - exact) > 0.1 * exact
+    with pytest.raises(RuntimeError, match="before observe"):
+        LocalRate(0.9).stepped(0.1)
+
+
+def test_loss_scale_per_loss_type_and_refusals():
+    """``c`` of TRL's gradient per loss type (its agreement with TRL's own update is tested end to
+    end in test_trl.py); unsupported types and empty counts are refused."""
+    from oblr_theory.integrations._trl_math import loss_scale
+
+    assert loss_scale("dapo", 8, 40, 16) == 1 / 40
+    assert loss_scale("grpo", 8, 40, 16) == loss_scale("luspo", 8, 40, 16) == 1 / 8
+    assert loss_scale("dr_grpo", 8, 40, 16) == 1 / (8 * 16)
+    with pytest.raises(ValueError, match="bnpo"):
+        loss_scale("bnpo", 8, 40, 16)
+    with pytest.raises(ValueError, match="n_tokens=0"):
+        loss_scale("dapo", 8, 0, 16)

@@ -1,5 +1,6 @@
 """The verl adapter (oblr_theory.integrations.verl) without verl: its pure function equals the
-registry on whole groups (any group order, unequal sizes), its S sources, and its refusals.
+registry on whole groups (any group order, unequal sizes), its S sources, and its refusals; its
+``compute_advantage`` drop-in and ``patch_ray_trainer`` against small stand-ins for verl's modules.
 The cross-checks against verl's and TRL's own code: tests/integrations/test_peers_verl_trl.py (-m peers)."""
 
 from __future__ import annotations
@@ -138,3 +139,135 @@ def test_adv_fn_has_verl_signature_and_reads_the_fields():
     a_len, _ = fn_len(token_level_rewards=rewards, response_mask=mask, index=index, config=None)
     b_len, _ = ov.group_advantages(rewards, mask, index, sq_norms=mask.sum(-1), s_source="exact")
     assert torch.equal(a_len, b_len)
+
+
+# --- the drop-in for verl's ray_trainer.compute_advantage, against small stand-ins for verl ----------
+
+class FakeDataProto:
+    """The two attributes of verl's ``DataProto`` that the advantage step reads and writes."""
+
+    def __init__(self, tensors, uid=None):
+        self.batch = dict(tensors)
+        self.non_tensor_batch = {} if uid is None else {"uid": uid}
+
+
+@pytest.fixture
+def fake_verl(monkeypatch):
+    """Stand-ins for ``verl.trainer.ppo.core_algos`` (its registry) and ``ray_trainer`` (a
+    ``compute_advantage`` that records its arguments), plus a module that bound it by name, as verl's
+    v1 ``utils`` does. Returns (registry, calls, the stand-in function, the trainer-like module)."""
+    import sys
+    import types
+
+    registry, calls = {}, []
+    core = types.ModuleType(ov._CORE_ALGOS)
+    core.ADV_ESTIMATOR_REGISTRY = registry
+
+    def register_adv_est(name):
+        def deco(fn):
+            registry[name] = fn
+            return fn
+        return deco
+
+    core.register_adv_est = register_adv_est
+
+    def verl_compute_advantage(data, adv_estimator, gamma=1.0, lam=1.0, num_repeat=1,
+                               norm_adv_by_std_in_grpo=True, config=None):
+        calls.append((data, adv_estimator, gamma, lam, num_repeat, norm_adv_by_std_in_grpo, config))
+        data.batch["advantages"] = data.batch["returns"] = "from verl"
+        return data
+
+    trainer = types.ModuleType(ov._RAY_TRAINER)
+    trainer.compute_advantage = verl_compute_advantage
+    user = types.ModuleType("oblr_test_fake_trainer")
+    user.compute_advantage = verl_compute_advantage
+    for mod in (core, trainer, user):
+        monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setattr(ov, "_PATCHED", {})
+    return registry, calls, verl_compute_advantage, user
+
+
+def fake_data(seed=4, fields=("exact",), uid=True):
+    rewards, mask, index, S, logp, spi2, _ = batch((4, 3, 5), seed)
+    tensors = {"token_level_rewards": rewards, "response_mask": mask}
+    if "exact" in fields:
+        tensors[ov.SQ_NORMS_FIELD] = S
+    if "otb_proxy" in fields:
+        tensors.update(old_log_probs=logp, sum_pi_squared=spi2)
+    return FakeDataProto(tensors, index if uid else None), (rewards, mask, index, S, logp, spi2)
+
+
+@pytest.mark.parametrize("fields", ["exact", "otb_proxy"])
+def test_drop_in_passes_the_s_fields(fake_verl, fields):
+    registry, calls, *_ = fake_verl
+    ov.register()
+    data, (rewards, mask, index, S, logp, spi2) = fake_data(fields=(fields,))
+    out = ov.compute_advantage(data, "optimal_loo", config=None)
+    src = {"exact": {"sq_norms": S}, "otb_proxy": {"old_log_probs": logp, "sum_pi_squared": spi2}}[fields]
+    ref, _ = ov.group_advantages(rewards, mask, index, "optimal_loo", **src)
+    assert out is data and not calls
+    assert torch.equal(data.batch["advantages"], ref) and torch.equal(data.batch["returns"], ref)
+    # negative control: what verl's stock step passes (no S field) gets the length proxy at best, and
+    # that differs; with s_source="auto" it is refused
+    stock = {"token_level_rewards": rewards, "response_mask": mask, "config": None, "index": index}
+    with pytest.raises(ValueError, match="S is not available.*patch_ray_trainer"):
+        registry["optimal_loo"](**stock)
+    a_len, _ = ov.make_adv_fn("optimal_loo", s_source="length")(**stock)
+    assert (a_len - ref).abs().max().item() > 1e3 * tol(5, rewards)
+
+
+def test_drop_in_delegates_every_other_estimator_unchanged(fake_verl):
+    import enum
+
+    registry, calls, *_ = fake_verl
+    ov.register()
+    registry["custom"] = lambda **kw: None  # registered by hand, not made by make_adv_fn
+
+    class Est(str, enum.Enum):  # verl's AdvantageEstimator is a str Enum
+        GRPO = "grpo"
+        OURS = "optimal_loo"
+
+    cfg = object()
+    for name in ("grpo", Est.GRPO, "gae", "custom"):
+        data, _ = fake_data()
+        out = ov.compute_advantage(data, name, 0.9, 0.8, 4, False, cfg)
+        assert out is data and data.batch["advantages"] == "from verl"
+        assert calls.pop() == (data, name, 0.9, 0.8, 4, False, cfg)
+    data, _ = fake_data()
+    ov.compute_advantage(data, Est.OURS)
+    assert not calls and isinstance(data.batch["advantages"], torch.Tensor)
+
+
+@pytest.mark.parametrize("drop,needle", [
+    ("s", "S is not available"), ("uid", "'uid'"), ("response_mask", "'response_mask'"),
+    ("token_level_rewards", "'token_level_rewards'"), ("sq_norms_shape", "oblr_sq_norms")])
+def test_drop_in_refuses_a_missing_field(fake_verl, drop, needle):
+    ov.register()
+    data, _ = fake_data(fields=() if drop == "s" else ("exact",), uid=drop != "uid")
+    if drop in ("response_mask", "token_level_rewards"):
+        del data.batch[drop]
+    if drop == "sq_norms_shape":
+        data.batch[ov.SQ_NORMS_FIELD] = data.batch[ov.SQ_NORMS_FIELD][:-1]
+    with pytest.raises(ValueError, match=needle):
+        ov.compute_advantage(data, "optimal_loo")
+    assert "advantages" not in data.batch
+
+
+def test_patch_and_unpatch_ray_trainer(fake_verl):
+    import sys
+
+    registry, calls, original, user = fake_verl
+    ov.register()
+    trainer = sys.modules[ov._RAY_TRAINER]
+    assert set(ov.patch_ray_trainer()) == {ov._RAY_TRAINER, user.__name__}
+    assert trainer.compute_advantage is ov.compute_advantage and user.compute_advantage is ov.compute_advantage
+    assert set(ov.patch_ray_trainer()) == {ov._RAY_TRAINER, user.__name__}  # again: a no-op
+    data, (rewards, mask, index, S, *_) = fake_data()
+    trainer.compute_advantage(data, "grpo")  # the patched name reaches verl's own, without recursion
+    assert calls.pop()[1] == "grpo"
+    user.compute_advantage(data, "optimal_loo")
+    ref, _ = ov.group_advantages(rewards, mask, index, sq_norms=S)
+    assert torch.equal(data.batch["advantages"], ref) and not calls
+    assert set(ov.unpatch_ray_trainer()) == {ov._RAY_TRAINER, user.__name__}
+    assert trainer.compute_advantage is original and user.compute_advantage is original
+    assert ov.unpatch_ray_trainer() == []
