@@ -32,7 +32,7 @@ MIN_PAIRS = 8
 THRESHOLD_GAIN = 0.05
 #: Logged metrics averaged per method (means over all windows of all evaluation runs).
 DIAGNOSTICS = ("oblrpo/corr_S_length", "oblrpo/b_star_minus_mean_abs", "oblrpo/lr_factor", "oblrpo/snr_ema",
-               "oblrpo/noise_var_hat", "oblrpo/grad_sq_norm_hat", "entropy", "completions/mean_length")
+               "oblrpo/kappa", "oblrpo/noise_var_hat", "oblrpo/grad_sq_norm_hat", "entropy", "completions/mean_length")
 
 
 def load_rows(out: str) -> list[dict]:
