@@ -89,7 +89,7 @@ def make_plan(quick: bool, gpu: bool) -> Plan:
         raise SystemExit("--quick and --gpu are exclusive")
     if quick:
         return Plan(mode="quick", variants=("base",), estimators=("grpo", "optimal_loo"), rules=RULES,
-                    optims=("adamw_torch",), tune_seeds=(1000,), eval_seeds=(0, 1), steps=4, eval_every=2,
+                    optims=OPTIMS, tune_seeds=(1000,), eval_seeds=(0, 1), steps=4, eval_every=2,
                     groups_per_step=4, grid_n=2, max_extend=0, model="quick", n_eval=50, sft_lr=3e-3)
     if gpu:
         return Plan(mode="gpu", model="gpu", device="cuda", groups_per_step=16, steps=200, eval_every=20,
