@@ -15,6 +15,7 @@ import os
 import sys
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,10 +36,10 @@ def _groups(runs: dict) -> dict:
     return dict(sorted(out.items()))
 
 
-def _panels(n: int):
+def _panels(n: int, sharey: bool):
     ncols = min(n, 3)
     nrows = -(-n // ncols)
-    return ps.figure(ps.DOUBLE, 2.0 * nrows + 0.5, nrows=nrows, ncols=ncols, sharey=True)
+    return ps.figure(ps.DOUBLE, 2.0 * nrows + 0.5, nrows=nrows, ncols=ncols, sharey=sharey)
 
 
 def build_curves(results_dir: str):
@@ -46,7 +47,7 @@ def build_curves(results_dir: str):
     if not runs:
         raise ValueError(f"{results_dir}: no finished evaluation runs")
     groups = _groups(runs)
-    fig, axes = _panels(len(groups))
+    fig, axes = _panels(len(groups), sharey=True)
     handles = {}
     seeds = set()
     for ax, ((variant, rule, optim), by_est) in zip(axes.flat, groups.items()):
@@ -87,22 +88,24 @@ def build_paired(results_dir: str, n_boot: int = 10000, seed: int = 0):
     for p in pairs:
         variant, est, rule, optim = p["method"].split("/")
         by_group.setdefault((variant, rule, optim), []).append((est, p["auc"]))
-    fig, axes = _panels(len(by_group))
+    fig, axes = _panels(len(by_group), sharey=False)
     for ax, ((variant, rule, optim), items) in zip(axes.flat, sorted(by_group.items())):
         items = sorted(items, key=lambda it: ORDER.index(it[0]))
         for y, (est, c) in enumerate(items):
             st = ps.style(est)
-            ax.errorbar([c["mean"]], [y], xerr=[[c["mean"] - c["low"]], [c["high"] - c["mean"]]], color=st.color,
+            m, lo, hi = 100 * c["mean"], 100 * c["low"], 100 * c["high"]  # accuracy points
+            ax.errorbar([m], [y], xerr=[[m - lo], [hi - m]], color=st.color,
                         marker=st.marker, ms=4, capsize=2, lw=1)
         ax.axvline(0.0, color="#777777", lw=0.6, ls=":")
         ax.set_yticks(range(len(items)), [e for e, _ in items])
         ax.set_ylim(-0.7, len(items) - 0.3)
         ax.set_title(f"{variant}, {rule}, {optim}")
-        ax.set_xlabel("Δ AUC vs grpo (sampled accuracy)")
+        ax.set_xlabel("Δ AUC vs grpo (accuracy points)")
+        ax.xaxis.set_major_locator(MaxNLocator(4))
     for ax in list(axes.flat)[len(by_group):]:
         ax.set_visible(False)
     n = sorted({c["n"] for _, c in sum(by_group.values(), [])})
-    caption = ("Paired difference in area under the held-out sampled-accuracy curve against grpo (same variant, "
+    caption = ("Paired difference (in accuracy points, ×100) in area under the held-out sampled-accuracy curve against grpo (same variant, "
                f"rule, optimizer and evaluation seeds; n = {', '.join(map(str, n))} pairs), mean and 95% percentile "
                f"paired bootstrap interval ({n_boot} resamples, seed {seed}). An interval that contains 0 is a tie; "
                f"fewer than {rlvr_report.MIN_PAIRS} pairs gives no verdict.")
