@@ -50,7 +50,6 @@ RULES = ("constant", "snr", "local")
 OPTIMS = ("adamw_torch", "sgd")
 #: Centre of each optimizer's first tuning grid.
 GRID_CENTER = {"adamw_torch": 1.25e-4, "sgd": 0.1}
-REFERENCE = "grpo"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from . import rlvr_stats as rs
 __all__ = ["MIN_PAIRS", "THRESHOLD_GAIN", "DIAGNOSTICS", "load_rows", "load_tuning", "runs_of", "run_summary", "summarize",
            "markdown", "report"]
 
+#: The estimator every other one is compared with (same variant, rule, optimizer and seeds).
+REFERENCE = "grpo"
 #: Fewest paired seeds for a win/lose/tie verdict: below it the interval is shown but a percentile
 #: bootstrap over so few pairs has far below its nominal coverage (with 2 pairs it is their range).
 MIN_PAIRS = 8
@@ -158,9 +160,6 @@ def summarize(rows: list[dict], tuning: list[dict], n_boot: int = 10000, seed: i
     return {"methods": methods, "paired": paired, "same_rate": same_rate, "grid": grid, "skipped": [list(s) for s in skipped],
             "edge_tuned": [g["method"] for g in grid if g["status"] == "done" and g["position"] != "interior"],
             "n_boot": n_boot, "bootstrap_seed": seed, "threshold_gain": THRESHOLD_GAIN}
-
-
-REFERENCE = "grpo"
 
 
 def _same_rate(rows: list[dict], by_method: dict, n_boot: int, seed: int) -> list[dict]:

@@ -191,10 +191,12 @@ def sft_checkpoint(out_dir: str, cfg: SFTConfig, progress: bool = False) -> dict
     tok, task = CharTokenizer(), variant_task(cfg.variant)
     problems = held_out(task, cfg.n_eval, cfg.eval_seed)
     model = tiny_qwen3(tok, spec=MODEL_SPECS[cfg.model], seed=cfg.seed).to(cfg.device)
-    res = _sft(model, tok, TrainSampler(task, problems), problems, cfg, task.max_answer_chars + 1, progress)
+    max_new = task.max_answer_chars + 1
+    res = _sft(model, tok, TrainSampler(task, problems), problems, cfg, max_new, progress)
+    acc = evaluate(model, tok, problems, max_new)
     rec = {"key": cfg.key(), "config": asdict(cfg), "path": path, "params": param_count(model),
-           "acc_greedy": res["acc_greedy"], "acc_sampled": evaluate(model, tok, problems, task.max_answer_chars + 1)
-           ["acc_sampled"], "steps": res["steps"], "history": res["history"]}
+           "acc_greedy": acc["acc_greedy"], "acc_sampled": acc["acc_sampled"], "steps": res["steps"],
+           "history": res["history"]}
     os.makedirs(out_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=out_dir, prefix=".sft_tmp_")
     model.save_pretrained(tmp, safe_serialization=True)
