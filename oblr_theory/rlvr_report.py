@@ -153,13 +153,28 @@ def summarize(rows: list[dict], tuning: list[dict], n_boot: int = 10000, seed: i
                 entry[metric] = _paired(m["seeds"], by_method[other]["seeds"], metric, n_boot, seed)
             paired.append(entry)
     same_rate = _same_rate(rows, by_method, n_boot, seed)
+    collapse_by_ratio = _collapse_by_rate_ratio(rows, tuning)
     grid = [{"method": t["method"], "best_lr": t.get("best_lr"), "grid": t.get("grid"),
              "position": t.get("position"), "extensions": t.get("extensions"), "status": t.get("status"),
              "reason": t.get("reason")} for t in tuning]
     skipped = sorted({r["method"]: r.get("reason") for r in rows if r.get("status") == "skipped"}.items())
-    return {"methods": methods, "paired": paired, "same_rate": same_rate, "grid": grid, "skipped": [list(s) for s in skipped],
+    return {"methods": methods, "paired": paired, "same_rate": same_rate, "collapse_by_rate_ratio": collapse_by_ratio,
+            "grid": grid, "skipped": [list(s) for s in skipped],
             "edge_tuned": [g["method"] for g in grid if g["status"] == "done" and g["position"] != "interior"],
             "n_boot": n_boot, "bootstrap_seed": seed, "threshold_gain": THRESHOLD_GAIN}
+
+
+def _collapse_by_rate_ratio(rows: list[dict], tuning: list[dict]) -> list[dict]:
+    """Collapsed runs (tuning and evaluation) by their rate's ratio to their method's tuned rate:
+    ``[{"ratio", "collapsed", "runs"}]``, increasing ratio."""
+    best = {t["method"]: t["best_lr"] for t in tuning if t.get("status") == "done"}
+    counts: dict = {}
+    for run in runs_of(rows, ("tune", "eval")).values():
+        if run["method"] in best:
+            c = counts.setdefault(round(run["lr"] / best[run["method"]], 6), [0, 0])
+            c[0] += rs.collapsed(run["acc_sampled"], run["acc_sampled"][0])
+            c[1] += 1
+    return [{"ratio": k, "collapsed": v[0], "runs": v[1]} for k, v in sorted(counts.items())]
 
 
 def _same_rate(rows: list[dict], by_method: dict, n_boot: int, seed: int) -> list[dict]:
@@ -211,6 +226,9 @@ def markdown(s: dict) -> str:
     for m in s["methods"]:
         vals = [m["diagnostics"][k] for k in DIAGNOSTICS]
         lines.append(f"| {m['method']} | " + " | ".join("—" if v is None else f"{v:.3g}" for v in vals) + " |")
+    lines += ["", "Collapsed runs (tuning and evaluation) by rate / the method's tuned rate:", "",
+              "| rate ratio | collapsed / runs |", "|---|---|"]
+    lines += [f"| {c['ratio']:g} | {c['collapsed']}/{c['runs']} |" for c in s["collapse_by_rate_ratio"]]
     lines += ["", "Tuned rates against their grids:", ""]
     for g in s["grid"]:
         if g["status"] == "skipped":

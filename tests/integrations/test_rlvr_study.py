@@ -115,6 +115,7 @@ def test_report_detects_a_planted_difference_and_not_a_null_one():
     (same,) = s["same_rate"]  # grpo's runs share optimal_loo's rate here
     assert same["kind"] == "vs_grpo_same_rate" and same["auc"]["verdict"] == "wins"
     assert s["edge_tuned"] == ["base/optimal_loo/constant/adamw_torch"]
+    assert [(c["ratio"], c["collapsed"], c["runs"]) for c in s["collapse_by_rate_ratio"]] == [(0.5, 0, 8), (1.0, 0, 8)]
     assert "EDGE" in rlvr_report.markdown(s)
     (p0,) = rlvr_report.summarize(_planted_rows(0.0), tuning, n_boot=2000)["paired"]
     assert p0["auc"]["verdict"] != "wins"  # negative control (seeded noise: independent across methods)
