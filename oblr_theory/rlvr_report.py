@@ -22,8 +22,8 @@ import numpy as np
 
 from . import rlvr_stats as rs
 
-__all__ = ["MIN_PAIRS", "THRESHOLD_GAIN", "DIAGNOSTICS", "load_rows", "load_tuning", "runs_of", "run_summary", "summarize",
-           "markdown", "report"]
+__all__ = ["MIN_PAIRS", "THRESHOLD_GAIN", "DIAGNOSTICS", "REFERENCE", "load_rows", "load_tuning", "runs_of",
+           "run_summary", "summarize", "markdown", "report"]
 
 #: The estimator every other one is compared with (same variant, rule, optimizer and seeds).
 REFERENCE = "grpo"
@@ -87,7 +87,8 @@ def run_summary(run: dict) -> dict:
     s, v, g = run["steps"], run["acc_sampled"], run["acc_greedy"]
     j0 = v[0]
     return {"auc": rs.area_under_curve(s, v), "auc_greedy": rs.area_under_curve(s, g), "final": v[-1],
-            "final_greedy": g[-1], "initial": j0, "wall_s": run["wall_s"][-1], "steps_to_threshold": rs.steps_to_threshold(s, v, j0 + THRESHOLD_GAIN),
+            "final_greedy": g[-1], "initial": j0, "wall_s": run["wall_s"][-1],
+            "steps_to_threshold": rs.steps_to_threshold(s, v, j0 + THRESHOLD_GAIN),
             "collapsed": rs.collapsed(v, j0)}
 
 
@@ -204,7 +205,9 @@ def _fmt(ms) -> str:
 
 
 def _ci(c) -> str:
-    return "n/a (< 2 common seeds)" if c is None else f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] {c['verdict']}"
+    if c is None:
+        return "n/a (< 2 common seeds)"
+    return f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] {c['verdict']}"
 
 
 def markdown(s: dict) -> str:
@@ -220,7 +223,8 @@ def markdown(s: dict) -> str:
               f"{s['bootstrap_seed']}; 95% percentile intervals; 'wins'/'loses' = interval excludes 0):", "",
               "| method | against | Δ AUC sampled | Δ final sampled | Δ AUC greedy |", "|---|---|---|---|---|"]
     for p in s["paired"] + s["same_rate"]:
-        lines.append(f"| {p['method']} | {p['against']} | {_ci(p['auc'])} | {_ci(p['final'])} | {_ci(p['auc_greedy'])} |")
+        cells = " | ".join(_ci(p[k]) for k in ("auc", "final", "auc_greedy"))
+        lines.append(f"| {p['method']} | {p['against']} | {cells} |")
     lines += ["", "Diagnostics (means over the logged steps of the evaluation runs):", "",
               "| method | " + " | ".join(DIAGNOSTICS) + " |", "|---|" + "---|" * len(DIAGNOSTICS)]
     for m in s["methods"]:

@@ -105,7 +105,8 @@ def build_paired(results_dir: str, n_boot: int = 10000, seed: int = 0):
     for ax in list(axes.flat)[len(by_group):]:
         ax.set_visible(False)
     n = sorted({c["n"] for _, c in sum(by_group.values(), [])})
-    caption = ("Paired difference (in accuracy points, ×100) in area under the held-out sampled-accuracy curve against grpo (same variant, "
+    caption = ("Paired difference (in accuracy points, ×100) in area under the held-out sampled-accuracy curve "
+               "against grpo (same variant, "
                f"rule, optimizer and evaluation seeds; n = {', '.join(map(str, n))} pairs), mean and 95% percentile "
                f"paired bootstrap interval ({n_boot} resamples, seed {seed}). An interval that contains 0 is a tie; "
                f"fewer than {rlvr_report.MIN_PAIRS} pairs gives no verdict.")
