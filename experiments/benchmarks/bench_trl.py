@@ -5,11 +5,15 @@
 
 Each round runs one fresh child process per trainer (alternating which goes first), each doing
 ``--steps`` optimizer steps on the built-in arithmetic task after one warm-up step. A child
-reports, per step after the warm-up: the end-to-end step time (TRL's ``step_time``: generation,
-rewards, OBLR-PO's ghost pass, forward, backward), the generation time alone (``_generate``), and
-their difference, the training step alone; and its peak memory (GPU: ``max_memory_allocated``;
-CPU: the child's peak resident set). The JSON on stdout has the medians over rounds and the
-ratios OBLR-PO / GRPO computed within the run.
+reports, per step after the warm-up: the end-to-end step time (``training_step``, one optimizer
+step: generation, rewards, OBLR-PO's ghost pass, forward, backward), the generation time alone
+(``_generate``), and their difference, the training step alone; and its peak memory (GPU:
+``max_memory_allocated``; CPU: the child's peak resident set). On CPU each time is measured twice:
+wall clock (``*_s``) and the child's own CPU time (``*_cpu_s``), with one torch thread per child
+by default (``--threads``): several OpenMP threads spin-wait when other jobs hold the cores, which
+inflated single steps 10-60x on a shared two-core machine, in CPU time as much as in wall time. The generation ratio is a control: both trainers generate
+with the same code, so a value far from 1 says the run was disturbed. The JSON on stdout has the
+medians over rounds and the ratios OBLR-PO / GRPO computed within the run.
 
 Both trainers run with TRL's default gradient checkpointing unless ``--no-checkpointing``
 (OBLR-PO's ghost pass runs without it either way, bounded by ``sq_norms_batch_size`` rows per
@@ -49,6 +53,8 @@ def child(kind: str, a) -> dict:
     from oblr_theory.integrations.trl_task import char_sum_reward as dense_reward
     from oblr_theory.integrations.trl_task import cpu_config_kwargs as base_kwargs
 
+    if not a.gpu:
+        torch.set_num_threads(a.threads)
     ct = CharTokenizer()
     if a.gpu:
         model = qwen3_shaped("0.6B", ct.vocab_size, ct.pad_token_id, ct.eos_token_id, seed=0,
@@ -68,15 +74,26 @@ def child(kind: str, a) -> dict:
     else:
         cfg_cls, tr_cls = OBLRPOConfig, OBLRPOTrainer
         kw["single_pass"] = a.single_pass
-    gen_times = []
+    clocks = {"step": [], "gen": []}  # (wall, this process's CPU time) per call
+
+    def now():
+        if a.gpu:
+            torch.cuda.synchronize()
+        return time.perf_counter(), time.process_time()
 
     class Timed(tr_cls):
         def _generate(self, prompts):
-            t0 = time.perf_counter()
+            t0 = now()
             out = super()._generate(prompts)
-            if a.gpu:
-                torch.cuda.synchronize()
-            gen_times.append(time.perf_counter() - t0)
+            t1 = now()
+            clocks["gen"].append((t1[0] - t0[0], t1[1] - t0[1]))
+            return out
+
+        def training_step(self, *args, **kwargs):
+            t0 = now()
+            out = super().training_step(*args, **kwargs)
+            t1 = now()
+            clocks["step"].append((t1[0] - t0[0], t1[1] - t0[1]))
             return out
 
     tr = Timed(model=model, reward_funcs=dense_reward, args=cfg_cls(**kw),
@@ -84,13 +101,17 @@ def child(kind: str, a) -> dict:
     if a.gpu:
         torch.cuda.reset_peak_memory_stats()
     tr.train()
-    steps = [float(h["step_time"]) for h in tr.state.log_history if "step_time" in h][1:]
-    gens = gen_times[1:]
+    steps, gens = clocks["step"][1:], clocks["gen"][1:]  # after the warm-up step
     mem = (torch.cuda.max_memory_allocated() if a.gpu
            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"step_s": statistics.median(steps), "generation_s": statistics.median(gens),
-            "train_step_s": statistics.median([s - g for s, g in zip(steps, gens)]), "peak_bytes": mem}
-
+    out = {"peak_bytes": mem}
+    for k, name in ((0, "s"), (1, "cpu_s")):
+        if k == 1 and a.gpu:
+            continue  # host CPU time says nothing of GPU work
+        out[f"step_{name}"] = statistics.median(x[k] for x in steps)
+        out[f"generation_{name}"] = statistics.median(g[k] for g in gens)
+        out[f"train_step_{name}"] = statistics.median(x[k] - g[k] for x, g in zip(steps, gens))
+    return out
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -102,13 +123,16 @@ def main(argv=None):
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--single-pass", choices=["auto", "on", "off"], default="auto")
     ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per CPU child (1: no OpenMP spin-waiting against other jobs)")
     ap.add_argument("--child", choices=["grpo", "oblrpo"])
     a = ap.parse_args(argv)
     if a.child:
         print(json.dumps(child(a.child, a)))
         return
     passthrough = [f"--steps={a.steps}", f"--batch={a.batch}", f"--group={a.group}",
-                   f"--completion={a.completion}", f"--single-pass={a.single_pass}"]
+                   f"--completion={a.completion}", f"--single-pass={a.single_pass}",
+                   f"--threads={a.threads}"]
     passthrough += (["--gpu"] if a.gpu else []) + (["--no-checkpointing"] if a.no_checkpointing else [])
     rows = {"grpo": [], "oblrpo": []}
     for r in range(a.rounds):
