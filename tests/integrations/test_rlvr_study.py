@@ -88,12 +88,13 @@ def test_only_and_chunk_partition_the_methods():
 
 @pytest.mark.slow
 def test_smoke_quick_slice_runs_resumes_and_reports(tmp_path):
-    """A quick slice end to end (SFT to the band, two constant-rate methods, the 'local' rule's
-    cell), then the same command again: every unit is reused, nothing reruns."""
+    """A quick slice end to end (SFT to the band, two constant-rate methods), the same command
+    again (every unit is reused, nothing reruns), then the local rule: a skipped cell with AdamW
+    (refused by OBLRPOTrainer, with its reason), a run with SGD."""
     mod = _script()
     out = str(tmp_path / "study")
     argv = ["run", "--quick", "--out", out, "--no-progress", "--only", "estimator=grpo,optimal_loo",
-            "--only", "rule=constant"]
+            "--only", "rule=constant", "--only", "optim=adamw_torch"]
     assert mod.main(argv) == 0
     units = sorted(os.listdir(os.path.join(out, "units")))
     assert len(units) == 2 * (2 + 2)  # 2 methods x (2 grid rates x 1 tuning seed + 2 evaluation seeds)
@@ -113,10 +114,9 @@ def test_smoke_quick_slice_runs_resumes_and_reports(tmp_path):
     assert mod.main(["run", "--quick", "--out", out, "--no-progress", "--only", "estimator=grpo",
                      "--only", "rule=local"]) == 0
     tuning = {t["method"]: t for t in rlvr_report.load_tuning(out)}
-    local = tuning["base/grpo/local/adamw_torch"]
-    assert local["status"] in ("skipped", "done")  # skipped while OBLRPOConfig has no 'local' rule
-    if local["status"] == "skipped":
-        assert "local" in local["reason"]
+    refused = tuning["base/grpo/local/adamw_torch"]  # OBLRPOTrainer refuses the local rule with AdamW
+    assert refused["status"] == "skipped" and "local" in refused["reason"]
+    assert tuning["base/grpo/local/sgd"]["status"] == "done"
     assert mod.main(["report", "--out", out, "--n-boot", "200"]) == 0
     rep = json.load(open(os.path.join(out, "report.json")))
     assert set(rep["edge_tuned"]) >= {"base/grpo/constant/adamw_torch"}  # two grid points: always an edge
