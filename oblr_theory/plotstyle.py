@@ -68,6 +68,7 @@ ESTIMATOR_STYLE = {
     "optimal_loo_shrink": Style(TOL["green"], "P"),
     "oracle_optimal": Style(TOL["black"], "*", "-", 1.6),
     "logit_loo": Style(TOL["purple"], "h"),
+    "optimal_loo_logit": Style(TOL["teal"], "h", "--"),
     "λ*": Style(TOL["purple"], "d", "-."),
     "rloo+snr": Style(TOL["indigo"], "X", "--"),
     "oblr_po": Style(TOL["teal"], "p", "-", 2.2),

@@ -26,7 +26,7 @@ from .task import ArithmeticTask, CharTokenizer, as_task_tokenizer
 
 __all__ = ["TinyQwen3Spec", "tiny_qwen3", "qwen3_shaped", "QWEN3_SHAPES", "pretrain",
            "load_local", "load_model", "param_count", "LARGE_MODEL_PARAMS", "make_float64_exact",
-           "DTYPES", "resolve_dtype", "resolve_device"]
+           "DTYPES", "resolve_dtype", "resolve_device", "supervised_batch"]
 
 #: A model above this many parameters needs a GPU (loading it in fp32 on a CPU is refused).
 LARGE_MODEL_PARAMS = 1_000_000_000
@@ -116,9 +116,16 @@ def qwen3_shaped(size: str, vocab_size: int, pad: int = 0, eos: int = 1, seed: i
 
 
 def _supervised_batch(task: ArithmeticTask, tok, n: int, rng: np.random.Generator, device):
-    """Right-padded ``prompt + answer + <eos>`` rows; labels only on answer and ``<eos>`` tokens."""
+    """``n`` problems of ``task`` as a :func:`supervised_batch`."""
+    return supervised_batch(task.sample(n, rng), tok, device)
+
+
+def supervised_batch(problems, tok, device):
+    """Right-padded ``prompt + answer + <eos>`` rows of ``problems``: ``(ids, attention, labels)``,
+    each ``(n, T)``, labels only on answer and ``<eos>`` tokens (``-100`` elsewhere)."""
+    n = len(problems)
     rows, starts = [], []
-    for p in task.sample(n, rng):
+    for p in problems:
         prompt = tok.encode(p.prompt)
         rows.append(prompt + tok.encode(p.answer) + [tok.eos_token_id])
         starts.append(len(prompt))

@@ -114,6 +114,10 @@ def exact_match_reward(completion: str, answer: str) -> float:
     return 1.0 if completion.strip() == answer else 0.0
 
 
+#: The laws of :meth:`ArithmeticTask.sample` over the task's problems.
+SAMPLINGS = ("uniform", "digits")
+
+
 @dataclass(frozen=True)
 class ArithmeticTask:
     """Prompts ``"a+b="`` with operands in ``[0, max_operand]`` (``ops`` picks the operators).
@@ -121,17 +125,27 @@ class ArithmeticTask:
     ``max_answer`` (optional) rejects problems whose result exceeds it, e.g. ``max_answer=9``
     keeps single-digit answers (two completion tokens with ``<eos>``), which makes the set of
     completions small enough to enumerate exactly (``validate.EnumeratedLM``).
+
+    ``sampling`` is the law of :meth:`sample` over the same set of problems: ``"uniform"``
+    (every problem equally likely) or ``"digits"`` (each operand's number of digits uniform over
+    ``1 .. len(str(max_operand))``, then the operand uniform among the numbers of that many
+    digits, ``0-9`` counting as one digit; the operator uniform over ``ops``). ``"digits"`` gives
+    short and long operands equal weight, so answer (completion) lengths vary much more than
+    under ``"uniform"``, where most operands have the most digits.
     """
 
     max_operand: int = 9
     ops: str = "+"
     max_answer: int | None = None
+    sampling: str = "uniform"
 
     def __post_init__(self):
         if self.max_operand < 0:
             raise ValueError(f"max_operand must be >= 0, got {self.max_operand}")
         if not self.ops or any(o not in "+-*" for o in self.ops):
             raise ValueError(f"ops must be a non-empty subset of '+-*', got {self.ops!r}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
         if self.max_answer is not None and not self.all_problems():
             raise ValueError(f"no problem has an answer <= max_answer={self.max_answer}")
 
@@ -151,11 +165,27 @@ class ArithmeticTask:
         return out
 
     def sample(self, n: int, rng: np.random.Generator) -> list[Problem]:
-        """``n`` i.i.d. problems, uniform over :meth:`all_problems` (so prompts are i.i.d., T7)."""
+        """``n`` i.i.d. problems of :meth:`all_problems` (so prompts are i.i.d., T7), uniform or
+        digit-balanced (``sampling``); digit-balanced draws outside ``max_answer`` are redrawn."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        pool = self.all_problems()
-        return [pool[i] for i in rng.integers(0, len(pool), size=n)]
+        if self.sampling == "uniform":
+            pool = self.all_problems()
+            return [pool[i] for i in rng.integers(0, len(pool), size=n)]
+        out = []
+        while len(out) < n:
+            a, b = self._digit_balanced_operand(rng), self._digit_balanced_operand(rng)
+            op = self.ops[int(rng.integers(0, len(self.ops)))]
+            v = self._apply(a, op, b)
+            if self.max_answer is None or v <= self.max_answer:
+                out.append(Problem(f"{a}{op}{b}=", str(v)))
+        return out
+
+    def _digit_balanced_operand(self, rng: np.random.Generator) -> int:
+        """An operand whose digit count is uniform over ``1 .. len(str(max_operand))``."""
+        d = int(rng.integers(1, len(str(self.max_operand)) + 1))
+        lo = 0 if d == 1 else 10 ** (d - 1)
+        return int(rng.integers(lo, min(10 ** d - 1, self.max_operand) + 1))
 
     @property
     def max_answer_chars(self) -> int:

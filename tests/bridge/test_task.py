@@ -56,3 +56,23 @@ def test_bad_task_arguments():
         ArithmeticTask(ops="/")
     with pytest.raises(ValueError, match="max_answer"):
         ArithmeticTask(max_operand=3, max_answer=-100)
+
+
+def test_digit_balanced_sampling_weights_short_and_long_operands_equally():
+    """``sampling="digits"``: the first operand has one digit with probability 1/2 (two-digit
+    operands up to 99), against 10/100 under ``"uniform"`` (negative control). Threshold: a
+    binomial z of 5 (false-failure rate below 1e-6) on n = 4000 draws, i.e. |p̂ − 1/2| < 0.04."""
+    n, z = 4000, 5.0
+    digits = ArithmeticTask(max_operand=99, sampling="digits")
+    probs = digits.sample(n, np.random.default_rng(0))
+    one_digit = np.mean([len(p.prompt.split("+")[0]) == 1 for p in probs])
+    assert abs(one_digit - 0.5) < z * np.sqrt(0.25 / n)
+    uniform = ArithmeticTask(max_operand=99).sample(n, np.random.default_rng(0))
+    assert abs(np.mean([len(p.prompt.split("+")[0]) == 1 for p in uniform]) - 0.5) > z * np.sqrt(0.25 / n)
+    pool = set(digits.all_problems())
+    assert all(p in pool for p in probs)  # same problems, correct answers
+    assert probs == digits.sample(n, np.random.default_rng(0))  # seeded
+    capped = ArithmeticTask(max_operand=99, max_answer=50, sampling="digits").sample(200, np.random.default_rng(1))
+    assert all(int(p.answer) <= 50 for p in capped)
+    with pytest.raises(ValueError, match="sampling"):
+        ArithmeticTask(sampling="log")

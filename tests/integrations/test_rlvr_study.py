@@ -1,0 +1,122 @@
+"""The RLVR study harness (experiments/rlvr_study.py, oblr_theory.integrations.rlvr): held-out
+split, SFT refusal, the --gpu refusal, method selection, and a `smoke` run of a quick slice that
+resumes without rerunning anything (the report's statistics: tests/test_rlvr_report.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("trl")
+pytest.importorskip("datasets")
+
+import torch  # noqa: E402
+
+from oblr_theory import rlvr_report  # noqa: E402
+from oblr_theory.integrations import rlvr  # noqa: E402
+
+pytestmark = [pytest.mark.torch]
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("_rlvr_study", os.path.join(ROOT, "experiments", "rlvr_study.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_held_out_problems_are_never_training_prompts():
+    for name in rlvr.VARIANTS:
+        task = rlvr.variant_task(name)
+        ev = rlvr.held_out(task, 50, seed=3)
+        assert len(set(ev)) == 50 and ev == rlvr.held_out(task, 50, seed=3)
+        train = rlvr.TrainSampler(task, ev).sample(2000, np.random.default_rng(0))
+        assert not set(train) & set(ev)
+    with pytest.raises(ValueError, match="n_eval"):
+        rlvr.held_out(rlvr.variant_task("base"), 10_000, seed=0)
+
+
+def test_hard_variant_has_more_spread_in_answer_length():
+    rng = np.random.default_rng(0)
+    spread = {name: np.std([len(p.answer) for p in rlvr.variant_task(name).sample(2000, rng)])
+              for name in rlvr.VARIANTS}
+    assert spread["hard"] > 1.5 * spread["base"], spread
+
+
+def test_sft_refuses_when_the_band_is_not_reached(tmp_path):
+    cfg = rlvr.SFTConfig(model="quick", max_steps=2, check_every=1, n_eval=20)
+    with pytest.raises(rlvr.BandNotReached, match="max_steps=2"):
+        rlvr.sft_checkpoint(str(tmp_path), cfg)
+    assert not any(p.startswith("sft_") for p in os.listdir(tmp_path))  # nothing saved
+
+
+def test_gpu_mode_builds_its_plan_and_refuses_cleanly_without_cuda(tmp_path):
+    mod = _script()
+    plan = mod.make_plan(quick=False, gpu=True)
+    spec = rlvr.MODEL_SPECS[plan.model]
+    n = spec.num_hidden_layers * (spec.hidden_size * spec.head_dim * (2 * spec.num_attention_heads
+                                                                     + 2 * spec.num_key_value_heads)
+                                  + 3 * spec.hidden_size * spec.intermediate_size)
+    assert 20e6 <= n <= 100e6 and plan.device == "cuda"
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the refusal is for machines without one")
+    with pytest.raises(SystemExit, match="CUDA"):
+        mod.main(["run", "--gpu", "--out", str(tmp_path)])
+
+
+def test_only_and_chunk_partition_the_methods():
+    mod = _script()
+    methods = mod.Plan().methods()
+    assert len(methods) == 2 * 7 * 3 * 2
+    sel = mod.select(methods, ["estimator=grpo,rloo", "rule=snr"], None)
+    assert {m["estimator"] for m in sel} == {"grpo", "rloo"} and {m["rule"] for m in sel} == {"snr"}
+    chunks = [mod.select(methods, [], f"{i}/5") for i in range(5)]
+    assert sorted(map(mod.method_name, sum(chunks, []))) == sorted(map(mod.method_name, methods))
+    with pytest.raises(SystemExit, match="--only"):
+        mod.select(methods, ["colour=red"], None)
+    with pytest.raises(SystemExit, match="--chunk"):
+        mod.select(methods, [], "5/5")
+
+
+@pytest.mark.slow
+def test_smoke_quick_slice_runs_resumes_and_reports(tmp_path):
+    """A quick slice end to end (SFT to the band, two constant-rate methods), the same command
+    again (every unit is reused, nothing reruns), then the local rule: a skipped cell with AdamW
+    (refused by OBLRPOTrainer, with its reason), a run with SGD."""
+    mod = _script()
+    out = str(tmp_path / "study")
+    argv = ["run", "--quick", "--out", out, "--no-progress", "--only", "estimator=grpo,optimal_loo",
+            "--only", "rule=constant", "--only", "optim=adamw_torch"]
+    assert mod.main(argv) == 0
+    units = sorted(os.listdir(os.path.join(out, "units")))
+    assert len(units) == 2 * (2 + 2)  # 2 methods x (2 grid rates x 1 tuning seed + 2 evaluation seeds)
+    (ckpt,) = [d for d in os.listdir(os.path.join(out, "checkpoints")) if d.startswith("sft_")]
+    files = os.listdir(os.path.join(out, "checkpoints", ckpt))
+    assert "model.safetensors" in files and "tokenizer.json" in files
+    sft = json.load(open(os.path.join(out, "checkpoints", ckpt, "sft.json")))
+    assert 0.3 <= sft["acc_greedy"] <= 0.6
+    rows = rlvr_report.load_rows(out)
+    assert all(r["git_rev"] and r["config"]["run"]["lr"] == r["lr"] for r in rows)
+    eval_rows = [r for r in rows if r["phase"] == "eval"]
+    assert sorted({r["step"] for r in eval_rows}) == [0, 2, 4]
+    assert all(0.0 <= r["acc_sampled"] <= 1.0 and "oblrpo/S_mean" in r["train_log"] for r in eval_rows if r["step"])
+    mtimes = {u: os.path.getmtime(os.path.join(out, "units", u)) for u in units}
+    assert mod.main(argv) == 0
+    assert {u: os.path.getmtime(os.path.join(out, "units", u)) for u in units} == mtimes  # nothing reran
+    assert mod.main(["run", "--quick", "--out", out, "--no-progress", "--only", "estimator=grpo",
+                     "--only", "rule=local"]) == 0
+    tuning = {t["method"]: t for t in rlvr_report.load_tuning(out)}
+    refused = tuning["base/grpo/local/adamw_torch"]  # OBLRPOTrainer refuses the local rule with AdamW
+    assert refused["status"] == "skipped" and "local" in refused["reason"]
+    assert tuning["base/grpo/local/sgd"]["status"] == "done"
+    assert mod.main(["report", "--out", out, "--n-boot", "200"]) == 0
+    rep = json.load(open(os.path.join(out, "report.json")))
+    assert set(rep["edge_tuned"]) >= {"base/grpo/constant/adamw_torch"}  # two grid points: always an edge
