@@ -103,11 +103,14 @@ def _paired(a: dict, b: dict, metric: str, n_boot: int, seed: int) -> dict | Non
     common = sorted(set(a) & set(b))
     if len(common) < 2:
         return None
-    ci = rs.paired_bootstrap([a[s][metric] for s in common], [b[s][metric] for s in common], n_boot=n_boot,
-                             seed=seed)
+    x, y = [a[s][metric] for s in common], [b[s][metric] for s in common]
+    ci = rs.paired_bootstrap(x, y, n_boot=n_boot, seed=seed)
+    t = rs.paired_t(x, y)
+    words = {"x > y": "wins", "x < y": "loses", "tie": "tie"}
     return {"mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n, "level": ci.level,
-            "verdict": ({"x > y": "wins", "x < y": "loses", "tie": "tie"}[ci.verdict] if ci.n >= MIN_PAIRS
-                        else f"no verdict (n < {MIN_PAIRS})")}
+            "verdict": words[ci.verdict] if ci.n >= MIN_PAIRS else f"no verdict (n < {MIN_PAIRS})",
+            "t_low": t.low, "t_high": t.high,
+            "t_verdict": words[t.verdict] if t.n >= MIN_PAIRS else f"no verdict (n < {MIN_PAIRS})"}
 
 
 def summarize(rows: list[dict], tuning: list[dict], n_boot: int = 10000, seed: int = 0) -> dict:
@@ -207,7 +210,8 @@ def _fmt(ms) -> str:
 def _ci(c) -> str:
     if c is None:
         return "n/a (< 2 common seeds)"
-    return f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] {c['verdict']}"
+    return (f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] {c['verdict']}; "
+            f"t [{c['t_low']:+.3f}, {c['t_high']:+.3f}] {c['t_verdict']}")
 
 
 def markdown(s: dict) -> str:
@@ -220,7 +224,8 @@ def markdown(s: dict) -> str:
                      f"{_fmt(m['final'])} | {_fmt(m['auc_greedy'])} | {m['reached']}/{m['n_seeds']} "
                      f"({m['median_steps_to_threshold']}) | {m['collapsed']}/{m['n_seeds']} | {m['wall_s'][0]:.1f} |")
     lines += ["", f"Paired differences (method − other, same seeds; {s['n_boot']} paired bootstrap resamples, seed "
-              f"{s['bootstrap_seed']}; 95% percentile intervals; 'wins'/'loses' = interval excludes 0):", "",
+              f"{s['bootstrap_seed']}; 95% percentile intervals; 'wins'/'loses' = interval excludes 0; then the 95% "
+              "Student-t interval of the same pairs, wider at small n):", "",
               "| method | against | Δ AUC sampled | Δ final sampled | Δ AUC greedy |", "|---|---|---|---|---|"]
     for p in s["paired"] + s["same_rate"]:
         cells = " | ".join(_ci(p[k]) for k in ("auc", "final", "auc_greedy"))
