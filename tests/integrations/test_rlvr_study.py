@@ -86,7 +86,6 @@ def test_only_and_chunk_partition_the_methods():
         mod.select(methods, [], "5/5")
 
 
-@pytest.mark.slow
 def test_smoke_quick_slice_runs_resumes_and_reports(tmp_path):
     """A quick slice end to end (SFT to the band, two constant-rate methods), the same command
     again (every unit is reused, nothing reruns), then the local rule: a skipped cell with AdamW
