@@ -138,6 +138,7 @@ class Study:
             print(f"SFT {variant}: held-out greedy accuracy {rec['acc_greedy']:.3f} (sampled "
                   f"{rec['acc_sampled']:.3f}) after {rec['steps']} steps, {rec['params']} parameters, "
                   f"{rec['path']}", file=sys.stderr)
+            _check_restored_sft(self.out, rec)
             self.sft[variant] = rec
         return self.sft[variant]
 
@@ -265,6 +266,50 @@ def write_rows(out: str) -> int:
     return len(rows)
 
 
+def restore_units(src: str, out: str) -> int:
+    """Unit files for ``out`` rebuilt from the saved rows of ``src`` (``rows.jsonl`` or its
+    ``.gz``): the inverse of :func:`write_rows` for finished runs, so that ``run --out OUT``
+    reuses them instead of running them again (a unit's key is the hash of its full config, SFT
+    checkpoint key included). An existing unit file is kept. The SFT figures the restored runs
+    saw are written to ``OUT/restored_sft.json``: ``run`` refuses to mix them with runs from an
+    SFT checkpoint that came out differently here. Returns the number of units written."""
+    from oblr_theory.rlvr_report import load_rows
+
+    runs: dict = {}
+    for r in load_rows(src):
+        if r.get("status") != "done":
+            continue  # skipped cells are asked again by `run` anyway
+        rec = runs.setdefault(r["key"], {**{k: r[k] for k in ("key", "phase", "method", "variant", "estimator",
+                                                              "rule", "optim", "lr", "seed", "status", "git_rev",
+                                                              "config", "sft")},
+                                         "restored_from": os.path.abspath(src), "points": []})
+        rec["points"].append({k: r[k] for k in ("step", "wall_s", "acc_greedy", "acc_sampled", "train_log")})
+    os.makedirs(os.path.join(out, "units"), exist_ok=True)
+    written, sfts = 0, {}
+    for key, rec in runs.items():
+        rec["points"].sort(key=lambda q: q["step"])
+        sfts[rec["sft"]["key"]] = rec["sft"]
+        path = os.path.join(out, "units", f"{key}.json")
+        if not os.path.exists(path):
+            write_json_atomic(path, rec)
+            written += 1
+    write_json_atomic(os.path.join(out, "restored_sft.json"), sfts)
+    return written
+
+
+def _check_restored_sft(out: str, rec: dict) -> None:
+    """Refuse an SFT checkpoint whose held-out figures differ from those the restored runs saw."""
+    path = os.path.join(out, "restored_sft.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as fh:
+        seen = json.load(fh).get(rec["key"])
+    if seen is not None and any(seen[k] != rec[k] for k in ("acc_greedy", "acc_sampled", "steps")):
+        raise SystemExit(f"the SFT checkpoint trained here ({rec['key']}: greedy {rec['acc_greedy']}, sampled "
+                         f"{rec['acc_sampled']}, {rec['steps']} steps) differs from the one the restored runs "
+                         f"used ({seen}); do not mix them: run into a fresh --out")
+
+
 def cmd_run(a) -> int:
     plan = make_plan(a.quick, a.gpu)
     if plan.device == "cuda":
@@ -323,6 +368,9 @@ def main(argv=None) -> int:
     r.add_argument("--fixed-lr", type=float, default=None,
                    help="same-rate check: run the selected methods on the evaluation seeds at this rate, untuned")
     r.add_argument("--no-progress", action="store_true")
+    rs_ = sub.add_parser("restore", help="unit files from saved rows, so that `run` resumes a committed study")
+    rs_.add_argument("--rows", required=True, help="directory holding rows.jsonl or rows.jsonl.gz")
+    rs_.add_argument("--out", required=True)
     rp = sub.add_parser("report", help="tables and paired bootstrap intervals from the saved rows")
     rp.add_argument("--out", required=True)
     rp.add_argument("--n-boot", type=int, default=10000)
@@ -330,6 +378,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.cmd == "run":
         return cmd_run(a)
+    if a.cmd == "restore":
+        n = restore_units(a.rows, a.out)
+        print(json.dumps({"out": a.out, "units_written": n}))
+        return 0
     from oblr_theory.rlvr_report import report
 
     if os.path.isdir(os.path.join(a.out, "units")):  # else: saved rows only (e.g. a committed run)

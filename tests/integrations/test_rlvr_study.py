@@ -119,3 +119,19 @@ def test_smoke_quick_slice_runs_resumes_and_reports(tmp_path):
     assert mod.main(["report", "--out", out, "--n-boot", "200"]) == 0
     rep = json.load(open(os.path.join(out, "report.json")))
     assert set(rep["edge_tuned"]) >= {"base/grpo/constant/adamw_torch"}  # two grid points: always an edge
+    # restore: a fresh --out from the saved rows alone reruns nothing (the units come back)
+    fresh = str(tmp_path / "fresh")
+    assert mod.main(["restore", "--rows", out, "--out", fresh]) == 0
+    restored = sorted(os.listdir(os.path.join(fresh, "units")))
+    assert set(units) <= set(restored)
+    mt = {u: os.path.getmtime(os.path.join(fresh, "units", u)) for u in restored}
+    assert mod.main(argv[:3] + [fresh] + argv[4:]) == 0
+    assert {u: os.path.getmtime(os.path.join(fresh, "units", u)) for u in restored} == mt
+    # negative control: restored runs that saw another SFT checkpoint are refused, not mixed
+    path = os.path.join(fresh, "restored_sft.json")
+    seen = json.load(open(path))
+    for v in seen.values():
+        v["acc_greedy"] += 0.01
+    json.dump(seen, open(path, "w"))
+    with pytest.raises(SystemExit, match="differs"):
+        mod.main(argv[:3] + [fresh] + argv[4:])
