@@ -290,7 +290,10 @@ class OBLRPOTrainer(GRPOTrainer):
         last = self.oblrpo_last
         if "ghat" not in last:
             raise RuntimeError("optimizer step before any generation: no gradient estimate yet")
-        sched = optimizer.param_groups[0]["lr"]
+        rates = {g["lr"] for g in optimizer.param_groups}
+        if len(rates) != 1:  # one step size along ĝ is what the secant divides by
+            raise ValueError(f"lr_rule='local' needs one learning rate for every parameter group, got {sorted(rates)}")
+        sched = rates.pop()
         snr = float(self.oblrpo_ema.snr) if self.oblrpo_ema.steps else 0.0
         eta = self.oblrpo_local.rate(snr, self.args.snr_factor_max * sched, self.args.snr_factor_min * sched)
         self.oblrpo_lr_factor = eta / sched

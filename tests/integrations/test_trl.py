@@ -368,3 +368,18 @@ def test_lora_single_pass_update_equals_two_pass(tmp_path):
     d_off = torch.cat([off[n].reshape(-1) for n in lora])
     assert d_off.abs().max() > 0
     assert (d_on - d_off).abs().max() <= 1e-5 * d_off.abs().max()
+
+
+def test_local_rule_refuses_parameter_groups_with_different_rates(tmp_path):
+    """The secant divides by one step size along ĝ: groups with different rates are refused."""
+    args = OBLRPOConfig(**base_kwargs(output_dir=str(tmp_path), lr_rule="local", snr_factor_min=0.05))
+    tr = OBLRPOTrainer(model=tiny_model(), reward_funcs=dense_reward, args=args,
+                       train_dataset=arithmetic_dataset(8), processing_class=char_tokenizer())
+    opt = tr.create_optimizer()
+    tr.oblrpo_last = {"ghat": torch.ones(1)}
+    opt.param_groups[0]["lr"] = 0.5 * opt.param_groups[-1]["lr"]
+    if len(opt.param_groups) == 1:  # TRL made one group: add a second with another rate
+        extra = torch.nn.Parameter(torch.zeros(1))
+        opt.add_param_group({"params": [extra], "lr": 0.3})
+    with pytest.raises(ValueError, match="one learning rate"):
+        tr._oblrpo_local_factor(opt)
