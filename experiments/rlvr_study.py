@@ -5,6 +5,8 @@
     python experiments/rlvr_study.py run --out results/rlvr --only estimator=grpo,optimal_loo --only rule=snr
     python experiments/rlvr_study.py run --gpu --out results/rlvr_gpu           # ~25M parameters, CUDA only
     python experiments/rlvr_study.py report --out results/rlvr                  # tables + paired bootstrap
+    python experiments/rlvr_study.py bridge --out results/rlvr                  # one method through the bridge's loop
+    python experiments/rlvr_study.py compare --bridge results/rlvr/bridge       # its curves against the study's
 
 Protocol (docs/study.md): a tiny Qwen3 is supervised on the arithmetic task until held-out greedy
 accuracy is inside a band (one safetensors checkpoint per variant, shared by every RL run), then
@@ -47,6 +49,11 @@ ESTIMATORS = {
     "optimal_loo_shrink": dict(estimator="optimal_loo_shrink", sq_norms_source="ghost"),
 }
 RULES = ("constant", "snr", "local")
+#: Training loops -> their subdirectory of OUT (units and rows): OBLRPOTrainer, the bridge's loop.
+LOOPS = {"trl": (), "bridge": ("bridge",)}
+#: The method the bridge loop reproduces by default, and where the full study's tuned rates are.
+BRIDGE_METHOD = "base/optimal_loo/constant/sgd"
+STUDY_ROWS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "study_runs", "full")
 OPTIMS = ("adamw_torch", "sgd")
 #: Centre of each optimizer's first tuning grid.
 GRID_CENTER = {"adamw_torch": 1.25e-4, "sgd": 0.1}
@@ -151,23 +158,32 @@ class Study:
                          groups_per_step=p.groups_per_step, snr_factor_min=p.snr_factor_min, device=p.device,
                          **ESTIMATORS[m["estimator"]])
 
-    def unit(self, m: dict, lr: float, seed: int, phase: str) -> dict:
-        """Run (or reuse) one unit; returns its record."""
-        from oblr_theory.integrations.rlvr import rl_run
+    def unit(self, m: dict, lr: float, seed: int, phase: str, loop: str = "trl") -> dict:
+        """Run (or reuse) one unit; returns its record. ``loop="trl"``: ``OBLRPOTrainer``
+        (``rl_run``), units in ``OUT/units``; ``loop="bridge"``: the bridge's own loop
+        (``bridge_run``, the same step), units in ``OUT/bridge/units``."""
+        from oblr_theory.integrations.rlvr import TRL_MAX_GRAD_NORM, bridge_run, rl_run
 
+        if loop not in LOOPS:
+            raise ValueError(f"loop={loop!r} is not one of {LOOPS}")
         sft = self.sft_record(m["variant"])
         cfg = self.run_config(m, lr, seed)
         ident = {"run": asdict(cfg), "sft_key": sft["key"], "n_eval": self.plan.n_eval,
                  "eval_seed": self.plan.eval_seed}
+        if loop == "bridge":
+            ident.update(loop="bridge", max_grad_norm=TRL_MAX_GRAD_NORM)
         key = rs.config_hash(ident)
-        path = os.path.join(self.out, "units", f"{key}.json")
+        path = os.path.join(self.out, *LOOPS[loop], "units", f"{key}.json")
         if os.path.exists(path):
             with open(path) as fh:
                 rec = json.load(fh)
             if rec["status"] == "done":  # a skipped (refused) unit is asked again: the code may support it now
                 return rec
         t = time.perf_counter()
-        res = rl_run(sft["path"], cfg, self.plan.n_eval, self.plan.eval_seed)
+        if loop == "bridge":
+            res = bridge_run(sft["path"], cfg, self.plan.n_eval, self.plan.eval_seed)
+        else:
+            res = rl_run(sft["path"], cfg, self.plan.n_eval, self.plan.eval_seed)
         rec = {"key": key, "phase": phase, "method": method_name(m), **m, "lr": float(lr), "seed": int(seed),
                "git_rev": self.rev, "config": {**ident, "plan": asdict(self.plan)},
                "sft": {k: sft[k] for k in ("key", "acc_greedy", "acc_sampled", "steps", "params")},
@@ -351,6 +367,88 @@ def cmd_run(a) -> int:
     return 0
 
 
+def parse_method(text: str) -> dict:
+    """``"variant/estimator/rule/optim"`` -> the method dict; refuses unknown parts by name."""
+    parts = text.split("/")
+    if len(parts) != 4:
+        raise SystemExit(f"--method {text!r}: expected VARIANT/ESTIMATOR/RULE/OPTIM, e.g. {BRIDGE_METHOD}")
+    m = dict(zip(("variant", "estimator", "rule", "optim"), parts))
+    from oblr_theory.integrations.rlvr import VARIANTS
+
+    for k, allowed in (("variant", tuple(VARIANTS)), ("estimator", tuple(ESTIMATORS)), ("rule", RULES),
+                       ("optim", OPTIMS)):
+        if m[k] not in allowed:
+            raise SystemExit(f"--method {text!r}: {k} {m[k]!r} is not one of {allowed}")
+    return m
+
+
+def tuned_rate(tuning_dir: str, m: dict) -> float:
+    """The tuned rate of ``m`` in ``tuning_dir`` (``<method>.json``, as ``run`` writes it); refuses
+    a missing or skipped record; warns when the rate sits on an edge of its grid."""
+    path = os.path.join(tuning_dir, method_name(m).replace("/", "__") + ".json")
+    if not os.path.exists(path):
+        raise SystemExit(f"no tuning record {path}: pass --lr, or --tuning DIR holding {method_name(m)}'s record")
+    with open(path) as fh:
+        rec = json.load(fh)
+    if rec.get("status") != "done":
+        raise SystemExit(f"{path}: {method_name(m)} was not tuned ({rec.get('reason')}); pass --lr")
+    if rec["position"] != "interior":
+        print(f"warning: {method_name(m)}'s tuned rate {rec['best_lr']} is on the {rec['position']} of its grid",
+              file=sys.stderr)
+    return float(rec["best_lr"])
+
+
+def cmd_bridge(a) -> int:
+    """``method`` on the evaluation seeds through the bridge's own loop, from the study's SFT
+    checkpoint (``OUT/checkpoints``, refused when it differs from the restored runs'), at the rate
+    ``--lr`` or the tuned one; units in ``OUT/bridge/units``, rows in ``OUT/bridge/rows.jsonl``."""
+    from oblr_theory.integrations.rlvr import bridge_step_config
+
+    plan = make_plan(a.quick, False)
+    over = {k: v for k, v in dict(steps=a.steps, eval_every=a.eval_every).items() if v is not None}
+    if a.eval_seeds is not None:
+        over["eval_seeds"] = tuple(range(a.eval_seeds))
+    plan = replace(plan, **over)
+    m = parse_method(a.method)
+    if m["variant"] not in plan.variants:
+        raise SystemExit(f"--method {a.method!r}: variant {m['variant']!r} is not in the plan's {plan.variants}")
+    lr = a.lr if a.lr is not None else tuned_rate(a.tuning, m)
+    if not lr > 0:
+        raise SystemExit(f"--lr must be > 0, got {lr}")
+    import torch
+
+    torch.set_num_threads(a.threads)
+    study = Study(plan, a.out, progress=False)
+    try:
+        bridge_step_config(study.run_config(m, lr, 0))  # refuse before any SFT work
+    except ValueError as err:
+        raise SystemExit(f"--method {a.method!r}: {err}") from None
+    os.makedirs(a.out, exist_ok=True)
+    for s in plan.eval_seeds:
+        rec = study.unit(m, lr, s, "bridge", loop="bridge")
+        auc = score(rec)
+        print(f"bridge {method_name(m)} lr={lr:g} seed={s}: sampled-accuracy AUC {auc:.4f}", file=sys.stderr)
+    bdir = os.path.join(a.out, *LOOPS["bridge"])
+    n = write_rows(bdir)
+    print(json.dumps({"out": bdir, "method": method_name(m), "lr": lr, "seeds": len(plan.eval_seeds), "rows": n}))
+    return 0
+
+
+def cmd_compare(a) -> int:
+    """The bridge loop's curves against the study's TRL curves of the same method (Welch, unpaired):
+    ``OUT/compare.json`` and ``OUT/compare.md`` next to the bridge rows."""
+    from oblr_theory.rlvr_report import bridge_comparison, bridge_markdown, load_rows
+
+    m = method_name(parse_method(a.method))
+    res = bridge_comparison(load_rows(a.study), load_rows(a.bridge), m, alpha=a.alpha, power=a.power)
+    md = bridge_markdown(res)
+    write_json_atomic(os.path.join(a.bridge, "compare.json"), res)
+    with open(os.path.join(a.bridge, "compare.md"), "w") as fh:
+        fh.write(md)
+    print(md)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -375,9 +473,29 @@ def main(argv=None) -> int:
     rp.add_argument("--out", required=True)
     rp.add_argument("--n-boot", type=int, default=10000)
     rp.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    b = sub.add_parser("bridge", help="one method on the evaluation seeds through the bridge's own loop")
+    b.add_argument("--out", required=True, help="the study's OUT (its SFT checkpoint); rows go to OUT/bridge")
+    b.add_argument("--method", default=BRIDGE_METHOD, metavar="VARIANT/ESTIMATOR/RULE/OPTIM")
+    b.add_argument("--lr", type=float, default=None, help="rate (default: the method's tuned rate in --tuning)")
+    b.add_argument("--tuning", default=os.path.join(STUDY_ROWS, "tuning"), help="directory of tuning records")
+    b.add_argument("--quick", action="store_true", help="the quick plan's model, steps and seeds (smoke)")
+    b.add_argument("--steps", type=int, default=None)
+    b.add_argument("--eval-every", type=int, default=None)
+    b.add_argument("--eval-seeds", type=int, default=None, help="evaluation seeds 0..N-1")
+    b.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    c = sub.add_parser("compare", help="the bridge loop's curves against the study's TRL curves (Welch)")
+    c.add_argument("--bridge", required=True, help="directory of the bridge rows (OUT/bridge)")
+    c.add_argument("--study", default=STUDY_ROWS, help="directory of the study's rows")
+    c.add_argument("--method", default=BRIDGE_METHOD, metavar="VARIANT/ESTIMATOR/RULE/OPTIM")
+    c.add_argument("--alpha", type=float, default=0.05, help="family-wise level (Bonferroni)")
+    c.add_argument("--power", type=float, default=0.8, help="power of the minimum detectable effect")
     a = ap.parse_args(argv)
     if a.cmd == "run":
         return cmd_run(a)
+    if a.cmd == "bridge":
+        return cmd_bridge(a)
+    if a.cmd == "compare":
+        return cmd_compare(a)
     if a.cmd == "restore":
         n = restore_units(a.rows, a.out)
         print(json.dumps({"out": a.out, "units_written": n}))

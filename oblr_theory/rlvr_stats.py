@@ -1,7 +1,9 @@
 """Statistics of the RLVR study (``experiments/rlvr_study.py``): curve summaries, the collapse
-flag, rate tuning on a geometric grid with an interior check, and paired bootstrap intervals.
+flag, rate tuning on a geometric grid with an interior check, paired bootstrap intervals, and the
+unpaired comparison of two sets of runs' curves (Welch intervals with their minimum detectable
+effect, Bonferroni over the family).
 
-Numpy only (the study's torch side lives in :mod:`oblr_theory.integrations.rlvr`). Every function
+Numpy (and scipy.stats for t quantiles) only (the study's torch side lives in :mod:`oblr_theory.integrations.rlvr`). Every function
 is pure; randomness enters as a seed for ``numpy.random.default_rng``.
 """
 
@@ -14,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["config_hash", "area_under_curve", "steps_to_threshold", "collapsed", "paired_bootstrap",
-           "paired_t", "PairedInterval", "geometric_grid", "grid_position", "pick_rate", "extend_grid"]
+           "paired_t", "PairedInterval", "geometric_grid", "grid_position", "pick_rate", "extend_grid",
+           "WelchInterval", "welch_interval", "welch_power", "welch_mde", "CurveComparison", "compare_curves"]
 
 
 def config_hash(config: dict) -> str:
@@ -154,3 +157,143 @@ def extend_grid(grid, position: str, factor: float) -> list[float]:
     if position == "interior":
         return g
     raise ValueError(f"position must be interior/low_edge/high_edge, got {position!r}")
+
+
+# ------------------------------------------------------------------ unpaired: two sets of runs
+@dataclass(frozen=True)
+class WelchInterval:
+    """``mean(x) − mean(y)`` of two independent samples, its Welch interval ``[low, high]`` at
+    ``level``, the standard error ``se`` and the Welch–Satterthwaite degrees of freedom ``df``."""
+
+    mean: float
+    low: float
+    high: float
+    se: float
+    df: float
+    n_x: int
+    n_y: int
+    level: float
+
+    @property
+    def covers_zero(self) -> bool:
+        return self.low <= 0.0 <= self.high
+
+
+def _two_samples(x, y) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.ndim != 1 or y.ndim != 1 or x.size < 2 or y.size < 2:
+        raise ValueError(f"x and y must be 1-D with >= 2 values each, got shapes {x.shape}, {y.shape}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("x and y must be finite")
+    return x, y
+
+
+def _welch_se_df(var_x: float, var_y: float, n_x: int, n_y: int) -> tuple[float, float]:
+    """``se = √(v_x/n_x + v_y/n_y)`` and ``df = se⁴ / ((v_x/n_x)²/(n_x−1) + (v_y/n_y)²/(n_y−1))``
+    (Welch–Satterthwaite); refuses ``se = 0`` (both samples constant: no t statistic exists)."""
+    a, b = var_x / n_x, var_y / n_y
+    se2 = a + b
+    if not se2 > 0:
+        raise ValueError("both samples have zero variance: the Welch interval is undefined "
+                         "(compare the values directly)")
+    return float(np.sqrt(se2)), float(se2 ** 2 / (a ** 2 / (n_x - 1) + b ** 2 / (n_y - 1)))
+
+
+def welch_interval(x, y, level: float = 0.95) -> WelchInterval:
+    """Welch's interval of ``mean(x) − mean(y)`` for independent samples with unequal variances:
+    ``d̄ ± t_{df, (1+level)/2} · se``, ``se`` and ``df`` of :func:`_welch_se_df` (sample variances,
+    Bessel-corrected). Valid only if the values are independent and roughly normal within each
+    sample. Needs ``n >= 2`` finite values in each and a positive ``se``."""
+    from scipy import stats
+
+    x, y = _two_samples(x, y)
+    if not 0 < level < 1:
+        raise ValueError(f"need 0 < level < 1, got {level!r}")
+    se, df = _welch_se_df(float(x.var(ddof=1)), float(y.var(ddof=1)), x.size, y.size)
+    m = float(x.mean() - y.mean())
+    half = float(stats.t.ppf((1 + level) / 2, df)) * se
+    return WelchInterval(m, m - half, m + half, se, df, int(x.size), int(y.size), float(level))
+
+
+def welch_power(delta: float, sd_x: float, sd_y: float, n_x: int, n_y: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided level-``alpha`` Welch test against a true difference ``delta``:
+    ``P(|T| > t_{df, 1−α/2})`` with ``T`` noncentral t (``df``, noncentrality ``delta/se``),
+    ``se`` and ``df`` from the standard deviations ``sd_x``, ``sd_y`` as in :func:`_welch_se_df`."""
+    from scipy import stats
+
+    if not 0 < alpha < 1:
+        raise ValueError(f"need 0 < alpha < 1, got {alpha!r}")
+    if n_x < 2 or n_y < 2 or sd_x < 0 or sd_y < 0:
+        raise ValueError(f"need n_x, n_y >= 2 and sd_x, sd_y >= 0, got {n_x}, {n_y}, {sd_x}, {sd_y}")
+    se, df = _welch_se_df(sd_x ** 2, sd_y ** 2, n_x, n_y)
+    c = float(stats.t.ppf(1 - alpha / 2, df))
+    nc = abs(float(delta)) / se
+    return float(stats.nct.sf(c, df, nc) + stats.nct.cdf(-c, df, nc))
+
+
+def welch_mde(sd_x: float, sd_y: float, n_x: int, n_y: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Minimum detectable effect: the smallest ``|delta|`` at which :func:`welch_power` reaches
+    ``power`` (root of a monotone function of ``|delta|``; about ``(t_{1−α/2} + t_{power}) · se``)."""
+    from scipy import optimize
+
+    if not alpha < power < 1:
+        raise ValueError(f"need alpha < power < 1, got alpha={alpha!r}, power={power!r}")
+    se, _ = _welch_se_df(sd_x ** 2, sd_y ** 2, n_x, n_y)
+    f = lambda d: welch_power(d, sd_x, sd_y, n_x, n_y, alpha) - power  # noqa: E731
+    hi = se
+    while f(hi) < 0:
+        hi *= 2
+    return float(optimize.brentq(f, 0.0, hi, xtol=1e-12 * se, rtol=1e-10))
+
+
+@dataclass(frozen=True)
+class CurveComparison:
+    """Two sets of runs compared point by point and by a summary (e.g. the AUC).
+
+    ``tests``: label -> :class:`WelchInterval` at the Bonferroni level ``1 − alpha/len(tests)``;
+    ``mde``: label -> the minimum detectable effect of that test at ``power``; ``constant``:
+    label -> (x value, y value) for points where both sets are constant (e.g. every run's step 0
+    from one checkpoint), compared exactly and left out of the family."""
+
+    tests: dict
+    mde: dict
+    constant: dict
+    alpha: float
+    power: float
+
+    @property
+    def family(self) -> int:
+        return len(self.tests)
+
+    @property
+    def verdict(self) -> str:
+        """``"same curve"`` when every interval covers 0 and every constant point agrees,
+        ``"differs"`` otherwise."""
+        same = all(t.covers_zero for t in self.tests.values()) and \
+            all(a == b for a, b in self.constant.values())
+        return "same curve" if same else "differs"
+
+
+def compare_curves(x: dict, y: dict, alpha: float = 0.05, power: float = 0.8) -> CurveComparison:
+    """Compare ``x`` and ``y`` (label -> values over runs; the same labels, e.g. the evaluation
+    steps and ``"auc"``) with :func:`welch_interval` at level ``1 − alpha/k`` (Bonferroni over the
+    ``k`` labels where either set varies) and :func:`welch_mde` at ``alpha/k`` and ``power``;
+    labels where both sets are constant go to ``constant`` (an exact comparison). The family-wise
+    error of the verdict "differs" is at most ``alpha`` when every label's values are as
+    :func:`welch_interval` assumes."""
+    if set(x) != set(y) or not x:
+        raise ValueError(f"x and y must have the same non-empty labels, got {sorted(x, key=str)} and {sorted(y, key=str)}")
+    const, varying = {}, []
+    for k in x:
+        a, b = _two_samples(x[k], y[k])
+        if np.ptp(a) == 0 and np.ptp(b) == 0:
+            const[k] = (float(a[0]), float(b[0]))
+        else:
+            varying.append(k)
+    alpha_k = alpha / max(len(varying), 1)
+    tests, mde = {}, {}
+    for k in varying:
+        a, b = _two_samples(x[k], y[k])
+        tests[k] = welch_interval(a, b, level=1 - alpha_k)
+        mde[k] = welch_mde(float(a.std(ddof=1)), float(b.std(ddof=1)), a.size, b.size, alpha_k, power)
+    return CurveComparison(tests, mde, const, float(alpha), float(power))

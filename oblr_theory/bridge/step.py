@@ -178,6 +178,10 @@ class OBLRPO:
         self.forward_model = forward_model if forward_model is not None else model
         self.estimator = estimators.get(config.estimator, aggregation=config.aggregation,
                                         **config.estimator_params)
+        if self.estimator.batch_coupled and reduce is not None:
+            raise ValueError(f"estimator {config.estimator!r} with aggregation={config.aggregation!r} couples the "
+                             "groups of a batch (e.g. one token count over the batch), but under data parallelism "
+                             "each rank sees only its own groups; use a per-group aggregation")
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("model has no parameter with requires_grad")
@@ -244,13 +248,16 @@ class OBLRPO:
     def advantages(self, rollout: Rollout, S_bg: torch.Tensor | None,
                    check_values: bool = True) -> torch.Tensor:
         """``A = f(r, S, ℓ)`` from the registry, float64, on the rollout's device
-        (``check_values``: see ``Estimator.advantages``)."""
+        (``check_values``: see ``Estimator.advantages``). A batch-coupled estimator (e.g.
+        ``aggregation="batch-token-mean"``: ``A_bj · BG / Σ_{b,k} ℓ_bk``) couples the rollout's
+        ``B`` groups (axis 0)."""
         r = rollout.rewards_bg.to(torch.float64)
         ell = rollout.lengths_bg.to(torch.float64)
         S = S_bg.to(torch.float64) if S_bg is not None else None
         return self.estimator.advantages(r, sq_norms=S if "sq_norms" in self.estimator.needs else None,
                                          lengths=ell if "lengths" in self.estimator.needs else None,
-                                         check_values=check_values)
+                                         check_values=check_values,
+                                         batch_axis=0 if self.estimator.batch_coupled else None)
 
     def _grad_sq_norm(self) -> torch.Tensor:
         return grad_sq_norm(self.params)
@@ -376,23 +383,30 @@ class OBLRPO:
 
 
 def train(model, tokenizer, task: ArithmeticTask, config: StepConfig, steps: int, batch_size: int,
-          group_size: int, max_new_tokens: int, seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
+          group_size: int, max_new_tokens: int, seed: int = 0, progress: bool = False, *,
+          sampler=None, callback=None) -> list[dict[str, Any]]:
     """A short OBLR-PO run: ``steps`` updates on fresh i.i.d. prompts; one diagnostics row each.
 
-    Seeds (prompts and generation) come from ``SeedSequence(seed).spawn``.
+    Seeds (prompts and generation) come from ``SeedSequence(seed).spawn``. ``sampler`` (an object
+    with ``sample(n, rng) -> problems``, default ``task``) draws each update's prompts, e.g. the
+    task's law with held-out problems removed; ``callback(done, row)``, if given, runs after
+    each update with the number of updates done and that update's row (evaluation hooks).
     """
     from tqdm.auto import tqdm
 
     algo = OBLRPO(model, config)
     tok = as_task_tokenizer(tokenizer)
+    draw = task if sampler is None else sampler
     rows = []
     children = np.random.SeedSequence(seed).spawn(steps)
     for t in tqdm(range(steps), desc=f"train {config.estimator}", disable=not progress):
         rng = np.random.default_rng(children[t])
-        problems = task.sample(batch_size, rng)
+        problems = draw.sample(batch_size, rng)
         roll = sample_rollout(model, tok, task, problems, group_size, max_new_tokens,
                               seed=int(rng.integers(2**31)))
         model.train()
         rows.append({"step": t, **algo.update(roll).asdict()})
+        if callback is not None:
+            callback(t + 1, rows[-1])
     model.eval()
     return rows

@@ -31,8 +31,8 @@ from ..bridge.task import ArithmeticTask, CharTokenizer, Problem
 from ..rlvr_stats import config_hash
 
 __all__ = ["VARIANTS", "variant_task", "held_out", "TrainSampler", "greedy_accuracy", "evaluate",
-           "SFTConfig", "sft_checkpoint", "load_checkpoint", "RunConfig", "rl_run", "MODEL_SPECS",
-           "BandNotReached"]
+           "SFTConfig", "sft_checkpoint", "load_checkpoint", "RunConfig", "rl_run", "bridge_step_config",
+           "bridge_run", "MODEL_SPECS", "BandNotReached", "TRL_MAX_GRAD_NORM"]
 
 #: The task variants: ``base`` (operands 0-19, answers of 1-2 digits) and ``hard`` (operands of 1
 #: or 2 digits with equal probability, answers of 1-3 digits: completion lengths vary more).
@@ -277,12 +277,12 @@ class _EvalCallback:
         self.eval_s += time.perf_counter() - t
 
 
-def _window_means(log_history, lo: int, hi: int) -> dict:
-    """Mean of every numeric per-step metric TRL logged over the optimizer steps ``lo < step <= hi``
-    (entries with a ``reward``: the training summary entry is left out)."""
+def _window_means(log_history, lo: int, hi: int, marker: str = "reward") -> dict:
+    """Mean of every numeric per-step metric logged over the optimizer steps ``lo < step <= hi``
+    (entries holding ``marker``: TRL's training summary entry, which has no ``reward``, is left out)."""
     acc: dict = {}
     for h in log_history:
-        if "reward" in h and lo < h.get("step", -1) <= hi:
+        if marker in h and lo < h.get("step", -1) <= hi:
             for k, v in h.items():
                 if k != "step" and isinstance(v, (int, float)) and np.isfinite(v):
                     acc.setdefault(k, []).append(float(v))
@@ -338,5 +338,78 @@ def rl_run(ckpt_path: str, cfg: RunConfig, n_eval: int, eval_seed: int) -> dict:
     prev = 0
     for pt in ev.points:
         pt["train_log"] = _window_means(hist, prev, pt["step"]) if pt["step"] else {}
+        prev = pt["step"]
+    return {"status": "done", "points": ev.points}
+
+
+# ------------------------------------------------------------------- the bridge's own loop
+#: ``GRPOConfig.max_grad_norm``'s default, which the study's TRL runs keep (``cpu_config_kwargs``
+#: does not set it): the whole gradient is clipped to this norm before every step.
+TRL_MAX_GRAD_NORM = 1.0
+#: TRL's ``optim`` names -> the bridge's ``StepConfig.optimizer`` (the same torch optimizers, with
+#: torch's defaults, as TRL builds them; weight decay 0 in both).
+_BRIDGE_OPTIMS = {"sgd": "sgd", "adamw_torch": "adamw"}
+_BRIDGE_SQ_NORMS = {"ghost": "ghost", "logit": "logit", "length": "length"}
+
+
+def bridge_step_config(cfg: RunConfig, max_grad_norm: float | None = TRL_MAX_GRAD_NORM):
+    """The bridge's :class:`~oblr_theory.bridge.step.StepConfig` that takes the same step as the
+    study's TRL run of ``cfg`` (``loss_type="dapo"``, ``beta = 0``, one step per generation):
+
+    TRL's dapo loss has the gradient ``−(1/N) Σ_bj A_bj s_bj`` with ``N = Σ_bj ℓ_bj`` the
+    generation batch's completion tokens; the bridge's surrogate has ``−(1/(BG)) Σ_bj A'_bj s_bj``,
+    and ``aggregation="batch-token-mean"`` sets ``A'_bj = A_bj · BG/N``: the same gradient. Then
+    ``clip_grad_norm_(max_grad_norm)`` and a step at the constant rate ``cfg.lr`` in both.
+
+    Only ``lr_rule="constant"``: the trainer's ``snr`` and ``local`` rules (EMA updated only on
+    informative batches, the factor floor, secant curvature) are not the bridge's ``snr`` rule.
+    """
+    from ..bridge.step import StepConfig
+
+    if cfg.lr_rule != "constant":
+        raise ValueError(f"lr_rule={cfg.lr_rule!r}: the bridge loop runs the study's lr_rule='constant' only "
+                         "(its 'snr' rule is not OBLRPOTrainer's snr/local rule); pick a constant-rule method")
+    if cfg.optim not in _BRIDGE_OPTIMS:
+        raise ValueError(f"optim={cfg.optim!r} is not one of {sorted(_BRIDGE_OPTIMS)}")
+    if cfg.sq_norms_source not in _BRIDGE_SQ_NORMS:
+        raise ValueError(f"sq_norms_source={cfg.sq_norms_source!r} is not one of {sorted(_BRIDGE_SQ_NORMS)}")
+    return StepConfig(estimator=cfg.estimator, estimator_params=dict(cfg.estimator_params or {}),
+                      aggregation="batch-token-mean", sq_norms=_BRIDGE_SQ_NORMS[cfg.sq_norms_source],
+                      lr_rule="constant", eta_max=float(cfg.lr), optimizer=_BRIDGE_OPTIMS[cfg.optim],
+                      weight_decay=0.0, max_grad_norm=max_grad_norm)
+
+
+def bridge_run(ckpt_path: str, cfg: RunConfig, n_eval: int, eval_seed: int,
+               max_grad_norm: float | None = TRL_MAX_GRAD_NORM) -> dict:
+    """:func:`rl_run`'s run through the bridge's own loop (:func:`oblr_theory.bridge.step.train`:
+    ``sample_rollout`` + ``OBLRPO.update``) instead of ``OBLRPOTrainer``: the same checkpoint,
+    training law (held-out problems excluded), group shape, steps, step
+    (:func:`bridge_step_config`) and evaluation points. Its random streams differ from TRL's
+    (``SeedSequence(cfg.seed)`` draws the prompts and the sampling seeds), so its runs are not
+    paired with the study's. Returns ``{"status": "done", "points": [...]}`` as :func:`rl_run`,
+    with the means of the bridge's per-update diagnostics (``StepDiagnostics``) as ``train_log``."""
+    from ..bridge.step import train
+
+    step_cfg = bridge_step_config(cfg, max_grad_norm)
+    task, tok = variant_task(cfg.variant), CharTokenizer()
+    problems = held_out(task, n_eval, eval_seed)
+    max_new = task.max_answer_chars + 1
+    model = load_checkpoint(ckpt_path, cfg.device)
+    ev = _EvalCallback(lambda: evaluate(model, tok, problems, max_new), cfg.eval_every, cfg.steps)
+    ev.record(0)
+    log: list = []
+
+    def after(done: int, row: dict) -> None:
+        log.append({**row, "step": done})
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            ev.record(done)
+
+    ev.t0, ev.eval_s = time.perf_counter(), 0.0  # training wall time from here, evaluation excluded
+    train(model, tok, task, step_cfg, steps=cfg.steps, batch_size=cfg.groups_per_step,
+          group_size=cfg.num_generations, max_new_tokens=max_new, seed=cfg.seed,
+          sampler=TrainSampler(task, problems), callback=after)
+    prev = 0
+    for pt in ev.points:
+        pt["train_log"] = _window_means(log, prev, pt["step"], marker="reward_mean") if pt["step"] else {}
         prev = pt["step"]
     return {"status": "done", "points": ev.points}
