@@ -22,8 +22,8 @@ import numpy as np
 
 from . import rlvr_stats as rs
 
-__all__ = ["MIN_PAIRS", "THRESHOLD_GAIN", "DIAGNOSTICS", "REFERENCE", "load_rows", "load_tuning", "runs_of",
-           "run_summary", "summarize", "markdown", "report"]
+__all__ = ["MIN_PAIRS", "THRESHOLD_GAIN", "DIAGNOSTICS", "REFERENCE", "BRIDGE_LOGS", "load_rows", "load_tuning",
+           "runs_of", "run_summary", "summarize", "markdown", "report", "bridge_comparison", "bridge_markdown"]
 
 #: The estimator every other one is compared with (same variant, rule, optimizer and seeds).
 REFERENCE = "grpo"
@@ -35,6 +35,11 @@ THRESHOLD_GAIN = 0.05
 #: Logged metrics averaged per method (means over all windows of all evaluation runs).
 DIAGNOSTICS = ("oblrpo/corr_S_length", "oblrpo/b_star_minus_mean_abs", "oblrpo/lr_factor", "oblrpo/snr_ema",
                "oblrpo/kappa", "oblrpo/noise_var_hat", "oblrpo/grad_sq_norm_hat", "entropy", "completions/mean_length")
+
+
+#: The same quantity in the bridge loop's diagnostics and in TRL's logs (bridge name, TRL name):
+#: the gradient norm before clipping, the mean reward, the mean completion length.
+BRIDGE_LOGS = (("grad_norm", "grad_norm"), ("reward_mean", "reward"), ("length_mean", "completions/mean_length"))
 
 
 def load_rows(out: str) -> list[dict]:
@@ -258,3 +263,90 @@ def report(out: str, n_boot: int = 10000, seed: int = 0) -> str:
     with open(os.path.join(out, "report.md"), "w") as fh:
         fh.write(md)
     return md
+
+
+# ------------------------------------------------------------ the bridge loop against the study
+def _curve_tests(runs_x: list, runs_y: list, key: str, alpha: float, power: float) -> dict:
+    """:func:`~oblr_theory.rlvr_stats.compare_curves` of ``key`` (``acc_sampled`` / ``acc_greedy``)
+    at every evaluation step and for its AUC, as a JSON-ready dict (x − y per label)."""
+    steps = runs_x[0]["steps"]
+    if any(r["steps"] != steps for r in runs_x + runs_y):
+        raise ValueError(f"the runs are not evaluated at the same steps (first: {steps})")
+    lab = lambda r: {**{str(s): v for s, v in zip(r["steps"], r[key])},  # noqa: E731
+                     "auc": rs.area_under_curve(r["steps"], r[key])}
+    x, y = [lab(r) for r in runs_x], [lab(r) for r in runs_y]
+    cmp = rs.compare_curves({k: [d[k] for d in x] for k in x[0]}, {k: [d[k] for d in y] for k in y[0]},
+                            alpha=alpha, power=power)
+    rows = []
+    for k in x[0]:
+        mx, my = _mean_se([d[k] for d in x]), _mean_se([d[k] for d in y])
+        row = {"label": k, "x": mx, "y": my}
+        if k in cmp.tests:
+            t = cmp.tests[k]
+            row |= {"diff": t.mean, "low": t.low, "high": t.high, "df": t.df, "level": t.level,
+                    "mde": cmp.mde[k], "covers_zero": t.covers_zero}
+        else:
+            row |= {"diff": mx[0] - my[0], "constant": True, "equal": cmp.constant[k][0] == cmp.constant[k][1]}
+        rows.append(row)
+    return {"rows": rows, "family": cmp.family, "alpha": alpha, "power": power, "verdict": cmp.verdict}
+
+
+def bridge_comparison(study_rows: list[dict], bridge_rows: list[dict], method: str, alpha: float = 0.05,
+                      power: float = 0.8) -> dict:
+    """The bridge loop's runs of ``method`` (phase ``bridge``, grouped by rate) against the study's
+    evaluation runs of ``method`` (phase ``eval``, TRL): independent random streams, so unpaired
+    Welch intervals per evaluation step and for the AUC, Bonferroni over the steps where the runs
+    vary and the AUC (:func:`~oblr_theory.rlvr_stats.compare_curves`), for the sampled accuracy
+    (the verdict) and the greedy accuracy (secondary). A bridge rate other than the study's is a
+    ``control``: a setting the test must call different. Also the means of the quantities both
+    loops log (:data:`BRIDGE_LOGS`) over all logged windows of all runs."""
+    study = [r for r in runs_of(study_rows, "eval").values() if r["method"] == method]
+    bridge = [r for r in runs_of(bridge_rows, "bridge").values() if r["method"] == method]
+    if len(study) < 2 or len(bridge) < 2:
+        raise ValueError(f"{method}: need >= 2 runs in each, got {len(study)} study (TRL) and {len(bridge)} bridge runs")
+    rates = sorted({r["lr"] for r in study})
+    if len(rates) != 1:
+        raise ValueError(f"{method}: the study's evaluation runs use several rates {rates}")
+    groups = []
+    for lr in sorted({r["lr"] for r in bridge}):
+        runs = sorted((r for r in bridge if r["lr"] == lr), key=lambda r: r["seed"])
+        logs = {}
+        for b_key, t_key in BRIDGE_LOGS:
+            vals = [[lg[k] for r in rr for lg in r["logs"] if k in lg] for rr, k in ((runs, b_key), (study, t_key))]
+            logs[b_key] = [float(np.mean(v)) if v else None for v in vals]
+        groups.append({"lr": lr, "role": "reproduction" if np.isclose(lr, rates[0], rtol=1e-12) else "control",
+                       "seeds": [r["seed"] for r in runs],
+                       "sampled": _curve_tests(runs, study, "acc_sampled", alpha, power),
+                       "greedy": _curve_tests(runs, study, "acc_greedy", alpha, power), "logs": logs})
+    return {"method": method, "study_lr": rates[0], "study_seeds": sorted(r["seed"] for r in study),
+            "groups": groups}
+
+
+def bridge_markdown(c: dict) -> str:
+    """:func:`bridge_comparison` as Markdown tables (bridge − TRL)."""
+    lines = [f"{c['method']}: the bridge's loop (x) against OBLRPOTrainer (y, the study's evaluation runs at "
+             f"lr {c['study_lr']:g}, seeds {c['study_seeds']}). Means ± SE over runs; differences x − y with Welch "
+             "intervals at the Bonferroni level; MDE: the difference that test detects with the stated power.", ""]
+    for g in c["groups"]:
+        for what in ("sampled", "greedy"):
+            t = g[what]
+            lines += [f"**bridge lr {g['lr']:g} ({g['role']}), {what} accuracy**: {len(g['seeds'])} bridge runs; "
+                      f"family of {t['family']} tests at level {1 - t['alpha'] / max(t['family'], 1):.4f} "
+                      f"(family-wise {1 - t['alpha']:.2f}), power {t['power']:.2f}: **{t['verdict']}**", "",
+                      "| point | bridge | TRL | bridge − TRL [interval] | MDE |", "|---|---|---|---|---|"]
+            for r in t["rows"]:
+                if r.get("constant"):
+                    cell = "identical (no spread: the same checkpoint)" if r["equal"] else "DIFFERENT constants"
+                    mde = "—"
+                else:
+                    cell = f"{r['diff']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]" + ("" if r["covers_zero"] else " **≠ 0**")
+                    mde = f"{r['mde']:.4f}"
+                lines.append(f"| {r['label']} | {_fmt4(r['x'])} | {_fmt4(r['y'])} | {cell} | {mde} |")
+            lines.append("")
+        lines += ["Logged means (bridge, TRL): " + "; ".join(
+            f"{k} {v[0]:.4g}, {v[1]:.4g}" if None not in v else f"{k} n/a" for k, v in g["logs"].items()), ""]
+    return "\n".join(lines)
+
+
+def _fmt4(ms) -> str:
+    return f"{ms[0]:.4f} ± {ms[1]:.4f}"

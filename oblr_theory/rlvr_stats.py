@@ -228,7 +228,13 @@ def welch_power(delta: float, sd_x: float, sd_y: float, n_x: int, n_y: int, alph
     se, df = _welch_se_df(sd_x ** 2, sd_y ** 2, n_x, n_y)
     c = float(stats.t.ppf(1 - alpha / 2, df))
     nc = abs(float(delta)) / se
-    return float(stats.nct.sf(c, df, nc) + stats.nct.cdf(-c, df, nc))
+    upper, lower = float(stats.nct.sf(c, df, nc)), float(stats.nct.cdf(-c, df, nc))
+    # P(T < −c) <= P(T < 0) = Φ(−nc): scipy's far tail can be NaN where that bound is negligible
+    if not np.isfinite(lower) and stats.norm.cdf(-nc) < 1e-12:
+        lower = 0.0
+    if not (np.isfinite(upper) and np.isfinite(lower)):
+        raise ValueError(f"noncentral t tail probabilities not finite (df={df}, nc={nc})")
+    return upper + lower
 
 
 def welch_mde(sd_x: float, sd_y: float, n_x: int, n_y: int, alpha: float = 0.05, power: float = 0.8) -> float:

@@ -1,5 +1,7 @@
 """The RLVR study's statistics: bootstrap intervals (coverage under the null, a planted difference
-detected), the grid-interior check (an edge-tuned rate is flagged), curve summaries, collapse."""
+detected), the grid-interior check (an edge-tuned rate is flagged), curve summaries, collapse, and
+the unpaired curve comparison (Welch intervals, their power and minimum detectable effect, the
+Bonferroni verdict: a planted difference must be called different)."""
 
 import numpy as np
 import pytest
@@ -94,3 +96,95 @@ def test_paired_t_matches_scipy_and_is_wider_than_the_bootstrap_at_small_n():
     assert rs.paired_t(y + noise + 4 * se, y).verdict == "x > y"
     with pytest.raises(ValueError):
         rs.paired_t([1.0], [2.0])
+
+
+# ------------------------------------------------------------------ unpaired: Welch and the MDE
+def test_welch_interval_matches_scipy_and_refuses_bad_input():
+    """The interval is scipy's Welch ``ttest_ind(equal_var=False)`` interval (unequal sizes and
+    variances); constant samples (no t statistic) and short or non-finite ones are refused."""
+    from scipy import stats
+
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(1.0, 1.0, size=8), rng.normal(0.0, 3.0, size=11)
+    w = rs.welch_interval(x, y, level=0.9)
+    ref = stats.ttest_ind(x, y, equal_var=False).confidence_interval(0.9)
+    assert np.allclose([w.low, w.high], [ref.low, ref.high], rtol=1e-10, atol=0)
+    assert w.mean == pytest.approx(x.mean() - y.mean(), rel=1e-14) and (w.n_x, w.n_y) == (8, 11)
+    with pytest.raises(ValueError, match="zero variance"):
+        rs.welch_interval([1.0, 1.0], [2.0, 2.0])
+    with pytest.raises(ValueError, match=">= 2"):
+        rs.welch_interval([1.0], [2.0, 3.0])
+    with pytest.raises(ValueError, match="finite"):
+        rs.welch_interval([1.0, np.inf], [2.0, 3.0])
+    with pytest.raises(ValueError, match="level"):
+        rs.welch_interval(x, y, level=1.0)
+
+
+def test_mde_has_the_stated_power():
+    """At the MDE the noncentral-t power is the stated one; for large samples the MDE tends to the
+    normal one ``(z_{1−α/2} + z_power) · se``; at n = 8 it is larger (t tails). Monte Carlo:
+    4000 seeded replicates of Welch's test on normal samples at the MDE reject in a fraction with
+    binomial standard error 0.0063; the band ±0.032 is 4 standard errors plus 0.007 for the
+    MDE's use of the population standard deviations where the test uses the sample ones."""
+    from scipy import stats
+
+    z = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)
+    mde = rs.welch_mde(1.0, 1.0, 8, 8)
+    assert rs.welch_power(mde, 1.0, 1.0, 8, 8) == pytest.approx(0.8, abs=1e-9)
+    assert mde > z * np.sqrt(2 / 8)
+    big = rs.welch_mde(1.0, 2.0, 10**6, 10**6)
+    assert big == pytest.approx(z * np.sqrt(5 / 10**6), rel=1e-4)
+    assert rs.welch_mde(1.0, 1.0, 8, 8, alpha=0.05 / 7) > mde  # a Bonferroni level needs a larger effect
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(4000, 8)) + mde, rng.normal(size=(4000, 8))
+    power = np.mean(stats.ttest_ind(x, y, axis=1, equal_var=False).pvalue < 0.05)
+    assert abs(power - 0.8) <= 0.032, power
+    assert rs.welch_power(1e3, 1.0, 1.0, 8, 8) == pytest.approx(1.0)  # far tail: no NaN
+    with pytest.raises(ValueError, match="power"):
+        rs.welch_mde(1.0, 1.0, 8, 8, power=0.01)
+
+
+def _curves(shift: float, sd: float = 0.01, n: int = 8, seed: int = 0) -> tuple[dict, dict]:
+    """Two sets of ``n`` runs' values at labels 0 (constant, the same in both), 10, 20 and ``auc``:
+    the second holds the first's values in reverse order, plus ``shift`` at every varying label
+    (so its means differ by exactly ``shift``)."""
+    rng = np.random.default_rng(seed)
+    x = {0: [0.2] * n, **{k: list(0.3 + sd * rng.normal(size=n)) for k in (10, 20, "auc")}}
+    y = {k: ([v + shift for v in x[k][::-1]] if k else list(x[k])) for k in x}
+    return x, y
+
+
+def test_compare_curves_calls_a_planted_shift_different_and_a_null_one_the_same():
+    """Null: the same values (in another order) are called the same curve; planted: a shift of
+    3 MDEs at every varying label must be called different (the case that must fail), and so
+    must constant points that disagree. The constant label (step 0) is compared exactly and left
+    out of the Bonferroni family."""
+    x, y = _curves(0.0)
+    same = rs.compare_curves(x, y)
+    assert same.verdict == "same curve" and same.family == 3 and same.constant == {0: (0.2, 0.2)}
+    assert all(t.level == pytest.approx(1 - 0.05 / 3) for t in same.tests.values())
+    mde = max(same.mde.values())
+    x, y = _curves(3 * mde)
+    diff = rs.compare_curves(x, y)
+    assert diff.verdict == "differs" and not any(t.covers_zero for t in diff.tests.values())
+    x, y = _curves(0.0)
+    y[0] = [0.25] * 8  # the constant points disagree
+    assert rs.compare_curves(x, y).verdict == "differs"
+    with pytest.raises(ValueError, match="same non-empty labels"):
+        rs.compare_curves({1: [0.0, 1.0]}, {2: [0.0, 1.0]})
+
+
+def test_compare_curves_family_wise_error_under_the_null():
+    """200 null replicates (independent normal samples of unequal spread, 8 runs each, 7 labels):
+    Bonferroni keeps the family-wise rate of "differs" at most 0.05 (about 0.049 here); binomial
+    standard error at 0.05 is 0.015, so the bound 0.10 (> 3 standard errors above) fails with
+    probability < 0.002 at the nominal rate, and catches a family left uncorrected (7 tests at
+    0.05 each: a rate of about 0.30)."""
+    rng = np.random.default_rng(6)
+    labels = list(range(7))
+    wrong = 0
+    for _ in range(200):
+        x = {k: rng.normal(size=8) for k in labels}
+        y = {k: rng.normal(scale=2.0, size=8) for k in labels}
+        wrong += rs.compare_curves(x, y).verdict == "differs"
+    assert wrong / 200 <= 0.10
