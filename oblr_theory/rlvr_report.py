@@ -288,7 +288,9 @@ def _curve_tests(runs_x: list, runs_y: list, key: str, alpha: float, power: floa
         else:
             row |= {"diff": mx[0] - my[0], "constant": True, "equal": cmp.constant[k][0] == cmp.constant[k][1]}
         rows.append(row)
-    return {"rows": rows, "family": cmp.family, "alpha": alpha, "power": power, "verdict": cmp.verdict}
+    few = min(len(runs_x), len(runs_y)) < MIN_PAIRS
+    return {"rows": rows, "family": cmp.family, "alpha": alpha, "power": power,
+            "verdict": f"no verdict (n < {MIN_PAIRS})" if few else cmp.verdict}
 
 
 def bridge_comparison(study_rows: list[dict], bridge_rows: list[dict], method: str, alpha: float = 0.05,
@@ -299,7 +301,8 @@ def bridge_comparison(study_rows: list[dict], bridge_rows: list[dict], method: s
     vary and the AUC (:func:`~oblr_theory.rlvr_stats.compare_curves`), for the sampled accuracy
     (the verdict) and the greedy accuracy (secondary). A bridge rate other than the study's is a
     ``control``: a setting the test must call different. Also the means of the quantities both
-    loops log (:data:`BRIDGE_LOGS`) over all logged windows of all runs."""
+    loops log (:data:`BRIDGE_LOGS`) over all logged windows of all runs. With fewer than
+    :data:`MIN_PAIRS` runs on either side the intervals are shown without a verdict."""
     study = [r for r in runs_of(study_rows, "eval").values() if r["method"] == method]
     bridge = [r for r in runs_of(bridge_rows, "bridge").values() if r["method"] == method]
     if len(study) < 2 or len(bridge) < 2:
