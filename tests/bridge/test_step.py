@@ -313,3 +313,43 @@ def test_update_creates_no_reference_cycles_and_restores_the_collector(model64, 
     with gc_paused():
         assert not gc.isenabled()
     assert gc.isenabled()
+
+
+def test_batch_token_mean_couples_the_rollout_groups(model64, rollout):
+    """``aggregation="batch-token-mean"`` (TRL's dapo weight): the advantages are the per-group
+    ones times ``BG / Σ_bj ℓ_bj`` over the whole rollout; refused with a data-parallel reduce
+    (a rank sees only its own groups)."""
+    plain = OBLRPO(model64, StepConfig(lr_rule="constant"))
+    coupled = OBLRPO(model64, StepConfig(lr_rule="constant", aggregation="batch-token-mean"))
+    S = plain.sq_norms_and_gram(rollout)[0]
+    ell = rollout.lengths_bg.to(torch.float64)
+    assert ell.sum(-1).unique().numel() > 1  # groups of different token totals: not a per-group weight
+    expected = plain.advantages(rollout, S) * ell.numel() / ell.sum()
+    assert torch.allclose(coupled.advantages(rollout, S), expected, rtol=8 * U64, atol=0)
+    with pytest.raises(ValueError, match="data parallelism"):
+        OBLRPO(model64, StepConfig(aggregation="batch-token-mean"), reduce=lambda t: t)
+
+
+def test_train_draws_from_the_sampler_and_calls_back_after_each_update(monkeypatch):
+    """``train(..., sampler=, callback=)``: every rollout's prompts come from the sampler (here
+    one problem only), and the callback sees updates 1..steps with their rows."""
+    import oblr_theory.bridge.step as step_mod
+
+    model = tiny_qwen3(TOK, seed=0)
+    only = TASK.all_problems()[7]
+
+    class One:
+        def sample(self, n, rng):
+            return [only] * n
+
+    seen, problems = [], []
+    real = step_mod.sample_rollout
+
+    def spy(model_, tok, task, probs, *a, **k):
+        problems.extend(probs)
+        return real(model_, tok, task, probs, *a, **k)
+
+    monkeypatch.setattr(step_mod, "sample_rollout", spy)
+    rows = train(model, TOK, TASK, StepConfig(lr_rule="constant", eta_max=0.01), steps=2, batch_size=2,
+                 group_size=2, max_new_tokens=3, sampler=One(), callback=lambda d, r: seen.append((d, r)))
+    assert problems == [only] * 4 and [d for d, _ in seen] == [1, 2] and [r for _, r in seen] == rows
