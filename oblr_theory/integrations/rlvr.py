@@ -359,7 +359,9 @@ def bridge_step_config(cfg: RunConfig, max_grad_norm: float | None = TRL_MAX_GRA
     TRL's dapo loss has the gradient ``−(1/N) Σ_bj A_bj s_bj`` with ``N = Σ_bj ℓ_bj`` the
     generation batch's completion tokens; the bridge's surrogate has ``−(1/(BG)) Σ_bj A'_bj s_bj``,
     and ``aggregation="batch-token-mean"`` sets ``A'_bj = A_bj · BG/N``: the same gradient. Then
-    ``clip_grad_norm_(max_grad_norm)`` and a step at the constant rate ``cfg.lr`` in both.
+    ``clip_grad_norm_(max_grad_norm)`` and a step at the constant rate ``cfg.lr`` in both
+    (replayed to float32 rounding for ``optimal_loo`` with exact ``S`` and SGD:
+    ``tests/integrations/test_trl_bridge_step.py``).
 
     Only ``lr_rule="constant"``: the trainer's ``snr`` and ``local`` rules (EMA updated only on
     informative batches, the factor floor, secant curvature) are not the bridge's ``snr`` rule.
