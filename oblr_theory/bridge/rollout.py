@@ -16,7 +16,7 @@ from .logprobs import sequence_logprobs
 from .task import ArithmeticTask, Problem, as_task_tokenizer
 
 __all__ = ["Rollout", "encode_prompts", "completion_masks", "sample_rollout", "sampling_config",
-           "expected_task_reward"]
+           "expected_task_reward", "answer_inputs"]
 
 
 @dataclass
@@ -130,17 +130,11 @@ def sample_rollout(model, tokenizer, task: ArithmeticTask, problems: Sequence[Pr
                    comp_nt.reshape(B, G, T), texts_bg, rewards_bg)
 
 
-@torch.no_grad()
-def expected_task_reward(model, tokenizer, problems: Sequence[Problem]) -> torch.Tensor:
-    """Exact ``J_x = π_θ(answer ⊕ <eos> | x)`` per problem, (X,) float64 (teacher forcing).
-
-    With :class:`~oblr_theory.bridge.task.CharTokenizer` a completion earns reward 1 iff it is the
-    answer's tokens followed by ``<eos>`` (a ``<pad>`` token never matches), so this is the exact
-    expected reward, provided ``max_new_tokens >= len(answer) + 1`` when sampling. With other
-    tokenizers it is a lower bound (other tokenisations of the answer also score).
-    """
+def answer_inputs(tokenizer, problems: Sequence[Problem], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each problem's prompt followed by its rewarded completion ``answer ⊕ <eos>``, as ``(X, 1, T)``
+    inputs ``(input_ids, attention, completion)`` (left padding, as in sampling; the completion
+    mask marks the answer and ``<eos>``)."""
     tok = as_task_tokenizer(tokenizer)
-    device = next(model.parameters()).device
     rows, starts = [], []
     for p in problems:
         prompt = tok.encode(p.prompt)
@@ -151,10 +145,23 @@ def expected_task_reward(model, tokenizer, problems: Sequence[Problem]) -> torch
     ids = torch.full((X, 1, T), tok.pad_token_id, dtype=torch.long, device=device)
     attn = torch.zeros((X, 1, T), dtype=torch.bool, device=device)
     comp = torch.zeros((X, 1, T), dtype=torch.bool, device=device)
-    for i, (row, s) in enumerate(zip(rows, starts)):  # left padding, as in sampling
+    for i, (row, s) in enumerate(zip(rows, starts)):
         off = T - len(row)
         ids[i, 0, off:] = torch.tensor(row, device=device)
         attn[i, 0, off:] = True
         comp[i, 0, off + s:] = True
+    return ids, attn, comp
+
+
+@torch.no_grad()
+def expected_task_reward(model, tokenizer, problems: Sequence[Problem]) -> torch.Tensor:
+    """Exact ``J_x = π_θ(answer ⊕ <eos> | x)`` per problem, (X,) float64 (teacher forcing).
+
+    With :class:`~oblr_theory.bridge.task.CharTokenizer` a completion earns reward 1 iff it is the
+    answer's tokens followed by ``<eos>`` (a ``<pad>`` token never matches), so this is the exact
+    expected reward, provided ``max_new_tokens >= len(answer) + 1`` when sampling. With other
+    tokenizers it is a lower bound (other tokenisations of the answer also score).
+    """
+    ids, attn, comp = answer_inputs(tokenizer, problems, next(model.parameters()).device)
     logp = sequence_logprobs(model, ids, attn, comp).seq_logp_bg[:, 0]
     return logp.double().exp()

@@ -250,8 +250,8 @@ class _EvalCallback:
     """Evaluates at step 0, every ``eval_every`` steps and at the end; keeps the training wall
     time (evaluation time excluded)."""
 
-    def __init__(self, fn, every: int, last: int):
-        self.fn, self.every, self.last = fn, every, last
+    def __init__(self, fn, every: int, last: int, hook=None):
+        self.fn, self.every, self.last, self.hook = fn, every, last, hook
         self.points, self.t0, self.eval_s = [], None, 0.0
 
     def make(self):
@@ -274,6 +274,8 @@ class _EvalCallback:
         t = time.perf_counter()
         wall = 0.0 if self.t0 is None else t - self.t0 - self.eval_s
         self.points.append({"step": step, "wall_s": wall, **self.fn()})
+        if self.hook is not None:
+            self.hook(step)
         self.eval_s += time.perf_counter() - t
 
 
@@ -289,7 +291,7 @@ def _window_means(log_history, lo: int, hi: int, marker: str = "reward") -> dict
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
-def rl_run(ckpt_path: str, cfg: RunConfig, n_eval: int, eval_seed: int) -> dict:
+def rl_run(ckpt_path: str, cfg: RunConfig, n_eval: int, eval_seed: int, on_eval=None) -> dict:
     """Train the SFT checkpoint with ``OBLRPOTrainer`` under ``cfg``; returns
     ``{"status": "done", "points": [...]}`` (one dict per evaluation point: step, training wall
     time, held-out accuracies, and the means of TRL's logged metrics, ``oblrpo/*`` included, over
@@ -297,7 +299,8 @@ def rl_run(ckpt_path: str, cfg: RunConfig, n_eval: int, eval_seed: int) -> dict:
     ``OBLRPOConfig`` refuses the configuration (e.g. a learning-rate rule it does not have).
 
     Common random numbers: the seed fixes the prompt order and TRL's sampling seed, the same for
-    every method.
+    every method. ``on_eval(step, model)``, when given, is called at every evaluation point (its
+    time counts as evaluation, not training), e.g. to keep snapshots of ``θ``.
     """
     from .trl import OBLRPOConfig, OBLRPOTrainer
     from .trl_task import answer_ids_reward, cpu_config_kwargs, hf_char_tokenizer
@@ -323,7 +326,8 @@ def rl_run(ckpt_path: str, cfg: RunConfig, n_eval: int, eval_seed: int) -> dict:
         model = load_checkpoint(ckpt_path, cfg.device)
         probs = TrainSampler(task, problems).sample(cfg.steps * B * 2, np.random.default_rng(cfg.seed))
         data = Dataset.from_dict({"prompt": [p.prompt for p in probs], "answer": [p.answer for p in probs]})
-        ev = _EvalCallback(lambda: evaluate(model, tok, problems, max_new), cfg.eval_every, cfg.steps)
+        hook = None if on_eval is None else (lambda step: on_eval(step, model))
+        ev = _EvalCallback(lambda: evaluate(model, tok, problems, max_new), cfg.eval_every, cfg.steps, hook)
         ev.record(0)
         try:
             trainer = OBLRPOTrainer(model=model, reward_funcs=answer_ids_reward, args=args, train_dataset=data,
