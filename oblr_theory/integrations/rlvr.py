@@ -386,14 +386,15 @@ def bridge_step_config(cfg: RunConfig, max_grad_norm: float | None = TRL_MAX_GRA
 
 
 def bridge_run(ckpt_path: str, cfg: RunConfig, n_eval: int, eval_seed: int,
-               max_grad_norm: float | None = TRL_MAX_GRAD_NORM) -> dict:
+               max_grad_norm: float | None = TRL_MAX_GRAD_NORM, on_eval=None) -> dict:
     """:func:`rl_run`'s run through the bridge's own loop (:func:`oblr_theory.bridge.step.train`:
     ``sample_rollout`` + ``OBLRPO.update``) instead of ``OBLRPOTrainer``: the same checkpoint,
     training law (held-out problems excluded), group shape, steps, step
     (:func:`bridge_step_config`) and evaluation points. Its random streams differ from TRL's
     (``SeedSequence(cfg.seed)`` draws the prompts and the sampling seeds), so its runs are not
     paired with the study's. Returns ``{"status": "done", "points": [...]}`` as :func:`rl_run`,
-    with the means of the bridge's per-update diagnostics (``StepDiagnostics``) as ``train_log``."""
+    with the means of the bridge's per-update diagnostics (``StepDiagnostics``) as ``train_log``;
+    ``on_eval(step, model)`` as in :func:`rl_run`."""
     from ..bridge.step import train
 
     step_cfg = bridge_step_config(cfg, max_grad_norm)
@@ -401,7 +402,8 @@ def bridge_run(ckpt_path: str, cfg: RunConfig, n_eval: int, eval_seed: int,
     problems = held_out(task, n_eval, eval_seed)
     max_new = task.max_answer_chars + 1
     model = load_checkpoint(ckpt_path, cfg.device)
-    ev = _EvalCallback(lambda: evaluate(model, tok, problems, max_new), cfg.eval_every, cfg.steps)
+    hook = None if on_eval is None else (lambda step: on_eval(step, model))
+    ev = _EvalCallback(lambda: evaluate(model, tok, problems, max_new), cfg.eval_every, cfg.steps, hook)
     ev.record(0)
     log: list = []
 
