@@ -49,14 +49,14 @@ ESTIMATORS = {
     "optimal_loo_shrink": dict(estimator="optimal_loo_shrink", sq_norms_source="ghost"),
 }
 RULES = ("constant", "snr", "local")
+OPTIMS = ("adamw_torch", "sgd")
+#: Centre of each optimizer's first tuning grid.
+GRID_CENTER = {"adamw_torch": 1.25e-4, "sgd": 0.1}
 #: Training loops -> their subdirectory of OUT (units and rows): OBLRPOTrainer, the bridge's loop.
 LOOPS = {"trl": (), "bridge": ("bridge",)}
 #: The method the bridge loop reproduces by default, and where the full study's tuned rates are.
 BRIDGE_METHOD = "base/optimal_loo/constant/sgd"
 STUDY_ROWS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "study_runs", "full")
-OPTIMS = ("adamw_torch", "sgd")
-#: Centre of each optimizer's first tuning grid.
-GRID_CENTER = {"adamw_torch": 1.25e-4, "sgd": 0.1}
 
 
 @dataclass(frozen=True)
@@ -373,9 +373,7 @@ def parse_method(text: str) -> dict:
     if len(parts) != 4:
         raise SystemExit(f"--method {text!r}: expected VARIANT/ESTIMATOR/RULE/OPTIM, e.g. {BRIDGE_METHOD}")
     m = dict(zip(("variant", "estimator", "rule", "optim"), parts))
-    from oblr_theory.integrations.rlvr import VARIANTS
-
-    for k, allowed in (("variant", tuple(VARIANTS)), ("estimator", tuple(ESTIMATORS)), ("rule", RULES),
+    for k, allowed in (("variant", Plan().variants), ("estimator", tuple(ESTIMATORS)), ("rule", RULES),
                        ("optim", OPTIMS)):
         if m[k] not in allowed:
             raise SystemExit(f"--method {text!r}: {k} {m[k]!r} is not one of {allowed}")
