@@ -66,6 +66,11 @@ E, X, T, S, ST, SEQ, MC, OS, DY = ("oblr_theory/estimators.py", "oblr_theory/exa
 SUR, STEP, LIN = "oblr_theory/bridge/surrogate.py", "oblr_theory/bridge/step.py", "oblr_theory/per_sample/rules/linear.py"
 TRLM, TRLP, TRLT = ("oblr_theory/integrations/_trl_math.py", "oblr_theory/integrations/_trl_pass.py",
                     "oblr_theory/integrations/trl.py")
+PROBE = "oblr_theory/integrations/rlvr_probe.py"
+#: the probes' exactness tests (objective, T2's affine closed forms, the trainer's step)
+PROBE_TESTS = ("tests/integrations/test_rlvr_probe.py::test_closed_form_affine_matches_prompt_variance",
+               "tests/integrations/test_rlvr_probe.py::test_step_scale_is_trls_dapo_step_with_clipping",
+               "tests/integrations/test_rlvr_probe.py::test_pool_objective_is_the_exact_gradient")
 #: the TRL integration's tests of the single-pass update and the local rule against TRL
 TRL_UPDATE = ("tests/integrations/test_trl.py::test_single_pass_update_equals_grpotrainer",
               "tests/integrations/test_trl.py::test_local_rule_records_the_step_it_took",
@@ -179,6 +184,16 @@ MUTANTS = (
     Mutant("trl-local-clip", TRLT, "self.oblrpo_local.stepped(eta * min(rho, 1.0))",
            "self.oblrpo_local.stepped(eta)", "T5-local: the recorded step ignores gradient clipping",
            verify=False, tests=TRL_UPDATE),
+    # ---- probes of theory along training (checked by their exactness tests)
+    Mutant("probe-affine-m_S", PROBE, "    v1 = np.asarray(theory.prompt_variance(mom(mu * S + 1.0), label, G), float)",
+           "    v1 = np.asarray(theory.prompt_variance(mom(mu * S), label, G), float)",
+           "T2 plug-in: the closed form's m_S term dropped (V_x taken at m_S = J S*)", verify=False, tests=PROBE_TESTS),
+    Mutant("probe-clip", PROBE, "        clip = min(1.0, max_grad_norm / (c * g_hat_norm + CLIP_EPS))",
+           "        clip = min(1.0, max_grad_norm / (g_hat_norm + CLIP_EPS))",
+           "T4 probe: the clipping norm taken on ĝ, not on TRL's scaled loss gradient", verify=False,
+           tests=PROBE_TESTS),
+    Mutant("probe-grad-sum", PROBE, "        J = J_x.mean()", "        J = J_x.sum()",
+           "exact objective: ∇J of the pool's sum instead of its mean", verify=False, tests=PROBE_TESTS),
 )
 
 

@@ -1,0 +1,474 @@
+"""Theory along training (T2, T4, T5, T7) at a fixed ``θ`` of an RL run on the arithmetic task.
+
+The task's reward is exact match against one completion ``y*_x = answer ⊕ <eos>``, so over a
+finite prompt pool (uniform, the training law) the objective and its gradient are exact by
+teacher forcing::
+
+    J_x = π_θ(y*_x | x),   ∇J_x = J_x s*_x,   J = mean_x J_x,   ∇J = mean_x ∇J_x,
+
+with ``s*_x = ∇ log π_θ(y*_x | x)`` and ``S*_x = ||s*_x||²``. Every per-prompt moment of T2 is then
+exact except ``m_S,x = E[S | x]``: ``μ_x = J_x``, ``σ²_x = J_x (1 − J_x)``,
+``m_rS,x = m_r2S,x = J_x S*_x``, ``||g_x||² = J_x² S*_x``; and T2's closed forms are affine in
+``m_S,x``, ``V_x = α_x + β_x m_S,x``.
+
+A probe draws ``K`` i.i.d. batches shaped like a training step (``B`` prompts uniform on the pool,
+``G`` completions each, sampled from ``π_θ``), materialises the per-sample scores ``s_bj`` (one
+backward pass per completion: the reference method) and, for each estimator ``e``, forms
+``ĝ_{e,k} = (1/(BG)) Σ_bj A_bj s_bj`` on the same batches (common random numbers).
+
+**Given the drawn prompts** everything T2 and T7 speak of is exact except ``m_S``: with T1's scale
+``c`` (1 for unbiased estimators, ``(G−1)/G`` for dr_grpo) the batch's conditional mean is
+``m_k = (c/B) Σ_b ∇J_{x_b}`` (the drawn prompts' exact gradients), so per batch
+
+- **T2**: ``D2_k = ||ĝ_k − m_k||² − (1/B²) Σ_b (α_{x_b} + β_{x_b} S̄_b)`` has mean 0 (``S̄_b``: the
+  group's mean ``S``, unbiased for ``m_S,x_b``);
+- **T7**: with ``Δ_k = (1/(B(B−1))) Σ_b ||c∇J_{x_b} − m_k||²`` (the spread of the conditional group
+  means), ``E[V̂ | prompts] = E[||ĝ − m_k||² | prompts] + Δ_k`` and
+  ``E[||ĝ||² − V̂ | prompts] = ||m_k||² − Δ_k``, for the within-batch ``V̂ = Σ̂/B`` of T7;
+
+and these per-batch differences are i.i.d. across batches: a t-test of their mean against 0
+(conditioning removes the prompt-sampling part of the noise, which on the arithmetic task is
+heavy-tailed: a few prompts carry most of ``Σ_x ||∇J_x||²``). Without conditioning (measurements,
+delete-one-batch jackknife errors):
+
+- **T2 (batch)**: ``V̂_e = (1/(K−1)) Σ_k ||ĝ_{e,k} − ḡ_e||²`` against the law of total variance
+  ``V_e = (1/B) (c² (E_x||∇J_x||² − ||∇J||²) + E_x V_x)``;
+- **T5**: the exact ``SNR = ||∇J||²/V`` and ``SNR/(1+SNR)``; for any estimator the figure of merit
+  ``(∇J·m)² / (||m||² + V)`` (T5's optimal gain times ``2L``), ``m = E ĝ``;
+- **T4**: the step the trainer takes, ``δ_k = c_k ĝ_k`` (``c_k``: rate, TRL's loss scaling and
+  gradient clipping), its first-order gain ``∇J·δ_k``, and the realised change
+  ``ΔJ_k = J(θ + δ_k) − J(θ)`` (exact). T4 with a *local* constant: ``L̂`` is the largest negative
+  secant curvature ``−2 (ΔJ − ∇J·δ)/||δ||²`` over the first half of the batches (all estimators),
+  and ``E ΔJ ≥ E[∇J·δ] − (L̂/2) E||δ||²`` is tested on the second half.
+
+Valid only if: the task's reward is exact match with a character tokenizer (a unique rewarded
+completion), the model has no active dropout, and completions are sampled at temperature 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from .. import theory
+from ..bridge.gram import score_gram
+from ..bridge.logprobs import forward_logprobs, sequence_logprobs
+from ..bridge.rollout import answer_inputs, sample_rollout
+from ..bridge.validate import advantages, group_gram
+from ..per_sample.loop import trainable_parameters
+from ..snr import snr_fraction, snr_pieces_from_gram
+from ._trl_math import loss_scale
+
+__all__ = ["PoolObjective", "ProbeConfig", "pool_objective", "per_sample_scores", "closed_form_affine",
+           "step_scale", "probe", "statistics", "t4_split", "claims"]
+
+#: Torch's ``clip_grad_norm_`` adds this to the norm in its coefficient ``max_norm / (norm + ε)``.
+CLIP_EPS = 1e-6
+
+
+@dataclass
+class PoolObjective:
+    """Exact ``J``, ``∇J`` (flat, float64, over ``trainable_parameters``) and per-prompt
+    ``J_x``, ``S*_x`` over the pool."""
+
+    J: float
+    grad: torch.Tensor  # (d,)
+    J_x: np.ndarray  # (X,)
+    S_star_x: np.ndarray  # (X,)
+
+
+def _flat(grads, params) -> torch.Tensor:
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).double()
+                      for g, p in zip(grads, params)])
+
+
+def pool_J(model, inputs) -> float:
+    """``J = mean_x π_θ(y*_x | x)`` over the pool's teacher-forcing ``inputs`` (no gradient)."""
+    with torch.no_grad():
+        return float(sequence_logprobs(model, *inputs).seq_logp_bg[:, 0].double().exp().mean())
+
+
+def pool_objective(model, tokenizer, problems) -> PoolObjective:
+    """Exact ``J``, ``∇J = mean_x J_x s*_x`` (autograd of the teacher-forced mean) and ``S*_x``
+    (ghost squared norms of the rewarded completions) over the pool ``problems``."""
+    params = trainable_parameters(model)
+    inputs = answer_inputs(tokenizer, problems, next(model.parameters()).device)
+    with torch.enable_grad():
+        J_x = sequence_logprobs(model, *inputs).seq_logp_bg[:, 0].exp()
+        J = J_x.mean()
+        grad = _flat(torch.autograd.grad(J, params, allow_unused=True), params)
+    S = score_gram(model, *inputs, method="ghost", diagonal_only=True).sq_norms_bg[:, 0]
+    return PoolObjective(float(J.detach()), grad, J_x.detach().double().cpu().numpy(),
+                         S.double().cpu().numpy())
+
+
+def per_sample_scores(model, roll) -> torch.Tensor:
+    """``Φ`` (N, d) float64: row ``n`` is ``s_n = ∇ Σ_{t ∈ completion} log π(y_t | y_<t)`` of
+    completion ``n`` (flattened ``(B, G)``), one backward pass each (the reference method)."""
+    params = trainable_parameters(model)
+    B, G, T = roll.shape
+    with torch.enable_grad():
+        tok_logp, _ = forward_logprobs(model, roll.input_ids_bgt.reshape(B * G, T),
+                                       roll.attention_bgt.reshape(B * G, T), roll.completion_bgt.reshape(B * G, T))
+        seq = tok_logp.sum(-1)
+        rows = [_flat(torch.autograd.grad(seq[n], params, retain_graph=n < B * G - 1, allow_unused=True), params)
+                for n in range(B * G)]
+    return torch.stack(rows)
+
+
+def _answers(tokenizer, problems, device):
+    """The rewarded completions ``answer ⊕ <eos>`` of ``problems`` as a one-group rollout."""
+    from ..bridge.rollout import Rollout
+
+    ids, attn, comp = answer_inputs(tokenizer, problems, device)
+    X = len(problems)
+    return Rollout(list(problems), ids.reshape(1, X, -1), attn.reshape(1, X, -1), comp.reshape(1, X, -1),
+                   [[p.answer for p in problems]], torch.ones(1, X, dtype=torch.float64, device=device))
+
+
+def closed_form_affine(obj: PoolObjective, label: str, G: int) -> tuple[np.ndarray, np.ndarray]:
+    """T2's ``V_x = α_x + β_x m_S,x`` for a closed-form estimator (``reinforce``, ``rloo``,
+    ``dr_grpo``) on the exact moments of the task (module docstring); ``(α_x, β_x)``, (X,) each.
+
+    The closed forms are affine in ``m_S``; the coefficients are read off two evaluations of
+    :func:`oblr_theory.theory.prompt_variance` at ``m_S = J S*`` and ``J S* + 1`` (both feasible:
+    ``m_S ≥ J S*``)."""
+    mu, S = obj.J_x, obj.S_star_x
+    mom = lambda m_S: SimpleNamespace(mu=mu, var_r=mu * (1 - mu), m_S=m_S, m_rS=mu * S,  # noqa: E731
+                                      m_r2S=mu * S, grad_sq_norm=mu**2 * S)
+    v0 = np.asarray(theory.prompt_variance(mom(mu * S), label, G), float)
+    v1 = np.asarray(theory.prompt_variance(mom(mu * S + 1.0), label, G), float)
+    beta = v1 - v0
+    return v0 - beta * mu * S, beta
+
+
+def step_scale(g_hat_norm: float, n_samples: int, n_tokens: int, max_len: int, lr: float,
+               loss_type: str = "dapo", max_grad_norm: float | None = 1.0) -> float:
+    """``c_k`` in the trainer's SGD step ``δ = c_k ĝ`` at the sampling policy.
+
+    TRL's loss gradient is ``−c Σ_j A_j s_j = −c N ĝ`` (``c``: :func:`~._trl_math.loss_scale`,
+    ``N`` completions); clipping multiplies it by ``min(1, max_norm / (||c N ĝ|| + ε))`` (torch's
+    ``clip_grad_norm_``); SGD without momentum steps ``−lr`` times the clipped gradient.
+    """
+    c = loss_scale(loss_type, n_samples, n_tokens, max_len) * n_samples
+    clip = 1.0
+    if max_grad_norm is not None and max_grad_norm > 0:
+        clip = min(1.0, max_grad_norm / (c * g_hat_norm + CLIP_EPS))
+    return lr * c * clip
+
+
+@contextlib.contextmanager
+def displaced(params, theta0: torch.Tensor, delta: torch.Tensor):
+    """Parameters set to ``θ0 + δ`` inside the block and restored to ``θ0`` exactly after it."""
+    try:
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters((theta0 + delta).to(params[0].dtype), params)
+        yield
+    finally:
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(theta0.to(params[0].dtype), params)
+
+
+@dataclass
+class ProbeConfig:
+    """One probe: ``batches`` (K) i.i.d. batches of ``batch_size`` (B) prompts × ``group_size`` (G);
+    the trainer's step (``lr``, ``loss_type``, ``max_grad_norm``); ``estimators`` maps a label to
+    ``(registry name, S source "exact" | "logit", params)``."""
+
+    estimators: dict
+    batches: int = 64
+    batch_size: int = 8
+    group_size: int = 8
+    lr: float = 0.025
+    loss_type: str = "dapo"
+    max_grad_norm: float | None = 1.0
+    max_new_tokens: int = 3
+    seed: int = 0
+    closed_forms: tuple = field(default=("reinforce", "rloo", "dr_grpo"))
+
+    def __post_init__(self):
+        if self.batches < 4:
+            raise ValueError(f"batches={self.batches}: need K >= 4 (two halves of >= 2 for T4, and a jackknife)")
+        if self.batch_size < 2 or self.group_size < 2:
+            raise ValueError(f"batch_size and group_size must be >= 2 (T7), got {self.batch_size}, {self.group_size}")
+        for lab in self.closed_forms:
+            if lab not in self.estimators:
+                raise ValueError(f"closed_forms names {lab!r}, which is not in estimators {sorted(self.estimators)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def probe(model, tokenizer, task, pool, cfg: ProbeConfig, progress: bool = False) -> dict:
+    """Run one probe at the model's current ``θ`` (module docstring); returns the per-batch record.
+
+    Record: ``exact`` (``J``, ``grad_sq_norm``, ``between`` = ``E_x||g_x||² − ||∇J||²``,
+    ``alpha_mean/<e>``), and per estimator ``gram`` (K, K) of the ``ĝ_k``, and (K,) arrays
+    ``gdot`` (``∇J·ĝ``), ``t7_var`` / ``t7_num`` (T7 within the batch), ``scale`` (``c_k``),
+    ``dJ`` (realised), ``betaS`` (closed forms: mean of ``β_x S_bj``), and given the drawn prompts
+    ``cond_sq`` (``||ĝ − m_k||²``), ``cond_msq`` (``||m_k||²``), ``cond_spread`` (``Δ_k``) where T1
+    gives ``c``, and ``cond_pred`` (``(1/B²) Σ_b (α_{x_b} + β_{x_b} S̄_b)``) for the closed forms;
+    NaN where undefined.
+    """
+    from tqdm.auto import tqdm
+
+    model.eval()
+    params = trainable_parameters(model)
+    theta0 = torch.nn.utils.parameters_to_vector(params).detach().double().clone()
+    obj = pool_objective(model, tokenizer, pool)
+    inputs = answer_inputs(tokenizer, pool, theta0.device)
+    index = {p: i for i, p in enumerate(pool)}
+    affine = {lab: closed_form_affine(obj, lab, cfg.group_size) for lab in cfg.closed_forms}
+    B, G, K = cfg.batch_size, cfg.group_size, cfg.batches
+    keys = ("gdot", "t7_var", "t7_num", "scale", "dJ", "betaS", "cond_sq", "cond_pred", "cond_msq", "cond_spread")
+    rec = {e: {k: np.full(K, np.nan) for k in keys} for e in cfg.estimators}
+    vecs = {e: [] for e in cfg.estimators}
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed))
+    for k in tqdm(range(K), desc="probe batches", disable=not progress):
+        probs = [pool[i] for i in rng.integers(len(pool), size=B)]
+        roll = sample_rollout(model, tokenizer, task, probs, G, cfg.max_new_tokens, seed=int(rng.integers(2**31)))
+        phi = per_sample_scores(model, roll)  # (N, d)
+        gram_nn = (phi @ phi.T).cpu().numpy()
+        r = roll.rewards_bg.double().cpu().numpy()
+        S = np.diag(gram_nn).reshape(B, G)
+        ell = roll.lengths_bg.double().cpu().numpy()
+        lam = score_gram(model, roll.input_ids_bgt, roll.attention_bgt, roll.completion_bgt,
+                         method="logit").sq_norms_bg.double().cpu().numpy()
+        xs = np.array([index[p] for p in probs])
+        n_tokens = int(roll.completion_bgt.sum())
+        # the drawn prompts' exact gradients ∇J_x = J_x s*_x, (B, d)
+        grads_x = torch.as_tensor(obj.J_x[xs])[:, None] * per_sample_scores(model, _answers(tokenizer, probs, theta0.device))
+        m_base = grads_x.mean(0)
+        spread = float(((grads_x - m_base) ** 2).sum()) / (B * (B - 1))
+        for e, (name, source, params_e) in cfg.estimators.items():
+            A = advantages(name, source, r, S, ell, lam, **(params_e or {}))  # (B, G)
+            g_hat = phi.T @ torch.as_tensor(A.reshape(-1) / (B * G), dtype=phi.dtype)
+            pieces = snr_pieces_from_gram(group_gram(gram_nn, A))
+            c_k = step_scale(float(g_hat.norm()), B * G, n_tokens, cfg.max_new_tokens, cfg.lr,
+                             cfg.loss_type, cfg.max_grad_norm)
+            with displaced(params, theta0, c_k * g_hat):
+                J1 = pool_J(model, inputs)
+            row = rec[e]
+            row["gdot"][k] = float(obj.grad @ g_hat)
+            row["t7_var"][k] = float(pieces.noise_var_hat)
+            row["t7_num"][k] = float(pieces.grad_sq_norm_hat)
+            row["scale"][k], row["dJ"][k] = c_k, J1 - obj.J
+            if e in affine:
+                row["betaS"][k] = float(np.mean(affine[e][1][xs][:, None] * S))
+                a_x, b_x = affine[e]
+                row["cond_pred"][k] = float(np.sum(a_x[xs] + b_x[xs] * S.mean(1))) / B**2
+            c = _bias_scale(name, G)
+            if np.isfinite(c):
+                row["cond_sq"][k] = float(((g_hat - c * m_base) ** 2).sum())
+                row["cond_msq"][k] = c**2 * float(m_base @ m_base)
+                row["cond_spread"][k] = c**2 * spread
+            vecs[e].append(g_hat)
+    out = {"exact": {"J": obj.J, "grad_sq_norm": float(obj.grad @ obj.grad),
+                     "between": float(np.mean(obj.J_x**2 * obj.S_star_x) - obj.grad @ obj.grad),
+                     **{f"alpha_mean/{e}": float(np.mean(a)) for e, (a, _) in affine.items()}},
+           "batch_size": B, "group_size": G, "batches": K}
+    for e, v in vecs.items():
+        M = torch.stack(v)
+        rec[e]["gram"] = (M @ M.T).cpu().numpy()
+    out["estimators"] = rec
+    return out
+
+
+def _bias_scale(name: str, G: int) -> float:
+    """T1's exact scale ``c`` in ``E ĝ = c ∇J``, or NaN for ratio estimators (no closed form)."""
+    try:
+        return float(theory.bias_factor(name, G))
+    except ValueError:
+        return float("nan")
+
+
+def statistics(rec: dict, names: dict, keep=None, reference: str = "grpo") -> dict[str, float]:
+    """Flat scalar statistics of a probe record over the kept batches (``keep``: bool (K,)), for the
+    delete-one-batch jackknife. ``names``: label -> registry name (for T1's scale). Comparisons
+    with the ``reference`` estimator (``V_ratio/<e>``, ``realised_minus_ref/<e>``,
+    ``merit_ratio/<e>``) use the same batches, so their jackknife errors are paired."""
+    K, B, G = rec["batches"], rec["batch_size"], rec["group_size"]
+    keep = np.ones(K, bool) if keep is None else np.asarray(keep, bool)
+    k = int(keep.sum())
+    ex = rec["exact"]
+    gsq = ex["grad_sq_norm"]
+    res = {"exact/J": ex["J"], "exact/grad_sq_norm": gsq}
+    for e, r in rec["estimators"].items():
+        Gm = r["gram"][np.ix_(keep, keep)]
+        tr, tot = np.trace(Gm), Gm.sum()
+        V = (tr - tot / k) / (k - 1)  # (1/(K−1)) Σ ||ĝ_k − ḡ||²
+        m_sq = (tot - tr) / (k * (k - 1))  # U-statistic: unbiased for ||E ĝ||²
+        m_dot = float(r["gdot"][keep].mean())
+        c = _bias_scale(names[e], G)
+        res[f"V_measured/{e}"] = V
+        res[f"mean_sq_norm/{e}"] = m_sq
+        res[f"scale/{e}"] = m_dot / gsq if gsq > 0 else float("nan")
+        res[f"t7_var/{e}"] = float(r["t7_var"][keep].mean())
+        res[f"t7_num/{e}"] = float(r["t7_num"][keep].mean())
+        res[f"t7_num_exact/{e}"] = c**2 * gsq
+        res[f"snr/{e}"] = gsq / V if V > 0 else float("nan")
+        res[f"T5_fraction/{e}"] = float(snr_fraction(np.float64(res[f"snr/{e}"])))
+        res[f"merit/{e}"] = m_dot**2 / (m_sq + V) if m_sq + V > 0 else float("nan")
+        if f"alpha_mean/{e}" in ex:
+            res[f"V_predicted/{e}"] = (c**2 * ex["between"] + ex[f"alpha_mean/{e}"] + float(r["betaS"][keep].mean())) / B
+            res[f"diff_V/{e}"] = V - res[f"V_predicted/{e}"]
+        s = r["scale"][keep]
+        first = s * r["gdot"][keep]
+        sq = s**2 * np.diag(Gm)
+        dJ = r["dJ"][keep]
+        res[f"step/first_order/{e}"] = float(first.mean())
+        res[f"step/realised/{e}"] = float(dJ.mean())
+        res[f"step/sq_norm/{e}"] = float(sq.mean())
+        Gs = np.outer(s, s) * Gm
+        res[f"step/noise_share/{e}"] = float((np.trace(Gs) - Gs.sum() / k) / (k - 1) / sq.mean()) if sq.mean() > 0 else float("nan")
+        res[f"step/realised_over_first/{e}"] = float(dJ.mean() / first.mean()) if first.mean() != 0 else float("nan")
+        res[f"step/curvature_term/{e}"] = float((dJ - first).mean())
+    for e, r in rec["estimators"].items():
+        res[f"diff_t7_var/{e}"] = res[f"t7_var/{e}"] - res[f"V_measured/{e}"]
+        res[f"diff_t7_num/{e}"] = res[f"t7_num/{e}"] - res[f"t7_num_exact/{e}"]
+        if np.all(np.isfinite(r["cond_sq"][keep])):  # given the prompts (module docstring)
+            sq, msq, spr = r["cond_sq"][keep], r["cond_msq"][keep], r["cond_spread"][keep]
+            res[f"cond/sq/{e}"] = float(sq.mean())
+            res[f"cond/msq/{e}"] = float(msq.mean())
+            res[f"cond/T7var/{e}"] = float((r["t7_var"][keep] - sq - spr).mean())
+            res[f"cond/T7num/{e}"] = float((r["t7_num"][keep] - msq + spr).mean())
+            if np.all(np.isfinite(r["cond_pred"][keep])):
+                res[f"cond/pred/{e}"] = float(r["cond_pred"][keep].mean())
+                res[f"cond/T2/{e}"] = float((sq - r["cond_pred"][keep]).mean())
+        if reference in rec["estimators"]:
+            res[f"V_ratio/{e}"] = _ratio(res[f"V_measured/{e}"], res[f"V_measured/{reference}"])
+            res[f"merit_ratio/{e}"] = _ratio(res[f"merit/{e}"], res[f"merit/{reference}"])
+            res[f"realised_minus_ref/{e}"] = res[f"step/realised/{e}"] - res[f"step/realised/{reference}"]
+    # negative controls, each a plausible mistake with a planted error of known size
+    if "cond/T2/dr_grpo" in res and "cond/pred/rloo" in res:  # T2 without dr_grpo's ((G−1)/G)² factor
+        res["control/dr_grpo_as_rloo"] = res["cond/sq/dr_grpo"] - res["cond/pred/rloo"]
+        res["control/dr_grpo_as_rloo_size"] = res["cond/pred/rloo"] - res["cond/pred/dr_grpo"]
+    if "cond/T7num/rloo" in res:  # T7 without the V̂ correction: E||ĝ||² exceeds ||m||² by the variance
+        r = rec["estimators"]["rloo"]
+        res["control/rloo_uncorrected"] = float((np.diag(r["gram"])[keep] - r["cond_msq"][keep]
+                                                 + r["cond_spread"][keep]).mean())
+        res["control/rloo_uncorrected_size"] = res["cond/sq/rloo"]
+    return res
+
+
+def _ratio(num: float, den: float) -> float:
+    """``num / den``; NaN (undefined) where ``den`` is 0 or not finite."""
+    return float(num / den) if den != 0 and np.isfinite(den) else float("nan")
+
+
+def t4_split(rec: dict) -> dict:
+    """T4 with a local constant, out of sample: ``L̂`` from the first half of the batches (the
+    largest ``max(0, −2 (ΔJ − ∇J·δ)/||δ||²)`` over every estimator's steps), then per estimator on
+    the second half ``D_k = ΔJ_k − ∇J·δ_k + (L̂/2) ||δ_k||²`` (T4: ``E D ≥ 0``), with its mean and
+    standard error over those batches."""
+    K = rec["batches"]
+    h = K // 2
+    curv = []
+    per = {}
+    for e, r in rec["estimators"].items():
+        s = r["scale"]
+        first, sq = s * r["gdot"], s**2 * np.diag(r["gram"])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sec = np.where(sq > 0, -2 * (r["dJ"] - first) / sq, 0.0)
+        curv.append(sec[:h])
+        per[e] = (r["dJ"][h:], first[h:], sq[h:])
+    L = float(max(0.0, np.max(np.concatenate(curv))))
+    out = {"L_local": L, "n_fit": h, "n_test": K - h}
+    for e, (dJ, first, sq) in per.items():
+        D = dJ - first + 0.5 * L * sq
+        out[e] = {"mean_D": float(D.mean()), "se_D": float(D.std(ddof=1) / np.sqrt(len(D))),
+                  "realised": float(dJ.mean()), "predicted": float((first - 0.5 * L * sq).mean())}
+    return out
+
+
+def claims(full: dict, se: dict, t4: dict, closed_forms, K: int, alpha: float = 0.05,
+           problem: str = "RLVR probe", reference: str = "grpo") -> list:
+    """Report rows (:class:`oblr_theory.verify.report.Row`) of one probe.
+
+    Calibrated claims, given the drawn prompts (module docstring), each a t-test of a mean of ``K``
+    i.i.d. per-batch differences against 0 (Student t, ``K − 1`` degrees of freedom; family-wise
+    rate ``alpha`` per family, Bonferroni): T2's closed form for each of ``closed_forms``; T7's two
+    identities for every estimator whose mean T1 gives; T4 with the out-of-sample local constant
+    (one-sided: a violation is ``E D < 0``, ``n_test − 1`` degrees of freedom). Negative controls,
+    each with a planted error of known size (rejected, or untested when the test cannot detect an
+    error that large; never counted as holding): dr_grpo's conditional variance against rloo's
+    closed form (T2 without the ``((G−1)/G)²`` factor), and ``E||ĝ||²`` against ``||m_k||² − Δ_k``
+    (T7 without the ``V̂`` correction). The rest are measurements, the unconditional batch-level
+    T2 among them (its jackknife error misses the prompt-level heavy tail).
+    """
+    from ..stats import bonferroni_z
+    from ..verify.report import Row, measured_row, z_row
+
+    rows = []
+    labels = [k.split("/", 1)[1] for k in full if k.startswith("V_measured/")]
+    thr = lambda fam, df=K - 1: bonferroni_z(alpha, fam, df=df)  # noqa: E731
+
+    def z(claim, stmt, key, fam, scale, note=""):
+        rows.append(z_row(claim, stmt, problem, full[key], se[key], 0.0, thr(fam), scale=scale, note=note,
+                          details={"key": key}))
+
+    def control(claim, stmt, key, note):
+        """Rejected, or untested when the planted error is below what the test detects."""
+        size, thr1 = full[f"{key}_size"], thr(1)
+        row = z_row(claim, stmt, problem, full[key], se[key], 0.0, thr1, negative=True, note=note,
+                    details={"key": key, "planted_error": size})
+        if row.passed is False and not abs(size) > thr1 * se[key]:
+            row.passed = None
+            row.note = f"untested: the planted error {abs(size):.3g} is below the detectable {thr1 * se[key]:.3g}"
+        rows.append(row)
+
+    def meas(claim, stmt, key, note=""):
+        rows.append(measured_row(claim, stmt, problem, full[key], se.get(key, float("nan")), note=note,
+                                 details={"key": key}))
+
+    t2 = [e for e in closed_forms if f"cond/T2/{e}" in full]
+    for e in t2:
+        z("T2", f"E||g_hat - m_k||^2 = (1/B^2) sum_b V_x_b (closed form, given the prompts) [{e}]", f"cond/T2/{e}",
+          len(t2), full[f"cond/pred/{e}"], f"predicted {full[f'cond/pred/{e}']:.4g}, measured {full[f'cond/sq/{e}']:.4g}")
+    if "control/dr_grpo_as_rloo" in full:
+        control("T2", "negative control: dr_grpo's variance against rloo's closed form", "control/dr_grpo_as_rloo",
+                "passes when rejected: T2 scales dr_grpo's by ((G-1)/G)^2")
+    t7 = [e for e in labels if f"cond/T7var/{e}" in full]
+    for e in t7:
+        z("T7", f"E V_hat = E||g_hat - m_k||^2 + spread (given the prompts) [{e}]", f"cond/T7var/{e}", 2 * len(t7),
+          full[f"cond/sq/{e}"])
+        z("T7", f"E[||g_hat||^2 - V_hat] = ||m_k||^2 - spread (given the prompts) [{e}]", f"cond/T7num/{e}",
+          2 * len(t7), full[f"cond/msq/{e}"])
+    if "control/rloo_uncorrected" in full:
+        control("T7", "negative control: E||g_hat||^2 = ||m_k||^2 - spread, without the V_hat correction [rloo]",
+                "control/rloo_uncorrected", "passes when rejected: E||g_hat||^2 exceeds ||m||^2 by the variance")
+    fam = len(labels)
+    t_one = bonferroni_z(min(1.0, 2 * alpha), fam, df=max(t4["n_test"] - 1, 1))
+    for e in labels:
+        d = t4[e]
+        zval = d["mean_D"] / d["se_D"] if d["se_D"] > 0 else float("nan")
+        ok = None if not np.isfinite(zval) else bool(zval > -t_one)
+        rows.append(Row("T4", f"E dJ >= E[gradJ.delta] - (L_loc/2) E||delta||^2 [{e}]", problem, "monte-carlo",
+                        d["predicted"], d["realised"], zval, -t_one, ok,
+                        note=f"L_loc = {t4['L_local']:.4g} from {t4['n_fit']} held-out batches (local, not global); "
+                             f"detects a violation >= {t_one * d['se_D']:.3g}",
+                        details={"key": f"t4/{e}", "se": d["se_D"], "min_detectable": t_one * d["se_D"]}))
+    for e in labels:
+        if f"diff_V/{e}" in full:
+            zz = full[f"diff_V/{e}"] / se[f"diff_V/{e}"] if se.get(f"diff_V/{e}", 0) > 0 else float("nan")
+            meas("T2", f"batch V measured - law-of-total-variance plug-in [{e}]", f"diff_V/{e}",
+                 f"plug-in {full[f'V_predicted/{e}']:.4g}, measured {full[f'V_measured/{e}']:.4g}, z = {zz:.2f} "
+                 "(jackknife; the prompt-level tail makes it optimistic)")
+        for key, stmt in (("V_measured", "V (measured)"), ("snr", "SNR = ||grad J||^2 / V"),
+                          ("T5_fraction", "T5 factor SNR/(1+SNR)"), ("merit", "T5 merit (gradJ.m)^2/(||m||^2+V)"),
+                          ("scale", "scale <grad J, E g_hat>/||grad J||^2"),
+                          ("step/first_order", "first-order gain E[gradJ.delta]"),
+                          ("step/realised", "realised gain E dJ (exact J)"),
+                          ("step/realised_over_first", "realised / first-order"),
+                          ("step/curvature_term", "E[dJ - gradJ.delta] (T4 at L = 0)"),
+                          ("step/noise_share", "noise share tr Var(delta) / E||delta||^2"),
+                          ("V_ratio", f"V / V[{reference}]"), ("merit_ratio", f"merit / merit[{reference}]"),
+                          ("realised_minus_ref", f"realised gain - realised gain[{reference}]")):
+            if f"{key}/{e}" in full and not (e == reference and key in ("V_ratio", "merit_ratio", "realised_minus_ref")):
+                meas("T5" if key in ("snr", "T5_fraction", "merit", "merit_ratio") else
+                     "T4" if key.startswith("step/") or key == "realised_minus_ref" else "T2", f"{stmt} [{e}]",
+                     f"{key}/{e}")
+    return rows
