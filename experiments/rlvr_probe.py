@@ -17,7 +17,8 @@ the step the trajectory's method takes (rate, TRL's loss scaling, clipping).
 Resumable: snapshots (``OUT/snapshots/<trajectory>/step_<t>.pt``) and probes
 (``OUT/probes/<trajectory>_K<batches>_step<t>.npz`` with the per-batch record, ``.json`` with statistics,
 jackknife errors and claims) are written atomically and never recomputed. ``report`` rebuilds
-``OUT/report.md`` / ``report.json`` from the saved probe records alone.
+``OUT/report.md`` / ``report.json`` (and each probe's statistics in its ``.json``) from the saved
+probe records alone.
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ import rlvr_study as study  # noqa: E402
 
 from oblr_theory import rlvr_stats as rs  # noqa: E402
 
-#: The estimators probed: the study's, plus reinforce (a T2 closed form; not trained in the study).
-PROBED = {"reinforce": ("reinforce", "exact", None),
-          **{lab: (f["estimator"], "logit" if f["sq_norms_source"] == "logit" else "exact", None)
-             for lab, f in study.ESTIMATORS.items()}}
+#: The estimators probed: every one the study harness knows (its seven, and reinforce: a T2 closed form).
+PROBED = {lab: (f["estimator"], "logit" if f["sq_norms_source"] == "logit" else "exact", None)
+          for lab, f in study.ESTIMATORS.items()}
 CLOSED_FORMS = ("reinforce", "rloo", "dr_grpo")
 REFERENCE = "grpo"
+#: The saved study reports whose AUC differences the probe report quotes (when present).
+DEFAULT_STUDY_REPORTS = ("docs/study_runs/full/report.json", "docs/study_runs/reinforce/report.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,13 +60,9 @@ class ProbePlan:
 
 
 def parse_method(text: str) -> dict:
-    parts = text.split("/")
-    if len(parts) != 4:
-        raise SystemExit(f"--method {text!r}: expected VARIANT/ESTIMATOR/RULE/OPTIM, e.g. base/grpo/constant/sgd")
-    m = dict(zip(("variant", "estimator", "rule", "optim"), parts))
-    if m["estimator"] not in study.ESTIMATORS or m["rule"] not in study.RULES or m["optim"] not in study.OPTIMS:
-        raise SystemExit(f"--method {text!r}: estimator in {list(study.ESTIMATORS)}, rule in {study.RULES}, "
-                         f"optim in {study.OPTIMS}")
+    """The study's method parser, plus what the probe needs: the ``base`` variant (a uniform finite
+    training law, so that ``J`` is exact) and SGD at a constant rate (T4's step ``θ + η ĝ``)."""
+    m = study.parse_method(text)
     if m["variant"] != "base":
         raise SystemExit(f"--method {text!r}: the probe needs a uniform finite training law for exact J; "
                          "only the 'base' variant has one ('hard' draws operands by digit count)")
@@ -72,17 +70,6 @@ def parse_method(text: str) -> dict:
         raise SystemExit(f"--method {text!r}: T4's step is θ + η ĝ; the probe models SGD at a constant rate only "
                          "(rule=constant, optim=sgd)")
     return m
-
-
-def tuned_rate(tuning_dir: str, method: str) -> float:
-    path = os.path.join(tuning_dir, method.replace("/", "__") + ".json")
-    if not os.path.exists(path):
-        raise SystemExit(f"no tuning record {path}: pass --lr, or --tuning DIR holding the study's tuning records")
-    with open(path) as fh:
-        rec = json.load(fh)
-    if rec.get("status") != "done":
-        raise SystemExit(f"{path}: the method was not tuned ({rec.get('reason')})")
-    return float(rec["best_lr"])
 
 
 def trajectory_key(plan: ProbePlan, lr: float, sft_key: str) -> str:
@@ -225,7 +212,7 @@ def cmd_run(a) -> int:
     if max(plan.steps) > splan.steps or any(t % splan.eval_every and t != splan.steps for t in plan.steps):
         raise SystemExit(f"--steps {list(plan.steps)}: each must be an evaluation point (multiples of "
                          f"{splan.eval_every} up to {splan.steps})")
-    lr = a.lr if a.lr is not None else study.GRID_CENTER["sgd"] if a.quick else tuned_rate(a.tuning, a.method)
+    lr = a.lr if a.lr is not None else study.GRID_CENTER["sgd"] if a.quick else study.tuned_rate(a.tuning, m)
     st = study.Study(splan, a.study_out, progress=not a.no_progress)
     os.makedirs(os.path.join(a.out, "probes"), exist_ok=True)
     key, traj = snapshots(st, m, lr, plan, a.out)
@@ -255,18 +242,20 @@ def _step_of(f: str) -> tuple:
     return head, int(step)
 
 
-def study_auc_deltas(path: str | None, variant: str = "base", rule: str = "constant", optim: str = "sgd") -> dict:
+def study_auc_deltas(paths, variant: str = "base", rule: str = "constant", optim: str = "sgd") -> dict:
     """The study's paired AUC differences against grpo (bootstrap mean and interval) per estimator,
-    for the probed rule and optimizer, from its ``report.json``; empty without one."""
-    if not path or not os.path.exists(path):
-        return {}
-    with open(path) as fh:
-        paired = json.load(fh)["paired"]
-    out = {}
-    for p in paired:
-        v, e, r, o = p["method"].split("/")
-        if p["kind"] == "vs_grpo" and (v, r, o) == (variant, rule, optim):
-            out[e] = p["auc"]
+    for the probed rule and optimizer, from its ``report.json`` files (the first that has an
+    estimator wins); empty without any."""
+    out: dict = {}
+    for path in paths or ():
+        if not os.path.exists(path):
+            raise SystemExit(f"--study-report {path}: no such file")
+        with open(path) as fh:
+            paired = json.load(fh)["paired"]
+        for p in paired:
+            v, e, r, o = p["method"].split("/")
+            if p["kind"] == "vs_grpo" and (v, r, o) == (variant, rule, optim) and e not in out:
+                out[e] = p["auc"]
     return out
 
 
@@ -288,8 +277,8 @@ def along_training(js: list, auc: dict) -> list[str]:
         lines.append("| " + " | ".join([e] + [cell("V_ratio", t) for t in steps] + [cell("merit_ratio", t) for t in steps]
                                         + [cell("realised_minus_ref", t, 1e4) for t in steps] + [study_cell]) + " |")
     lines += ["", "| step | exact J | ||∇J||² | between-prompt share of rloo's V (plug-in) | grpo's SNR | "
-              "optimal_loo's SNR | T5 factor (optimal_loo) | local L̂ | claims held / tested (untested) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "optimal_loo's SNR | T5 factor (optimal_loo) | local L̂ (bound) | L_eff (model) | claims held / tested (untested) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for t in steps:
         st, ex = by[t]["statistics"], by[t]
         share = (ex["between_over_B"] / st["V_predicted/rloo"]) if st.get("V_predicted/rloo") else float("nan")
@@ -298,6 +287,7 @@ def along_training(js: list, auc: dict) -> list[str]:
         lines.append(f"| {t} | {st['exact/J']:.4f} | {st['exact/grad_sq_norm']:.4g} | {share:.2f} | "
                      f"{_fmt(st['snr/grpo'], ex['se']['snr/grpo'])} | {_fmt(st['snr/optimal_loo'], ex['se']['snr/optimal_loo'])} | "
                      f"{_fmt(st['T5_fraction/optimal_loo'], ex['se']['T5_fraction/optimal_loo'])} | {ex['t4']['L_local']:.4g} | "
+                     f"{ex['t4']['L_eff']:.4g} | "
                      f"{sum(r['passed'] is True for r in tested)} / {len(tested)} ({len(cl) - len(tested)}) |")
     return lines
 
@@ -315,6 +305,8 @@ def report(out: str, study_report: str | None = None) -> str:
             meta = json.load(fh)
         rec = load_record(os.path.join(pdir, f))
         s = summarise(rec, meta["plan"]["alpha"], f"{meta['plan']['method']} seed {meta['plan']['seed']} step {meta['step']}")
+        if any(meta.get(k) != json.loads(json.dumps(v)) for k, v in s.items()):  # derived: rebuilt from the record
+            study.write_json_atomic(os.path.join(pdir, f.replace(".npz", ".json")), {**meta, **s})
         full, se, t4 = s["statistics"], s["se"], s["t4"]
         entry = {"file": f, "step": meta["step"], "trajectory": meta["trajectory"], "batches": rec["batches"],
                  "between_over_B": rec["exact"]["between"] / rec["batch_size"], **s}
@@ -373,9 +365,12 @@ def main(argv=None) -> int:
     rp = sub.add_parser("report", help="tables from the saved probe records")
     rp.add_argument("--out", required=True)
     for p_ in (r, rp):
-        p_.add_argument("--study-report", default="docs/study_runs/full/report.json",
-                        help="the study's report.json, for its AUC differences against grpo")
+        p_.add_argument("--study-report", action="append", default=None,
+                        help="the study's report.json, for its AUC differences against grpo (repeatable; "
+                             "default: docs/study_runs/full and docs/study_runs/reinforce)")
     a = ap.parse_args(argv)
+    if a.study_report is None:
+        a.study_report = [p for p in DEFAULT_STUDY_REPORTS if os.path.exists(p)]
     if a.cmd == "run":
         return cmd_run(a)
     print(report(a.out, a.study_report))

@@ -47,7 +47,11 @@ ESTIMATORS = {
     "optimal_loo": dict(estimator="optimal_loo", sq_norms_source="ghost"),
     "optimal_loo_logit": dict(estimator="optimal_loo", sq_norms_source="logit"),
     "optimal_loo_shrink": dict(estimator="optimal_loo_shrink", sq_norms_source="ghost"),
+    # not in the study's plan; run on request (--estimators), e.g. to test a probe's prediction
+    "reinforce": dict(estimator="reinforce", sq_norms_source="ghost"),
 }
+#: The study's estimators (the plan's default).
+STUDY_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "opo", "optimal_loo", "optimal_loo_logit", "optimal_loo_shrink")
 RULES = ("constant", "snr", "local")
 OPTIMS = ("adamw_torch", "sgd")
 #: Centre of each optimizer's first tuning grid.
@@ -65,7 +69,7 @@ class Plan:
 
     mode: str = "full"
     variants: tuple = ("base", "hard")
-    estimators: tuple = tuple(ESTIMATORS)
+    estimators: tuple = STUDY_ESTIMATORS
     rules: tuple = RULES
     optims: tuple = OPTIMS
     tune_seeds: tuple = (1000, 1001)
@@ -335,6 +339,12 @@ def cmd_run(a) -> int:
             raise SystemExit("--gpu needs a CUDA GPU and none is visible; run it on a GPU machine "
                              f"(the plan it would run: model {plan.model}, {plan.steps} steps)")
     over = {k: v for k, v in dict(steps=a.steps, eval_every=a.eval_every).items() if v is not None}
+    if a.estimators is not None:
+        names = tuple(a.estimators.split(","))
+        bad = [e for e in names if e not in ESTIMATORS]
+        if bad:
+            raise SystemExit(f"--estimators: {bad} not among {list(ESTIMATORS)}")
+        over["estimators"] = names
     if a.eval_seeds is not None:
         over["eval_seeds"] = tuple(range(a.eval_seeds))
     if a.tune_seeds is not None:
@@ -455,6 +465,8 @@ def main(argv=None) -> int:
     r.add_argument("--quick", action="store_true", help="CI slice: tiny model, 2 estimators, 2 seeds")
     r.add_argument("--gpu", action="store_true", help="~25M-parameter model on CUDA")
     r.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2")
+    r.add_argument("--estimators", default=None, metavar="E1,E2",
+                   help=f"the plan's estimators (default: the study's {len(STUDY_ESTIMATORS)}); e.g. reinforce")
     r.add_argument("--chunk", default=None, metavar="I/N")
     r.add_argument("--steps", type=int, default=None)
     r.add_argument("--eval-every", type=int, default=None)

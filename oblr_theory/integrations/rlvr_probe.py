@@ -39,7 +39,9 @@ delete-one-batch jackknife errors):
   gradient clipping), its first-order gain ``∇J·δ_k``, and the realised change
   ``ΔJ_k = J(θ + δ_k) − J(θ)`` (exact). T4 with a *local* constant: ``L̂`` is the largest negative
   secant curvature ``−2 (ΔJ − ∇J·δ)/||δ||²`` over the first half of the batches (all estimators),
-  and ``E ΔJ ≥ E[∇J·δ] − (L̂/2) E||δ||²`` is tested on the second half.
+  and ``E ΔJ ≥ E[∇J·δ] − (L̂/2) E||δ||²`` is tested on the second half; and T4's quadratic model
+  with one effective constant for all estimators (fitted on the first half) against each
+  estimator's realised gain on the second half.
 
 Valid only if: the task's reward is exact match with a character tokenizer (a unique rewarded
 completion), the model has no active dropout, and completions are sampled at temperature 1.
@@ -360,13 +362,20 @@ def _ratio(num: float, den: float) -> float:
 
 
 def t4_split(rec: dict) -> dict:
-    """T4 with a local constant, out of sample: ``L̂`` from the first half of the batches (the
-    largest ``max(0, −2 (ΔJ − ∇J·δ)/||δ||²)`` over every estimator's steps), then per estimator on
-    the second half ``D_k = ΔJ_k − ∇J·δ_k + (L̂/2) ||δ_k||²`` (T4: ``E D ≥ 0``), with its mean and
-    standard error over those batches."""
+    """T4 with a local constant, out of sample: fitted on the first half of the batches (every
+    estimator's steps), tested per estimator on the second half.
+
+    - the bound: ``L̂`` is the largest ``max(0, −2 (ΔJ − ∇J·δ)/||δ||²)`` (secant curvature) on the
+      first half; ``D_k = ΔJ_k − ∇J·δ_k + (L̂/2) ||δ_k||²`` (T4: ``E D ≥ 0``), mean and standard
+      error on the second half;
+    - the quadratic model behind it, with one constant for all estimators: the effective
+      ``L_eff = 2 Σ (∇J·δ − ΔJ) / Σ ||δ||²`` on the first half, and on the second half each
+      estimator's realised gain against ``E[∇J·δ] − (L_eff/2) E||δ||²`` (T4's predicted gain with
+      ``E||δ||² = ||E δ||² + tr Var δ``): mean and standard error of the per-batch difference.
+    """
     K = rec["batches"]
     h = K // 2
-    curv = []
+    curv, gap, sqs = [], 0.0, 0.0
     per = {}
     for e, r in rec["estimators"].items():
         s = r["scale"]
@@ -374,13 +383,20 @@ def t4_split(rec: dict) -> dict:
         with np.errstate(divide="ignore", invalid="ignore"):
             sec = np.where(sq > 0, -2 * (r["dJ"] - first) / sq, 0.0)
         curv.append(sec[:h])
+        gap += float((first[:h] - r["dJ"][:h]).sum())
+        sqs += float(sq[:h].sum())
         per[e] = (r["dJ"][h:], first[h:], sq[h:])
     L = float(max(0.0, np.max(np.concatenate(curv))))
-    out = {"L_local": L, "n_fit": h, "n_test": K - h}
+    L_eff = 2 * gap / sqs if sqs > 0 else float("nan")
+    out = {"L_local": L, "L_eff": L_eff, "n_fit": h, "n_test": K - h}
+    se = lambda x: float(x.std(ddof=1) / np.sqrt(len(x)))  # noqa: E731
     for e, (dJ, first, sq) in per.items():
         D = dJ - first + 0.5 * L * sq
-        out[e] = {"mean_D": float(D.mean()), "se_D": float(D.std(ddof=1) / np.sqrt(len(D))),
-                  "realised": float(dJ.mean()), "predicted": float((first - 0.5 * L * sq).mean())}
+        M = dJ - (first - 0.5 * L_eff * sq)
+        out[e] = {"mean_D": float(D.mean()), "se_D": se(D), "realised": float(dJ.mean()),
+                  "predicted": float((first - 0.5 * L * sq).mean()),
+                  "predicted_eff": float((first - 0.5 * L_eff * sq).mean()),
+                  "model_diff": float(M.mean()), "model_se": se(M)}
     return out
 
 
@@ -452,6 +468,13 @@ def claims(full: dict, se: dict, t4: dict, closed_forms, K: int, alpha: float = 
                              f"detects a violation >= {t_one * d['se_D']:.3g}",
                         details={"key": f"t4/{e}", "se": d["se_D"], "min_detectable": t_one * d["se_D"]}))
     for e in labels:
+        d = t4[e]
+        zz = d["model_diff"] / d["model_se"] if d["model_se"] > 0 else float("nan")
+        rows.append(measured_row("T4", f"realised gain - T4 predicted gain with one L_eff for all estimators [{e}]",
+                                 problem, d["model_diff"], d["model_se"],
+                                 note=f"L_eff = {t4['L_eff']:.4g} (first half), predicted {d['predicted_eff']:.4g}, "
+                                      f"realised {d['realised']:.4g}, z = {zz:.2f}",
+                                 details={"key": f"t4_model/{e}"}))
         if f"diff_V/{e}" in full:
             zz = full[f"diff_V/{e}"] / se[f"diff_V/{e}"] if se.get(f"diff_V/{e}", 0) > 0 else float("nan")
             meas("T2", f"batch V measured - law-of-total-variance plug-in [{e}]", f"diff_V/{e}",

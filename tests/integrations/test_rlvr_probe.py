@@ -238,6 +238,11 @@ def test_smoke_probe_script_quick(tmp_path):
     assert {p: os.path.getmtime(os.path.join(out, "probes", p)) for p in probes} == mtimes
     text = open(os.path.join(out, "report.md")).read()
     assert "V plug-in (T2)" in text and "step 0" in text
+    fspec = importlib.util.spec_from_file_location("_rlvr_probe_fig", os.path.join(root, "paper_figures", "rlvr_probe.py"))
+    fig = importlib.util.module_from_spec(fspec)
+    fspec.loader.exec_module(fig)
+    paths = fig.main(out, str(tmp_path / "figs"), dpi=50, formats=("png",))
+    assert any(p.endswith("rlvr_probe.png") and os.path.getsize(p) > 0 for p in paths)
     with pytest.raises(SystemExit, match="base"):
         mod.main(["run", "--out", out, "--method", "hard/grpo/constant/sgd"])
     with pytest.raises(SystemExit, match="constant"):

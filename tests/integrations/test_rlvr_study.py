@@ -181,3 +181,14 @@ def test_smoke_bridge_loop_runs_resumes_and_compares(tmp_path):
     (g,) = cmp["groups"]
     assert g["role"] == "reproduction" and [r["label"] for r in g["sampled"]["rows"]] == ["0", "2", "4", "auc"]
     assert g["sampled"]["verdict"].startswith("no verdict")
+
+
+def test_estimators_option_refuses_unknown_names_and_keeps_the_study_default(tmp_path):
+    """``--estimators`` sets the plan's estimators (e.g. reinforce, outside the study's seven);
+    an unknown name is refused before any work."""
+    mod = _script()
+    assert mod.Plan().estimators == mod.STUDY_ESTIMATORS and "reinforce" in mod.ESTIMATORS
+    assert "reinforce" not in mod.STUDY_ESTIMATORS
+    with pytest.raises(SystemExit, match="--estimators"):
+        mod.main(["run", "--out", str(tmp_path), "--estimators", "grpo,bogus"])
+    assert not os.listdir(tmp_path)
