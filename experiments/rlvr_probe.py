@@ -137,8 +137,7 @@ def probe_one(st, m: dict, lr: float, key: str, step: int, plan: ProbePlan, out:
     from oblr_theory.bridge.models import make_float64_exact
     from oblr_theory.bridge.task import CharTokenizer
     from oblr_theory.integrations import rlvr_probe as P
-    from oblr_theory.integrations.rlvr import held_out, load_checkpoint, variant_task
-    from oblr_theory.integrations.trl import OBLRPOConfig
+    from oblr_theory.integrations.rlvr import TRL_MAX_GRAD_NORM, held_out, load_checkpoint, variant_task
 
     base = os.path.join(out, "probes", f"{key}_K{plan.batches}_step{step}")
     if os.path.exists(base + ".json"):
@@ -150,7 +149,7 @@ def probe_one(st, m: dict, lr: float, key: str, step: int, plan: ProbePlan, out:
     model = load_checkpoint(st.sft_record(m["variant"])["path"])
     model.load_state_dict(torch.load(os.path.join(out, "snapshots", key, f"step_{step}.pt")))
     model = make_float64_exact(model.double())
-    max_grad_norm = OBLRPOConfig.__dataclass_fields__["max_grad_norm"].default
+    max_grad_norm = TRL_MAX_GRAD_NORM
     cfg = P.ProbeConfig(PROBED, batches=plan.batches, batch_size=st.plan.groups_per_step,
                         group_size=st.plan.num_generations, lr=lr, loss_type="dapo", max_grad_norm=max_grad_norm,
                         max_new_tokens=task.max_answer_chars + 1, seed=probe_seed(plan, step),
@@ -191,12 +190,13 @@ def summarise(rec: dict, alpha: float, problem: str) -> dict:
     """Statistics with delete-one-batch jackknife errors, T4's split, and the claim rows."""
     from oblr_theory.bridge.validate_claims import jackknife
     from oblr_theory.integrations import rlvr_probe as P
+    from oblr_theory.integrations.rlvr_probe_claims import claims
 
     names = {e: PROBED[e][0] for e in rec["estimators"]}
     full, se = jackknife(lambda keep: P.statistics(rec, names, keep, REFERENCE), rec["batches"])
     t4 = P.t4_split(rec)
-    rows = P.claims(full, se, t4, [e for e in CLOSED_FORMS if e in rec["estimators"]], rec["batches"], alpha,
-                    problem, REFERENCE)
+    rows = claims(full, se, t4, [e for e in CLOSED_FORMS if e in rec["estimators"]], rec["batches"], alpha,
+               problem, REFERENCE)
     return {"statistics": full, "se": se, "t4": t4, "claims": [dataclasses.asdict(r) for r in rows]}
 
 

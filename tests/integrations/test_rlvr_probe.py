@@ -21,10 +21,11 @@ import torch  # noqa: E402
 from oblr_theory import theory  # noqa: E402
 from oblr_theory.bridge.gram import score_gram  # noqa: E402
 from oblr_theory.bridge.models import make_float64_exact, pretrain, tiny_qwen3  # noqa: E402
-from oblr_theory.bridge.rollout import Rollout, answer_inputs, sample_rollout  # noqa: E402
+from oblr_theory.bridge.rollout import answer_inputs, sample_rollout  # noqa: E402
 from oblr_theory.bridge.task import ArithmeticTask, CharTokenizer  # noqa: E402
 from oblr_theory.bridge.validate_claims import jackknife  # noqa: E402
 from oblr_theory.integrations import rlvr_probe as P  # noqa: E402
+from oblr_theory.integrations.rlvr_probe_claims import claims  # noqa: E402
 from oblr_theory.per_sample.loop import trainable_parameters  # noqa: E402
 
 from tolerances import rounding_tol  # noqa: E402
@@ -80,19 +81,12 @@ def test_step_scale_is_trls_dapo_step_with_clipping():
         P.step_scale(1.0, 64, 160, 3, 0.025, loss_type="bnpo")
 
 
-def _answer_rollout(problems):
-    ids, attn, comp = answer_inputs(TOK, problems, "cpu")
-    X = len(problems)
-    return Rollout(list(problems), ids.reshape(1, X, -1), attn.reshape(1, X, -1), comp.reshape(1, X, -1),
-                   [[p.answer for p in problems]], torch.ones(1, X, dtype=torch.float64))
-
-
 def test_pool_objective_is_the_exact_gradient(model64):
     """``∇J = (1/X) Σ_x J_x s*_x`` (per-sample scores of the answers) and its derivative along a
     direction agrees with a central difference of the exact ``J``; ``S*`` = ``||s*||²``."""
     pool = TASK.all_problems()[::3]
     obj = P.pool_objective(model64, TOK, pool)
-    phi = P.per_sample_scores(model64, _answer_rollout(pool))  # (X, d)
+    phi = P.per_sample_scores(model64, P._answers(TOK, pool, "cpu"))  # (X, d)
     direct = (torch.as_tensor(obj.J_x)[:, None] * phi).mean(0)
     scale = float((torch.as_tensor(obj.J_x)[:, None] * phi).abs().mean(0).max())
     # two float64 routes, each a sum over the X answers and the model's own accumulations (<= 1e5 terms)
@@ -211,7 +205,7 @@ def test_probe_claims_hold_and_controls_are_rejected():
     rec = P.probe(_trained64(), TOK, TASK, TASK.all_problems(), cfg)
     names = {e: v[0] for e, v in EST.items()}
     full, se = jackknife(lambda keep: P.statistics(rec, names, keep), cfg.batches)
-    rows = P.claims(full, se, P.t4_split(rec), ("reinforce", "rloo", "dr_grpo"), cfg.batches, alpha=1e-3)
+    rows = claims(full, se, P.t4_split(rec), ("reinforce", "rloo", "dr_grpo"), cfg.batches, alpha=1e-3)
     verdict = {r.statement: r.passed for r in rows if r.kind != "measurement"}
     assert not any(v is False for v in verdict.values()), verdict
     must = [k for k in verdict if k.startswith("E dJ >=") or "without the V_hat" in k or
