@@ -23,6 +23,7 @@ import importlib
 import multiprocessing as mp
 import os
 import platform
+import signal
 import sys
 import textwrap
 import time
@@ -210,10 +211,16 @@ def run_suite(quick: bool = False, seed: int = 0, alpha: float = DEFAULT_ALPHA, 
     return report
 
 
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the main process, which stops them; otherwise a terminal's Ctrl-C
+    (sent to the whole process group) would also end each busy worker with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run_pool(order, jobs, results, bar, claims) -> None:
     """Run the claims ``order`` in ``jobs`` forked workers, filling ``results`` as they finish. On
     Ctrl-C the queued claims are cancelled and the workers stopped, so the caller returns at once."""
-    pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork"))
+    pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork"), initializer=_ignore_sigint)
     try:
         futures = [pool.submit(_run_one, i) for i in order]
         for f in as_completed(futures):
