@@ -39,6 +39,7 @@ sys.path.insert(0, HERE)
 import rlvr_study as study  # noqa: E402
 
 from oblr_theory import rlvr_stats as rs  # noqa: E402
+from oblr_theory.cliutil import int_range, probability  # noqa: E402
 
 #: The estimators probed: every one the study harness knows (its seven, and reinforce: a T2 closed form).
 PROBED = {lab: (f["estimator"], "logit" if f["sq_norms_source"] == "logit" else "exact", None)
@@ -352,8 +353,8 @@ def main(argv=None) -> int:
     r.add_argument("--method", default=ProbePlan.method, help="VARIANT/ESTIMATOR/constant/sgd (base only)")
     r.add_argument("--seed", type=int, default=0, help="the study's evaluation seed of the trajectory")
     r.add_argument("--steps", type=int, nargs="+", default=None, help="default: 0 20 40 60 (quick: 0 and the last)")
-    r.add_argument("--batches", type=int, default=None, help="K batches per probe (default 64; quick: 4)")
-    r.add_argument("--alpha", type=float, default=0.05, help="family-wise false-failure rate per claim family")
+    r.add_argument("--batches", type=int_range(4), default=None, help="K >= 4 batches per probe (default 64; quick: 4)")
+    r.add_argument("--alpha", type=probability, default=0.05, help="family-wise false-failure rate per claim family")
     r.add_argument("--lr", type=float, default=None,
                    help="default: the study's tuned rate (--tuning); quick: the SGD grid's centre")
     r.add_argument("--tuning", default="docs/study_runs/full/tuning")

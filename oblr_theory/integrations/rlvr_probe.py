@@ -63,13 +63,13 @@ from .. import theory
 from ..bridge.gram import score_gram
 from ..bridge.logprobs import forward_logprobs, sequence_logprobs
 from ..bridge.rollout import answer_inputs, sample_rollout
-from ..bridge.validate import advantages, group_gram
+from ..bridge.validate import _ratio, advantages, group_gram
 from ..per_sample.loop import trainable_parameters
 from ..snr import snr_fraction, snr_pieces_from_gram
 from ._trl_math import loss_scale
 
 __all__ = ["PoolObjective", "ProbeConfig", "pool_objective", "per_sample_scores", "closed_form_affine",
-           "step_scale", "probe", "statistics", "t4_split"]
+           "step_scale", "check_probe_inputs", "probe", "statistics", "t4_split"]
 
 #: Torch's ``clip_grad_norm_`` adds this to the norm in its coefficient ``max_norm / (norm + ε)``.
 CLIP_EPS = 1e-6
@@ -207,6 +207,25 @@ class ProbeConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
+def check_probe_inputs(tokenizer, pool, max_new_tokens: int) -> None:
+    """Refuse what would make the "exact" ``J`` quietly wrong: a tokenizer other than
+    :class:`~oblr_theory.bridge.task.CharTokenizer` (another tokenisation of the answer could also
+    score), an empty or repeated pool (the training law is uniform on distinct prompts), or
+    ``max_new_tokens`` too short for some answer and its ``<eos>`` (its reward could never be 1)."""
+    from ..bridge.task import CharTokenizer
+
+    if not isinstance(tokenizer, CharTokenizer):
+        raise ValueError(f"tokenizer must be a CharTokenizer (one rewarded completion per prompt), got "
+                         f"{type(tokenizer).__name__}")
+    if not pool or len(set(pool)) != len(pool):
+        raise ValueError(f"pool must be a non-empty list of distinct problems, got {len(pool)} "
+                         f"({len(set(pool))} distinct)")
+    need = max(len(p.answer) for p in pool) + 1
+    if max_new_tokens < need:
+        raise ValueError(f"max_new_tokens={max_new_tokens} cannot hold the longest answer and <eos>: "
+                         f"use max_new_tokens >= {need}")
+
+
 def probe(model, tokenizer, task, pool, cfg: ProbeConfig, progress: bool = False) -> dict:
     """Run one probe at the model's current ``θ`` (module docstring); returns the per-batch record.
 
@@ -220,6 +239,7 @@ def probe(model, tokenizer, task, pool, cfg: ProbeConfig, progress: bool = False
     """
     from tqdm.auto import tqdm
 
+    check_probe_inputs(tokenizer, pool, cfg.max_new_tokens)
     model.eval()
     params = trainable_parameters(model)
     theta0 = torch.nn.utils.parameters_to_vector(params).detach().double().clone()
@@ -357,11 +377,6 @@ def statistics(rec: dict, names: dict, keep=None, reference: str = "grpo") -> di
                                                  + r["cond_spread"][keep]).mean())
         res["control/rloo_uncorrected_size"] = res["cond/sq/rloo"]
     return res
-
-
-def _ratio(num: float, den: float) -> float:
-    """``num / den``; NaN (undefined) where ``den`` is 0 or not finite."""
-    return float(num / den) if den != 0 and np.isfinite(den) else float("nan")
 
 
 def t4_split(rec: dict) -> dict:

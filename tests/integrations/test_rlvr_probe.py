@@ -184,6 +184,17 @@ def test_conditional_t7_identities_hold_for_independent_non_identical_groups():
     assert abs((n.mean() - (mu.mean(0) ** 2).sum()) / (n.std() / np.sqrt(R))) > thr  # without Δ: rejected
 
 
+def test_probe_refuses_inputs_that_would_make_j_inexact(model64):
+    cfg = P.ProbeConfig(EST, batches=4, max_new_tokens=2)
+    pool = TASK.all_problems()
+    with pytest.raises(ValueError, match="CharTokenizer"):
+        P.probe(model64, object(), TASK, pool, cfg)
+    with pytest.raises(ValueError, match="distinct"):
+        P.probe(model64, TOK, TASK, pool + pool[:1], cfg)
+    with pytest.raises(ValueError, match="max_new_tokens >= 2"):
+        P.probe(model64, TOK, TASK, pool, P.ProbeConfig(EST, batches=4, max_new_tokens=1))
+
+
 def test_probe_config_refuses_bad_settings():
     with pytest.raises(ValueError, match="batches"):
         P.ProbeConfig(EST, batches=2)
