@@ -1,22 +1,18 @@
 """experiments/mutation_check.py: every mutant applies cleanly, and verify catches one of them."""
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
+from scripts import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def mutation_check():
-    spec = importlib.util.spec_from_file_location("mutation_check", os.path.join(ROOT, "experiments", "mutation_check.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("experiments/mutation_check.py", "mutation_check")
 
 
 def test_every_mutant_target_occurs_exactly_once(mutation_check):

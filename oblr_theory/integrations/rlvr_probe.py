@@ -87,6 +87,7 @@ class PoolObjective:
 
 
 def _flat(grads, params) -> torch.Tensor:
+    """One float64 vector (d,) of per-parameter gradients (zeros where a parameter is unused)."""
     return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).double()
                       for g, p in zip(grads, params)])
 

@@ -5,10 +5,8 @@ are rejected); a `smoke` run of experiments/rlvr_probe.py --quick."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -28,6 +26,7 @@ from oblr_theory.integrations import rlvr_probe as P  # noqa: E402
 from oblr_theory.integrations.rlvr_probe_claims import claims  # noqa: E402
 from oblr_theory.per_sample.loop import trainable_parameters  # noqa: E402
 
+from scripts import load_script  # noqa: E402
 from tolerances import rounding_tol  # noqa: E402
 
 pytestmark = [pytest.mark.torch]
@@ -228,11 +227,7 @@ def test_smoke_probe_script_quick(tmp_path):
     """Smoke: the quick probe end to end (SFT, the trajectory with snapshots, two probes, report),
     then again: nothing is recomputed."""
     pytest.importorskip("trl")
-    root = os.path.join(os.path.dirname(__file__), "..", "..")
-    spec = importlib.util.spec_from_file_location("_rlvr_probe", os.path.join(root, "experiments", "rlvr_probe.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+    mod = load_script("experiments/rlvr_probe.py", "_rlvr_probe")
     out, sft = str(tmp_path / "probe"), str(tmp_path / "study")
     argv = ["run", "--quick", "--out", out, "--study-out", sft, "--no-progress"]
     assert mod.main(argv) == 0
@@ -243,9 +238,7 @@ def test_smoke_probe_script_quick(tmp_path):
     assert {p: os.path.getmtime(os.path.join(out, "probes", p)) for p in probes} == mtimes
     text = open(os.path.join(out, "report.md")).read()
     assert "V plug-in (T2)" in text and "step 0" in text
-    fspec = importlib.util.spec_from_file_location("_rlvr_probe_fig", os.path.join(root, "paper_figures", "rlvr_probe.py"))
-    fig = importlib.util.module_from_spec(fspec)
-    fspec.loader.exec_module(fig)
+    fig = load_script("paper_figures/rlvr_probe.py", "_rlvr_probe_fig")
     paths = fig.main(out, str(tmp_path / "figs"), dpi=50, formats=("png",))
     assert any(p.endswith("rlvr_probe.png") and os.path.getsize(p) > 0 for p in paths)
     with pytest.raises(SystemExit, match="base"):

@@ -4,10 +4,8 @@ resumes without rerunning anything (the report's statistics: tests/test_rlvr_rep
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -19,18 +17,14 @@ import torch  # noqa: E402
 
 from oblr_theory import rlvr_report  # noqa: E402
 from oblr_theory.integrations import rlvr  # noqa: E402
+from scripts import load_script  # noqa: E402
 
 pytestmark = [pytest.mark.torch]
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("_rlvr_study", os.path.join(ROOT, "experiments", "rlvr_study.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("experiments/rlvr_study.py", "_rlvr_study")
 
 
 def test_held_out_problems_are_never_training_prompts():
